@@ -1,0 +1,57 @@
+//! The engine's error type: one enum per area, wrapped here.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use crate::event::{ExpectedVersion, InvalidInput};
+use crate::index::IndexError;
+use crate::log::LogError;
+
+/// Everything a store operation can fail with. Messages say what is wrong
+/// and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    #[error(
+        "conflict on aggregate {aggregate_id:?}: expected {expected}, but its current version is {current}; read the aggregate again and retry"
+    )]
+    Conflict {
+        aggregate_id: String,
+        expected: ExpectedVersion,
+        current: u64,
+    },
+    #[error(
+        "event {event_id} already exists in aggregate {existing_aggregate:?}, not in {attempted_aggregate:?}; event ids must be unique"
+    )]
+    EventIdReused {
+        event_id: Uuid,
+        existing_aggregate: String,
+        attempted_aggregate: String,
+    },
+    #[error(
+        "{path}: the store is locked by {holder}; close that process or open the store read-only"
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error("{path}: I/O error while {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no store here; create one first (e.g. `strata init --store {path}`)")]
+    NotFound { path: PathBuf },
+    #[error("the store is open read-only; open it read-write to append")]
+    ReadOnly,
+    #[error("the store is closed")]
+    Closed,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

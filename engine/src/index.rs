@@ -1,0 +1,600 @@
+//! The SQLite index (`index.sqlite`), invariant S5: derived from the log,
+//! caught up from a checkpoint on open, rebuilt when deleted.
+//!
+//! Its `events` table has every column of the seed's `events` table, plus
+//! the log position and a pointer into the log. Payloads (`event_data`,
+//! `metadata`) stay in the log: those two columns are NULL here and the
+//! store reads the bytes through (`log_segment`, `log_offset`).
+//!
+//! The table is clustered by `(aggregate_id, version)` (`WITHOUT ROWID`), so
+//! reading an aggregate is one range scan; `position` and `event_id` are
+//! unique secondary keys. Writes come from one thread (the store's indexer)
+//! in batches; each batch and the checkpoint (`indexed_position`) commit in
+//! one transaction.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, params};
+use uuid::Uuid;
+
+use crate::event::EventRef;
+
+/// File name of the index inside a store.
+pub const INDEX_FILE: &str = "index.sqlite";
+/// Schema version stored in the index. A different version means the index
+/// is rebuilt from the log.
+///
+/// History: 1 — first release.
+pub const INDEX_SCHEMA_VERSION: i64 = 1;
+/// Idle read connections kept open.
+const READ_POOL_IDLE_MAX: usize = 8;
+/// Page cache of each connection, in KiB (SQLite's negative `cache_size`).
+const CACHE_KIB: i64 = 64 << 10;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS strata_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    event_id     TEXT    NOT NULL,  -- UUID, hyphenated lower case
+    aggregate_id TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    event_type   TEXT    NOT NULL,
+    event_data   BLOB,              -- NULL: the payload stays in the log (log_segment, log_offset)
+    timestamp    TEXT    NOT NULL,  -- HLC, fixed-width text: sorts like the clock
+    metadata     BLOB,              -- NULL: stays in the log, like event_data
+    position     INTEGER NOT NULL,  -- log position, 1-based, gapless
+    log_segment  INTEGER NOT NULL,  -- first position of the segment file holding the record
+    log_offset   INTEGER NOT NULL,  -- byte offset of the record in that file
+    CONSTRAINT ux_aggregate_version PRIMARY KEY (aggregate_id, version)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS ux_events_position ON events (position);
+CREATE UNIQUE INDEX IF NOT EXISTS ux_events_event_id ON events (event_id);
+";
+
+/// Errors of the index. The index is derived data: deleting it (or
+/// `strata reindex`) always repairs it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    #[error(
+        "{path}: SQLite error while {action}: {source}; the index is derived from the log, so `strata reindex` rebuilds it"
+    )]
+    Sqlite {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: I/O error while {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the indexer stopped: {reason}; reopen the store, or run `strata reindex`")]
+    Stopped { reason: String },
+}
+
+/// Where an indexed event lives in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pointer {
+    pub position: u64,
+    pub version: u64,
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// One row as the index stores it, for `verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRow {
+    pub position: u64,
+    pub event_id: String,
+    pub aggregate_id: String,
+    pub version: u64,
+    pub event_type: String,
+    pub timestamp: String,
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// What the index says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexMeta {
+    pub store_id: Option<String>,
+    pub schema_version: Option<i64>,
+    pub indexed_position: u64,
+    /// Largest HLC (physical, counter) among indexed events.
+    pub hlc_max: (u64, u32),
+}
+
+fn sqlite_err<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(rusqlite::Error) -> IndexError + 'a {
+    move |source| IndexError::Sqlite {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+fn configure(conn: &Connection, path: &Path, write: bool) -> Result<(), IndexError> {
+    let err = sqlite_err(path, "configuring the connection");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sqlite_err(path, "configuring the connection"))?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
+        .map_err(sqlite_err(path, "configuring the connection"))?;
+    // `rarray()` lets one statement look up a whole batch of event ids.
+    rusqlite::vtab::array::load_module(conn)
+        .map_err(sqlite_err(path, "configuring the connection"))?;
+    if write {
+        // The index is derived and checkpointed by position: NORMAL keeps
+        // it consistent across crashes (WAL), and a lost tail is re-indexed
+        // from the log on open.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite_err(path, "configuring the connection"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn read_meta(conn: &Connection, path: &Path) -> Result<IndexMeta, IndexError> {
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'strata_meta'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sqlite_err(path, "reading the index metadata"))?
+        > 0;
+    if !has_meta {
+        return Ok(IndexMeta::default());
+    }
+    let mut stmt = conn
+        .prepare("SELECT key, value FROM strata_meta")
+        .map_err(sqlite_err(path, "reading the index metadata"))?;
+    let mut meta = IndexMeta::default();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sqlite_err(path, "reading the index metadata"))?;
+    for row in rows {
+        let (k, v) = row.map_err(sqlite_err(path, "reading the index metadata"))?;
+        match k.as_str() {
+            "store_id" => meta.store_id = Some(v),
+            "schema_version" => meta.schema_version = v.parse().ok(),
+            "indexed_position" => meta.indexed_position = v.parse().unwrap_or(0),
+            "hlc_max" => {
+                if let Some((p, c)) = v.split_once(':') {
+                    meta.hlc_max = (p.parse().unwrap_or(0), c.parse().unwrap_or(0));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(meta)
+}
+
+/// Removes an index file and its WAL companions.
+pub fn remove_index_files(store_dir: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let p = store_dir.join(format!("{INDEX_FILE}{suffix}"));
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read access to the index, shared by all threads.
+#[derive(Debug)]
+pub struct Index {
+    path: PathBuf,
+    /// False when a read-only store found no usable index: every query
+    /// answers "not indexed" and the store reads the log instead.
+    present: bool,
+    pool: Mutex<Vec<Connection>>,
+}
+
+/// The single writer of the index (the indexer thread owns it).
+#[derive(Debug)]
+pub struct IndexWriter {
+    path: PathBuf,
+    conn: Connection,
+    timestamp_buf: String,
+}
+
+/// Opens the index of a store for reading and writing; rebuilds it from
+/// scratch when it belongs to another store, has another schema version,
+/// or claims more than the log holds.
+pub fn open_rw(
+    store_dir: &Path,
+    store_id: Uuid,
+    log_head: u64,
+) -> Result<(Index, IndexWriter, IndexMeta), IndexError> {
+    let path = store_dir.join(INDEX_FILE);
+    let open = |path: &Path| -> Result<(Connection, IndexMeta), IndexError> {
+        let conn = Connection::open(path).map_err(sqlite_err(path, "opening"))?;
+        configure(&conn, path, true)?;
+        let meta = read_meta(&conn, path)?;
+        Ok((conn, meta))
+    };
+    let (mut conn, mut meta) = open(&path)?;
+    let store_id_text = store_id.to_string();
+    let stale = meta
+        .store_id
+        .as_deref()
+        .is_some_and(|id| id != store_id_text)
+        || meta
+            .schema_version
+            .is_some_and(|v| v != INDEX_SCHEMA_VERSION)
+        || meta.indexed_position > log_head;
+    if stale {
+        tracing::warn!(path = %path.display(), ?meta, log_head, "index does not match the log; rebuilding it");
+        drop(conn);
+        remove_index_files(store_dir).map_err(|source| IndexError::Io {
+            path: path.clone(),
+            action: "removing a stale index",
+            source,
+        })?;
+        (conn, meta) = open(&path)?;
+    }
+    conn.execute_batch(SCHEMA)
+        .map_err(sqlite_err(&path, "creating the schema"))?;
+    conn.execute(
+        "INSERT OR IGNORE INTO strata_meta (key, value) VALUES ('store_id', ?1), ('schema_version', ?2), ('indexed_position', '0'), ('hlc_max', '0:0')",
+        params![store_id_text, INDEX_SCHEMA_VERSION.to_string()],
+    )
+    .map_err(sqlite_err(&path, "writing the index metadata"))?;
+    meta.store_id = Some(store_id_text);
+    meta.schema_version = Some(INDEX_SCHEMA_VERSION);
+    let index = Index {
+        path: path.clone(),
+        present: true,
+        pool: Mutex::new(Vec::new()),
+    };
+    Ok((
+        index,
+        IndexWriter {
+            path,
+            conn,
+            timestamp_buf: String::new(),
+        },
+        meta,
+    ))
+}
+
+/// Opens the index read-only. Never writes, never takes locks beyond
+/// SQLite's own; a missing or foreign index is reported as absent.
+pub fn open_ro(
+    store_dir: &Path,
+    store_id: Uuid,
+    log_head: u64,
+) -> Result<(Index, IndexMeta), IndexError> {
+    let path = store_dir.join(INDEX_FILE);
+    let absent = |path: PathBuf| {
+        (
+            Index {
+                path,
+                present: false,
+                pool: Mutex::new(Vec::new()),
+            },
+            IndexMeta::default(),
+        )
+    };
+    if !path.exists() {
+        return Ok(absent(path));
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite_err(&path, "opening read-only"))?;
+    configure(&conn, &path, false)?;
+    let meta = read_meta(&conn, &path)?;
+    let usable = meta.store_id.as_deref() == Some(&store_id.to_string())
+        && meta.schema_version == Some(INDEX_SCHEMA_VERSION)
+        && meta.indexed_position <= log_head;
+    if !usable {
+        return Ok(absent(path));
+    }
+    let index = Index {
+        path,
+        present: true,
+        pool: Mutex::new(vec![conn]),
+    };
+    Ok((index, meta))
+}
+
+struct Pooled<'a> {
+    index: &'a Index,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut pool = self.index.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READ_POOL_IDLE_MAX {
+                pool.push(conn);
+            }
+        }
+    }
+}
+
+impl Index {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// False when there is no usable index (read-only store without one).
+    pub fn is_present(&self) -> bool {
+        self.present
+    }
+
+    fn conn(&self) -> Result<Pooled<'_>, IndexError> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(sqlite_err(&self.path, "opening a read connection"))?;
+                configure(&c, &self.path, false)?;
+                c
+            }
+        };
+        Ok(Pooled {
+            index: self,
+            conn: Some(conn),
+        })
+    }
+
+    pub fn meta(&self) -> Result<IndexMeta, IndexError> {
+        if !self.present {
+            return Ok(IndexMeta::default());
+        }
+        read_meta(&*self.conn()?, &self.path)
+    }
+
+    /// Pointers of those `ids` the index holds.
+    pub fn lookup_ids(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Pointer, String)>, IndexError> {
+        let mut found = HashMap::new();
+        if !self.present || ids.is_empty() {
+            return Ok(found);
+        }
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT event_id, position, version, log_segment, log_offset, aggregate_id
+                 FROM events WHERE event_id IN rarray(?1)",
+            )
+            .map_err(sqlite_err(&self.path, "looking up event ids"))?;
+        let values: Vec<rusqlite::types::Value> = ids
+            .iter()
+            .map(|id| rusqlite::types::Value::Text(id.hyphenated().to_string()))
+            .collect();
+        let array = std::rc::Rc::new(values);
+        let rows = stmt
+            .query_map([array], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Pointer {
+                        position: r.get(1)?,
+                        version: r.get(2)?,
+                        segment: r.get(3)?,
+                        offset: r.get(4)?,
+                    },
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(sqlite_err(&self.path, "looking up event ids"))?;
+        for row in rows {
+            let (id, ptr, agg) = row.map_err(sqlite_err(&self.path, "looking up event ids"))?;
+            if let Ok(id) = Uuid::parse_str(&id) {
+                found.insert(id, (ptr, agg));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The aggregate's last indexed version (0 when it has none).
+    pub fn max_version(&self, aggregate_id: &str) -> Result<u64, IndexError> {
+        if !self.present {
+            return Ok(0);
+        }
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT max(version) FROM events WHERE aggregate_id = ?1")
+            .map_err(sqlite_err(&self.path, "reading an aggregate's version"))?;
+        let v: Option<u64> = stmt
+            .query_row([aggregate_id], |r| r.get(0))
+            .map_err(sqlite_err(&self.path, "reading an aggregate's version"))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Pointers of an aggregate's events with version ≥ `from_version`
+    /// (ascending) or, backward, the latest ones (descending).
+    pub fn aggregate_pointers(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        backward: bool,
+        limit: usize,
+    ) -> Result<Vec<Pointer>, IndexError> {
+        if !self.present {
+            return Ok(Vec::new());
+        }
+        let conn = self.conn()?;
+        let sql = if backward {
+            "SELECT position, version, log_segment, log_offset FROM events
+             WHERE aggregate_id = ?1 AND version >= ?2 ORDER BY version DESC LIMIT ?3"
+        } else {
+            "SELECT position, version, log_segment, log_offset FROM events
+             WHERE aggregate_id = ?1 AND version >= ?2 ORDER BY version ASC LIMIT ?3"
+        };
+        let mut stmt = conn
+            .prepare_cached(sql)
+            .map_err(sqlite_err(&self.path, "reading an aggregate"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![aggregate_id, from_version, limit], |r| {
+                Ok(Pointer {
+                    position: r.get(0)?,
+                    version: r.get(1)?,
+                    segment: r.get(2)?,
+                    offset: r.get(3)?,
+                })
+            })
+            .map_err(sqlite_err(&self.path, "reading an aggregate"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite_err(&self.path, "reading an aggregate"))
+    }
+
+    /// Number of distinct aggregates and of events indexed.
+    pub fn counts(&self) -> Result<(u64, u64), IndexError> {
+        if !self.present {
+            return Ok((0, 0));
+        }
+        let conn = self.conn()?;
+        conn.query_row(
+            "SELECT (SELECT count(*) FROM (SELECT DISTINCT aggregate_id FROM events)), (SELECT count(*) FROM events)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(sqlite_err(&self.path, "counting"))
+    }
+
+    /// Every row in position order, for verification.
+    pub fn for_each_row(&self, mut f: impl FnMut(IndexRow) -> bool) -> Result<(), IndexError> {
+        if !self.present {
+            return Ok(());
+        }
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT position, event_id, aggregate_id, version, event_type, timestamp, log_segment, log_offset
+                 FROM events ORDER BY position",
+            )
+            .map_err(sqlite_err(&self.path, "reading rows"))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(sqlite_err(&self.path, "reading rows"))?;
+        while let Some(r) = rows
+            .next()
+            .map_err(sqlite_err(&self.path, "reading rows"))?
+        {
+            let row = (|| -> rusqlite::Result<IndexRow> {
+                Ok(IndexRow {
+                    position: r.get(0)?,
+                    event_id: r.get(1)?,
+                    aggregate_id: r.get(2)?,
+                    version: r.get(3)?,
+                    event_type: r.get(4)?,
+                    timestamp: r.get(5)?,
+                    segment: r.get(6)?,
+                    offset: r.get(7)?,
+                })
+            })()
+            .map_err(sqlite_err(&self.path, "reading rows"))?;
+            if !f(row) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One event for the index writer.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRow<'a> {
+    pub event: EventRef<'a>,
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl IndexWriter {
+    /// Starts a transaction; rows follow with [`IndexWriter::insert`].
+    pub fn begin(&mut self) -> Result<(), IndexError> {
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(sqlite_err(&self.path, "starting a transaction"))
+    }
+
+    pub fn insert(&mut self, row: &NewRow<'_>) -> Result<(), IndexError> {
+        let e = &row.event;
+        let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = e.event_id.hyphenated().encode_lower(&mut id_buf);
+        self.timestamp_buf.clear();
+        use std::fmt::Write;
+        let _ = write!(
+            self.timestamp_buf,
+            "{:0pw$}:{:0cw$}:{}",
+            e.hlc_physical_ms,
+            e.hlc_counter,
+            e.hlc_node,
+            pw = crate::hlc::PHYSICAL_DIGITS,
+            cw = crate::hlc::COUNTER_DIGITS
+        );
+        let mut insert = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO events (event_id, aggregate_id, version, event_type, timestamp, position, log_segment, log_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(sqlite_err(&self.path, "preparing an insert"))?;
+        insert
+            .execute(params![
+                &*id,
+                e.aggregate_id,
+                e.version,
+                e.event_type,
+                &self.timestamp_buf,
+                e.position,
+                row.segment,
+                row.offset
+            ])
+            .map_err(sqlite_err(&self.path, "inserting an event"))?;
+        Ok(())
+    }
+
+    /// Moves the checkpoint and commits.
+    pub fn commit(&mut self, indexed_position: u64, hlc_max: (u64, u32)) -> Result<(), IndexError> {
+        let path = &self.path;
+        let mut set = self
+            .conn
+            .prepare_cached("UPDATE strata_meta SET value = ?2 WHERE key = ?1")
+            .map_err(sqlite_err(path, "moving the checkpoint"))?;
+        set.execute(params!["indexed_position", indexed_position.to_string()])
+            .map_err(sqlite_err(path, "moving the checkpoint"))?;
+        set.execute(params!["hlc_max", format!("{}:{}", hlc_max.0, hlc_max.1)])
+            .map_err(sqlite_err(path, "moving the checkpoint"))?;
+        drop(set);
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(sqlite_err(path, "committing"))
+    }
+
+    /// Abandons the open transaction, if any.
+    pub fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}

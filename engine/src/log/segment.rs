@@ -1,0 +1,198 @@
+//! One segment file: naming, and read access (memory map once sealed,
+//! positioned reads while active).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use memmap2::Mmap;
+
+use super::vfs::{VfsFile, read_exact_at};
+
+/// File name suffix of a segment.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+/// Suffix of a segment being created; such a file is never read and is
+/// removed by the next writer that opens the store.
+pub const SEGMENT_TMP_SUFFIX: &str = ".seg.tmp";
+/// Digits of the first position in a segment file name.
+pub const SEGMENT_NAME_DIGITS: usize = 20;
+
+/// `00000000000000000001.seg` for a segment starting at position 1.
+pub fn segment_file_name(first_position: u64) -> String {
+    format!("{first_position:0SEGMENT_NAME_DIGITS$}{SEGMENT_SUFFIX}")
+}
+
+/// The first position encoded in a segment file name, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&p| p > 0)
+}
+
+/// A segment file shared by the writer and any number of readers.
+#[derive(Debug)]
+pub struct Segment {
+    first_position: u64,
+    path: PathBuf,
+    file: Arc<dyn VfsFile>,
+    /// Bytes readers may look at. Grows as batches become visible; covers
+    /// the whole file once sealed.
+    readable_len: AtomicU64,
+    /// Position of the last event readers may see in this segment, or
+    /// `first_position - 1` when none.
+    last_position: AtomicU64,
+    sealed: AtomicBool,
+    map: OnceLock<Option<Mmap>>,
+}
+
+impl Segment {
+    pub fn new(
+        first_position: u64,
+        path: PathBuf,
+        file: Arc<dyn VfsFile>,
+        readable_len: u64,
+        last_position: u64,
+        sealed: bool,
+    ) -> Segment {
+        debug_assert!(last_position + 1 >= first_position);
+        Segment {
+            first_position,
+            path,
+            file,
+            readable_len: AtomicU64::new(readable_len),
+            last_position: AtomicU64::new(last_position),
+            sealed: AtomicBool::new(sealed),
+            map: OnceLock::new(),
+        }
+    }
+
+    pub fn first_position(&self) -> u64 {
+        self.first_position
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &Arc<dyn VfsFile> {
+        &self.file
+    }
+
+    pub fn readable_len(&self) -> u64 {
+        self.readable_len.load(Ordering::Acquire)
+    }
+
+    pub fn last_position(&self) -> u64 {
+        self.last_position.load(Ordering::Acquire)
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Makes more of the segment visible to readers. Never shrinks.
+    pub fn publish(&self, readable_len: u64, last_position: u64) {
+        self.readable_len.fetch_max(readable_len, Ordering::AcqRel);
+        self.last_position
+            .fetch_max(last_position, Ordering::AcqRel);
+    }
+
+    pub fn mark_sealed(&self, file_len: u64) {
+        self.readable_len.fetch_max(file_len, Ordering::AcqRel);
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// The memory map of a sealed segment, made on first use.
+    pub fn mapped_bytes(&self) -> Option<&Mmap> {
+        if !self.is_sealed() {
+            return None;
+        }
+        // A map that fails (e.g. the address space is exhausted) is not an
+        // error: reads fall back to positioned reads.
+        self.map
+            .get_or_init(|| self.file.map().ok().flatten())
+            .as_ref()
+    }
+
+    /// Bytes `[offset, offset + len)`: borrowed from the map of a sealed
+    /// segment, or read into `buf`.
+    pub fn read<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        buf: &'a mut Vec<u8>,
+    ) -> io::Result<&'a [u8]> {
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflow"))?;
+        if let Some(map) = self.mapped_bytes() {
+            return map.get(offset as usize..end as usize).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past the end of the segment",
+                )
+            });
+        }
+        buf.clear();
+        buf.resize(len, 0);
+        read_exact_at(&*self.file, buf, offset)?;
+        Ok(&buf[..])
+    }
+
+    /// Like [`Segment::read`] but returns fewer bytes at the end of the file.
+    pub fn read_upto<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        buf: &'a mut Vec<u8>,
+    ) -> io::Result<&'a [u8]> {
+        if let Some(map) = self.mapped_bytes() {
+            let start = (offset as usize).min(map.len());
+            let end = start.saturating_add(len).min(map.len());
+            return Ok(&map[start..end]);
+        }
+        buf.clear();
+        buf.resize(len, 0);
+        let mut filled = 0;
+        while filled < len {
+            match self
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(&buf[..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_like_positions_and_round_trip() {
+        assert_eq!(segment_file_name(1), "00000000000000000001.seg");
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(12345)),
+            Some(12345)
+        );
+        assert!(segment_file_name(9) < segment_file_name(10));
+        for bad in [
+            "1.seg",
+            "0000000000000000000a.seg",
+            "00000000000000000000.seg",
+            "00000000000000000001.seg.tmp",
+            "x",
+        ] {
+            assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1319 @@
+//! [`Store`]: the engine's public face. Appends go through one writer lock
+//! into the log; a background indexer copies visible events into SQLite;
+//! reads combine the index with an in-memory tail of not-yet-indexed events.
+//!
+//! The path of an append (see docs/ARCHITECTURE.md for the picture):
+//!
+//! 1. check limits and input, outside any lock;
+//! 2. under the writer lock: find event ids that already exist (S6
+//!    idempotency), check expected versions (S6 conflicts), assign versions
+//!    and HLC timestamps, write one batch frame (S3), and record the new
+//!    events in the tail;
+//! 3. outside the lock: wait for the group commit to sync the frame (S2);
+//! 4. later, the indexer thread writes the events into `index.sqlite` and
+//!    drops them from the tail.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{
+    AggregateEvents, Committed, Event, EventRef, ExpectedVersion, InvalidInput, Limits, NewEvent,
+};
+use crate::hlc::{DRIFT_MS_MAX_DEFAULT, Hlc, NodeId, SystemClock, Timestamp, WallClock};
+use crate::index::{self, Index, IndexError, IndexWriter, NewRow, Pointer};
+use crate::lock::LockFile;
+use crate::log::format::RecordFields;
+use crate::log::vfs::{OsVfs, Vfs};
+use crate::log::{
+    Cursor, Durability, Log, LogConfig, LogError, LogWriter, RecoveryReport,
+    SEGMENT_BYTES_MAX_DEFAULT,
+};
+
+/// Default [`Options::index_batch_events_max`].
+pub const INDEX_BATCH_EVENTS_MAX_DEFAULT: usize = 20_000;
+/// Default [`Options::tail_events_max`].
+pub const TAIL_EVENTS_MAX_DEFAULT: usize = 1_000_000;
+/// How long the indexer waits before retrying after an error.
+const INDEXER_RETRY: Duration = Duration::from_secs(1);
+/// How often idle background threads look at the shutdown flag.
+const IDLE_WAKE: Duration = Duration::from_millis(200);
+
+/// How to open a store. Defaults: durability `Sync`, 64 MiB segments,
+/// default [`Limits`], create if missing, read-write, node id derived from
+/// the store id, 60 s maximum HLC drift, the system clock and file system.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub durability: Durability,
+    /// A segment is sealed and a new one started when the next batch would
+    /// take it past this size (a single larger batch gets a segment of its
+    /// own). Between 4 KiB and 1 TiB.
+    pub segment_bytes_max: u64,
+    pub limits: Limits,
+    pub create_if_missing: bool,
+    /// Open without the writer lock; never writes any file. Appends fail
+    /// with [`Error::ReadOnly`].
+    pub read_only: bool,
+    /// Node id in this store's HLC timestamps. Default: derived from the
+    /// store id, so stable across restarts.
+    pub node_id: Option<String>,
+    /// Remote timestamps further ahead of the wall clock are refused.
+    pub hlc_drift_ms_max: u64,
+    pub clock: Arc<dyn WallClock>,
+    pub vfs: Arc<dyn Vfs>,
+    /// Most events the indexer writes in one SQLite transaction.
+    pub index_batch_events_max: usize,
+    /// Most events waiting for the indexer; appends wait beyond this.
+    pub tail_events_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Sync,
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            limits: Limits::default(),
+            create_if_missing: true,
+            read_only: false,
+            node_id: None,
+            hlc_drift_ms_max: DRIFT_MS_MAX_DEFAULT,
+            clock: Arc::new(SystemClock),
+            vfs: Arc::new(OsVfs),
+            index_batch_events_max: INDEX_BATCH_EVENTS_MAX_DEFAULT,
+            tail_events_max: TAIL_EVENTS_MAX_DEFAULT,
+        }
+    }
+}
+
+impl Options {
+    /// Read-only options with defaults otherwise.
+    pub fn read_only() -> Options {
+        Options {
+            read_only: true,
+            create_if_missing: false,
+            ..Options::default()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.limits.validate()?;
+        let setting =
+            |name, reason: String| Err(Error::Invalid(InvalidInput::Setting { name, reason }));
+        if !(crate::log::SEGMENT_BYTES_MIN..=crate::log::SEGMENT_BYTES_LIMIT)
+            .contains(&self.segment_bytes_max)
+        {
+            return setting(
+                "segment_bytes_max",
+                format!(
+                    "is {}, must be between {} and {}",
+                    self.segment_bytes_max,
+                    crate::log::SEGMENT_BYTES_MIN,
+                    crate::log::SEGMENT_BYTES_LIMIT
+                ),
+            );
+        }
+        if self.index_batch_events_max == 0 {
+            return setting("index_batch_events_max", "must be at least 1".into());
+        }
+        if self.tail_events_max < self.limits.batch_events_max {
+            return setting(
+                "tail_events_max",
+                "must be at least limits.batch_events_max".into(),
+            );
+        }
+        if let Durability::Periodic(d) = self.durability
+            && d.is_zero()
+        {
+            return setting("durability", "Periodic needs a non-zero interval".into());
+        }
+        Ok(())
+    }
+}
+
+/// Events appended but not yet in SQLite, so that reads and checks see them.
+#[derive(Debug, Default)]
+struct Tail {
+    by_id: HashMap<Uuid, (Pointer, Arc<str>)>,
+    by_aggregate: HashMap<Arc<str>, VecDeque<Pointer>>,
+    order: VecDeque<(u64, Uuid, Arc<str>)>,
+}
+
+impl Tail {
+    fn insert(&mut self, aggregate_id: &str, event_id: Uuid, ptr: Pointer) {
+        let key = match self.by_aggregate.get_key_value(aggregate_id) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(aggregate_id),
+        };
+        self.by_aggregate
+            .entry(key.clone())
+            .or_default()
+            .push_back(ptr);
+        self.by_id.insert(event_id, (ptr, key.clone()));
+        self.order.push_back((ptr.position, event_id, key));
+    }
+
+    /// Drops everything at or below `indexed`: the index has it now.
+    fn trim(&mut self, indexed: u64) {
+        while let Some((position, _, _)) = self.order.front() {
+            if *position > indexed {
+                break;
+            }
+            let (_, id, agg) = self.order.pop_front().expect("front exists");
+            self.by_id.remove(&id);
+            if let Some(q) = self.by_aggregate.get_mut(&agg) {
+                while q.front().is_some_and(|p| p.position <= indexed) {
+                    q.pop_front();
+                }
+                if q.is_empty() {
+                    self.by_aggregate.remove(&agg);
+                }
+            }
+        }
+    }
+
+    fn latest_version(&self, aggregate_id: &str) -> Option<u64> {
+        self.by_aggregate
+            .get(aggregate_id)?
+            .back()
+            .map(|p| p.version)
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// How far the indexer has got, and whether it is stuck.
+#[derive(Debug, Default)]
+struct IndexProgress {
+    state: Mutex<(u64, Option<String>)>,
+    moved: Condvar,
+}
+
+impl IndexProgress {
+    fn set(&self, indexed: u64, error: Option<String>) {
+        let mut st = lock(&self.state);
+        st.0 = st.0.max(indexed);
+        st.1 = error;
+        self.moved.notify_all();
+    }
+
+    fn get(&self) -> (u64, Option<String>) {
+        lock(&self.state).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections leave their data consistent before anything that
+    // can panic, so the data behind a poisoned mutex is still valid.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    options: Options,
+    log: Log,
+    hlc: Hlc,
+    index: Index,
+    tail: Arc<RwLock<Tail>>,
+    writer: Mutex<Option<LogWriter>>,
+    progress: Arc<IndexProgress>,
+    shutdown: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    report: RecoveryReport,
+    _lock: Option<LockFile>,
+}
+
+/// An embedded event store. Cheap to clone; `Send + Sync`; any number of
+/// threads may append and read at once. The store closes when the last
+/// clone is dropped (or on [`Store::close`]).
+///
+/// ```
+/// use strata::{ExpectedVersion, NewEvent, Options, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Options::default())?;
+/// let committed = store.append(
+///     "counter-1",
+///     ExpectedVersion::NoStream,
+///     vec![NewEvent::new("CounterIncremented", br#"{"value":1}"#.to_vec())],
+/// )?;
+/// assert_eq!((committed[0].position, committed[0].version), (1, 1));
+///
+/// let events = store.read_aggregate("counter-1", 1, 100)?;
+/// assert_eq!(events[0].event_type, "CounterIncremented");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if allowed and missing, and
+    /// recovers from a crash if needed (see [`RecoveryReport`]).
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.exists() {
+            if options.read_only || !options.create_if_missing {
+                return Err(Error::NotFound { path: dir });
+            }
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                action: "creating the store directory",
+                source,
+            })?;
+        }
+        let lock_file = if options.read_only {
+            None
+        } else {
+            Some(LockFile::acquire(&dir)?)
+        };
+        let (log, writer, report) = Log::open(
+            &dir,
+            LogConfig {
+                vfs: options.vfs.clone(),
+                segment_bytes_max: options.segment_bytes_max,
+                durability: options.durability,
+                read_only: options.read_only,
+                create_if_missing: options.create_if_missing,
+            },
+        )
+        .map_err(|e| match e {
+            LogError::NotFound { .. } => Error::NotFound { path: dir.clone() },
+            e => Error::Log(e),
+        })?;
+        let head = log.visible_position();
+        let node = match &options.node_id {
+            Some(n) => NodeId::new(n).map_err(InvalidInput::from)?,
+            None => default_node_id(log.store_id()),
+        };
+        let hlc = Hlc::new(node, options.clock.clone(), options.hlc_drift_ms_max);
+        let progress = Arc::new(IndexProgress::default());
+        let tail = Arc::new(RwLock::new(Tail::default()));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+
+        let index = if options.read_only {
+            let (index, meta) = index::open_ro(&dir, log.store_id(), head)?;
+            // Events after the index's checkpoint are read from the log into
+            // the in-memory tail; a read-only store never writes the index.
+            let mut hlc_max = meta.hlc_max;
+            let mut t = Tail::default();
+            let mut cursor = log.cursor(meta.indexed_position + 1);
+            while let Some(view) = cursor.next_batch(head)? {
+                for r in view.records() {
+                    let (offset, rec) =
+                        r.map_err(|e| corrupt_at(&log, view.segment_first, view.frame_offset, e))?;
+                    hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
+                    t.insert(
+                        rec.aggregate_id,
+                        rec.event_id,
+                        Pointer {
+                            position: rec.position,
+                            version: rec.version,
+                            segment: view.segment_first,
+                            offset,
+                        },
+                    );
+                }
+            }
+            *tail.write().unwrap_or_else(|e| e.into_inner()) = t;
+            progress.set(meta.indexed_position, None);
+            hlc.restore(hlc_max.0, hlc_max.1);
+            index
+        } else {
+            let (index, iw, meta) = index::open_rw(&dir, log.store_id(), head)?;
+            // Catch the index up before the store is handed out, so reads
+            // and checks never face a large tail after a restart.
+            let mut indexer = Indexer {
+                log: log.clone(),
+                writer: iw,
+                tail: tail.clone(),
+                progress: progress.clone(),
+                shutdown: shutdown.clone(),
+                batch_max: options.index_batch_events_max,
+                indexed: meta.indexed_position,
+                hlc_max: meta.hlc_max,
+                cursor: log.cursor(meta.indexed_position + 1),
+            };
+            if head > indexer.indexed {
+                tracing::info!(
+                    from = indexer.indexed + 1,
+                    to = head,
+                    "catching up the index"
+                );
+            }
+            while indexer.indexed < head {
+                indexer.step(head).map_err(Error::from)?;
+            }
+            hlc.restore(indexer.hlc_max.0, indexer.hlc_max.1);
+            progress.set(indexer.indexed, None);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("strata-indexer".into())
+                    .spawn(move || indexer.run())
+                    .map_err(|source| Error::Io {
+                        path: dir.clone(),
+                        action: "starting the indexer thread",
+                        source,
+                    })?,
+            );
+            index
+        };
+
+        if let Durability::Periodic(interval) = options.durability {
+            let log = log.clone();
+            let shutdown = shutdown.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("strata-flusher".into())
+                    .spawn(move || {
+                        while !shutdown.load(Ordering::Acquire) {
+                            std::thread::park_timeout(interval.min(IDLE_WAKE));
+                            if let Err(e) = log.sync_now() {
+                                tracing::error!(error = %e, "periodic sync failed");
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(|source| Error::Io {
+                        path: dir.clone(),
+                        action: "starting the flusher thread",
+                        source,
+                    })?,
+            );
+        }
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir,
+                options,
+                log,
+                hlc,
+                index,
+                tail,
+                writer: Mutex::new(writer),
+                progress,
+                shutdown,
+                threads: Mutex::new(threads),
+                report,
+                _lock: lock_file,
+            }),
+        })
+    }
+
+    /// Opens an existing store read-only: no lock, no writes, works beside
+    /// a running writer and on a copy of a crashed store.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store> {
+        Store::open(dir, Options::read_only())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    pub fn store_id(&self) -> Uuid {
+        self.inner.log.store_id()
+    }
+
+    /// This store's clock (its node id is in every timestamp it makes).
+    pub fn hlc(&self) -> &Hlc {
+        &self.inner.hlc
+    }
+
+    /// What opening the store found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.inner.options.read_only
+    }
+
+    /// The last visible position: every event at or below it can be read
+    /// (0 for an empty store).
+    pub fn head(&self) -> u64 {
+        self.inner.log.visible_position()
+    }
+
+    /// Why writes are refused after a failed sync, if they are.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.log.poisoned()
+    }
+
+    /// Appends events to one aggregate atomically. See
+    /// [`Store::append_batch`].
+    pub fn append(
+        &self,
+        aggregate_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Committed>> {
+        self.append_batch(&[AggregateEvents {
+            aggregate_id: aggregate_id.to_owned(),
+            expected,
+            events,
+        }])
+    }
+
+    /// Appends events to one or more aggregates as one atomic batch (S3):
+    /// after a crash either all of them are in the log or none is.
+    ///
+    /// * An event whose `event_id` is already in the log is not written
+    ///   again; its [`Committed`] says `existed` and carries the earlier
+    ///   position (S6). When every event exists, expectations are not
+    ///   checked, so a retry of a successful append succeeds.
+    /// * Otherwise each aggregate's expectation is checked against its
+    ///   current version; a stale one fails the whole batch with
+    ///   [`Error::Conflict`] naming the current version, writing nothing.
+    /// * In `Sync` durability this returns once the batch is on stable
+    ///   storage (S2).
+    pub fn append_batch(&self, groups: &[AggregateEvents]) -> Result<Vec<Committed>> {
+        let inner = &*self.inner;
+        let limits = &inner.options.limits;
+        check_batch(limits, groups)?;
+
+        let mut guard = lock(&inner.writer);
+        if guard.is_none() {
+            return Err(if inner.options.read_only {
+                Error::ReadOnly
+            } else {
+                Error::Closed
+            });
+        }
+        self.wait_for_tail_room()?;
+        let writer = guard.as_mut().expect("checked above");
+
+        let ids: Vec<Uuid> = groups
+            .iter()
+            .flat_map(|g| g.events.iter().map(|e| e.event_id))
+            .collect();
+        let existing = self.find_existing(&ids)?;
+        let total = ids.len();
+        let mut committed = Vec::with_capacity(total);
+        let mut wait_for = 0u64;
+        for g in groups {
+            for e in &g.events {
+                let Some((ptr, agg)) = existing.get(&e.event_id) else {
+                    continue;
+                };
+                if **agg != *g.aggregate_id {
+                    return Err(Error::EventIdReused {
+                        event_id: e.event_id,
+                        existing_aggregate: agg.to_string(),
+                        attempted_aggregate: g.aggregate_id.clone(),
+                    });
+                }
+                wait_for = wait_for.max(ptr.position);
+            }
+        }
+        if existing.len() == total {
+            drop(guard);
+            inner.log.wait_durable(wait_for)?;
+            for g in groups {
+                for e in &g.events {
+                    let (ptr, _) = &existing[&e.event_id];
+                    committed.push(Committed {
+                        event_id: e.event_id,
+                        position: ptr.position,
+                        version: ptr.version,
+                        existed: true,
+                    });
+                }
+            }
+            return Ok(committed);
+        }
+
+        // Versions and timestamps for the new events.
+        let mut stamps: Vec<Timestamp> = Vec::with_capacity(total);
+        let mut versions: Vec<u64> = Vec::with_capacity(total);
+        for g in groups {
+            let new_count = g
+                .events
+                .iter()
+                .filter(|e| !existing.contains_key(&e.event_id))
+                .count();
+            if new_count == 0 {
+                continue;
+            }
+            let current = self.current_version(&g.aggregate_id)?;
+            if !g.expected.admits(current) {
+                return Err(Error::Conflict {
+                    aggregate_id: g.aggregate_id.clone(),
+                    expected: g.expected,
+                    current,
+                });
+            }
+            let mut v = current;
+            for e in g
+                .events
+                .iter()
+                .filter(|e| !existing.contains_key(&e.event_id))
+            {
+                v += 1;
+                versions.push(v);
+                stamps.push(match &e.timestamp {
+                    Some(ts) => {
+                        inner.hlc.observe(ts).map_err(InvalidInput::from)?;
+                        ts.clone()
+                    }
+                    None => inner.hlc.now(),
+                });
+            }
+        }
+        let mut fields = Vec::with_capacity(versions.len());
+        let mut meta = Vec::with_capacity(versions.len());
+        for g in groups {
+            for e in g
+                .events
+                .iter()
+                .filter(|e| !existing.contains_key(&e.event_id))
+            {
+                let i = fields.len();
+                let ts = &stamps[i];
+                fields.push(RecordFields {
+                    position: 0,
+                    event_id: e.event_id,
+                    version: versions[i],
+                    hlc_physical_ms: ts.physical_ms(),
+                    hlc_counter: ts.counter(),
+                    hlc_node: ts.node().as_str(),
+                    aggregate_id: &g.aggregate_id,
+                    event_type: &e.event_type,
+                    data: &e.data,
+                    metadata: e.metadata.as_deref(),
+                });
+                meta.push(&g.aggregate_id);
+            }
+        }
+        let appended = writer.append(&inner.log, &fields)?;
+        let mut new_commits = HashMap::with_capacity(fields.len());
+        {
+            let mut tail = inner.tail.write().unwrap_or_else(|e| e.into_inner());
+            for (i, f) in fields.iter().enumerate() {
+                let ptr = Pointer {
+                    position: appended.first_position + i as u64,
+                    version: f.version,
+                    segment: appended.segment_first,
+                    offset: appended.record_offsets[i],
+                };
+                tail.insert(meta[i], f.event_id, ptr);
+                new_commits.insert(f.event_id, ptr);
+            }
+        }
+        drop(guard);
+        inner
+            .log
+            .wait_durable(appended.last_position.max(wait_for))?;
+        for g in groups {
+            for e in &g.events {
+                let (ptr, existed) = match new_commits.get(&e.event_id) {
+                    Some(p) => (*p, false),
+                    None => (existing[&e.event_id].0, true),
+                };
+                committed.push(Committed {
+                    event_id: e.event_id,
+                    position: ptr.position,
+                    version: ptr.version,
+                    existed,
+                });
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Waits (writer lock held, so every writer waits) while the indexer is
+    /// more than `tail_events_max` events behind.
+    fn wait_for_tail_room(&self) -> Result<()> {
+        let inner = &*self.inner;
+        loop {
+            let len = inner.tail.read().unwrap_or_else(|e| e.into_inner()).len();
+            if len <= inner.options.tail_events_max {
+                return Ok(());
+            }
+            let st = lock(&inner.progress.state);
+            if let Some(reason) = &st.1 {
+                return Err(IndexError::Stopped {
+                    reason: reason.clone(),
+                }
+                .into());
+            }
+            let _ = inner.progress.moved.wait_timeout(st, IDLE_WAKE);
+        }
+    }
+
+    /// Event ids of `ids` already in the log, with where they are.
+    fn find_existing(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Pointer, Arc<str>)>> {
+        let inner = &*self.inner;
+        let mut found = HashMap::new();
+        let mut ask_index = Vec::new();
+        {
+            let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                match tail.by_id.get(id) {
+                    Some(hit) => {
+                        found.insert(*id, hit.clone());
+                    }
+                    None => ask_index.push(*id),
+                }
+            }
+        }
+        // Ask the index second: anything trimmed from the tail meanwhile
+        // was committed to the index first.
+        for (id, (ptr, agg)) in inner.index.lookup_ids(&ask_index)? {
+            found.insert(id, (ptr, Arc::from(agg)));
+        }
+        Ok(found)
+    }
+
+    /// The aggregate's latest version including unsynced appends (writer
+    /// lock held).
+    fn current_version(&self, aggregate_id: &str) -> Result<u64> {
+        let inner = &*self.inner;
+        if let Some(v) = inner
+            .tail
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .latest_version(aggregate_id)
+        {
+            return Ok(v);
+        }
+        Ok(inner.index.max_version(aggregate_id)?)
+    }
+
+    /// The aggregate's latest visible version (0 when it has no events).
+    pub fn aggregate_version(&self, aggregate_id: &str) -> Result<u64> {
+        Ok(self
+            .read_aggregate_backward(aggregate_id, 1)?
+            .first()
+            .map_or(0, |e| e.version))
+    }
+
+    /// Up to `limit` events of an aggregate from `from_version` on, oldest
+    /// first.
+    pub fn read_aggregate(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let ptrs = self.aggregate_pointers(aggregate_id, from_version, false, limit)?;
+        self.read_pointers(&ptrs)
+    }
+
+    /// The latest `limit` events of an aggregate, newest first.
+    pub fn read_aggregate_backward(&self, aggregate_id: &str, limit: usize) -> Result<Vec<Event>> {
+        let ptrs = self.aggregate_pointers(aggregate_id, 0, true, limit)?;
+        self.read_pointers(&ptrs)
+    }
+
+    fn aggregate_pointers(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        backward: bool,
+        limit: usize,
+    ) -> Result<Vec<Pointer>> {
+        let inner = &*self.inner;
+        let visible = inner.log.visible_position();
+        // Tail first, then index: see `find_existing`.
+        let mut by_version: BTreeMap<u64, Pointer> = inner
+            .tail
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_aggregate
+            .get(aggregate_id)
+            .map(|q| {
+                q.iter()
+                    .filter(|p| p.position <= visible && p.version >= from_version)
+                    .map(|p| (p.version, *p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in inner
+            .index
+            .aggregate_pointers(aggregate_id, from_version, backward, limit)?
+        {
+            by_version.entry(p.version).or_insert(p);
+        }
+        let ptrs: Vec<Pointer> = if backward {
+            by_version.into_values().rev().take(limit).collect()
+        } else {
+            by_version.into_values().take(limit).collect()
+        };
+        Ok(ptrs)
+    }
+
+    fn read_pointers(&self, ptrs: &[Pointer]) -> Result<Vec<Event>> {
+        let log = &self.inner.log;
+        ptrs.iter()
+            .map(|p| {
+                let e = log.read_record(p.segment, p.offset, p.position, |r| {
+                    EventRef::from(r).to_event()
+                })?;
+                e.map_err(|err| corrupt_hlc(log, p, err))
+            })
+            .collect()
+    }
+
+    /// The event with this id, if it is visible.
+    pub fn get(&self, event_id: Uuid) -> Result<Option<Event>> {
+        let found = self.find_existing(&[event_id])?;
+        match found.get(&event_id) {
+            Some((p, _)) if p.position <= self.head() => Ok(self.read_pointers(&[*p])?.pop()),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every event from `from_position` up to the head at the time of the
+    /// call, in position order, one batch in memory at a time.
+    pub fn read_all(&self, from_position: u64) -> ReadAll {
+        ReadAll {
+            cursor: self.inner.log.cursor(from_position),
+            upto: self.head(),
+            pending: VecDeque::new(),
+            failed: false,
+        }
+    }
+
+    /// Calls `f` for every event from `from_position` up to `upto` (or the
+    /// head) without copying: events borrow from the log's memory maps.
+    /// Returns how many events `f` saw.
+    pub fn scan(
+        &self,
+        from_position: u64,
+        upto: Option<u64>,
+        mut f: impl FnMut(EventRef<'_>) -> ControlFlow<()>,
+    ) -> Result<u64> {
+        let log = &self.inner.log;
+        let upto = upto.unwrap_or(u64::MAX).min(log.visible_position());
+        let mut cursor = log.cursor(from_position);
+        let mut seen = 0;
+        while let Some(view) = cursor.next_batch(upto)? {
+            for r in view.records() {
+                let (_, rec) =
+                    r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+                if rec.position > upto {
+                    return Ok(seen);
+                }
+                seen += 1;
+                if f(EventRef::from(rec)).is_break() {
+                    return Ok(seen);
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Every event from `from_position` on: first those already there, then
+    /// new ones as they become visible. Never skips an event; blocks in
+    /// `next` while caught up; ends when the store closes.
+    pub fn subscribe(&self, from_position: u64) -> Subscription {
+        Subscription {
+            log: self.inner.log.clone(),
+            cursor: self.inner.log.cursor(from_position),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Waits until the index holds every event visible now. Fails if the
+    /// indexer is stuck.
+    pub fn flush_index(&self) -> Result<()> {
+        let inner = &*self.inner;
+        if inner.options.read_only {
+            return Ok(());
+        }
+        let target = self.head();
+        let mut st = lock(&inner.progress.state);
+        loop {
+            if st.0 >= target {
+                return Ok(());
+            }
+            if let Some(reason) = &st.1 {
+                return Err(IndexError::Stopped {
+                    reason: reason.clone(),
+                }
+                .into());
+            }
+            st = inner
+                .progress
+                .moved
+                .wait_timeout(st, IDLE_WAKE)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The index's checkpoint: the last position written to SQLite.
+    pub fn indexed_position(&self) -> u64 {
+        self.inner.progress.get().0
+    }
+
+    /// Compares the index with the log, row by row, up to the index's
+    /// checkpoint (after flushing it, for a read-write store). Returns one
+    /// line per disagreement, at most `problems_max` of them, and the total.
+    pub fn verify_index(&self, problems_max: usize) -> Result<(Vec<String>, u64)> {
+        self.flush_index()?;
+        let inner = &*self.inner;
+        let mut problems = Vec::new();
+        let mut total = 0u64;
+        if !inner.index.is_present() {
+            return Ok((problems, total));
+        }
+        let mut report = |p: String| {
+            total += 1;
+            if problems.len() < problems_max {
+                problems.push(p);
+            }
+        };
+        let mut log_rows = LogRows {
+            log: &inner.log,
+            cursor: inner.log.cursor(1),
+            upto: self.indexed_position(),
+            pending: VecDeque::new(),
+            done: false,
+        };
+        let mut failure = None;
+        // Merge join on position: both sides are in position order.
+        inner.index.for_each_row(|row| {
+            loop {
+                let next = match log_rows.peek() {
+                    Ok(next) => next.cloned(),
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                };
+                match next {
+                    Some(l) if l.position < row.position => {
+                        report(format!(
+                            "position {}: in the log but not in the index",
+                            l.position
+                        ));
+                        log_rows.pending.pop_front();
+                    }
+                    Some(l) if l.position == row.position => {
+                        if l != row {
+                            report(format!(
+                                "position {}: index has {row:?}, log has {l:?}",
+                                l.position
+                            ));
+                        }
+                        log_rows.pending.pop_front();
+                        return true;
+                    }
+                    _ => {
+                        report(format!(
+                            "position {}: in the index but not in the log",
+                            row.position
+                        ));
+                        return true;
+                    }
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        while let Some(l) = log_rows.peek()?.cloned() {
+            report(format!(
+                "position {}: in the log but not in the index",
+                l.position
+            ));
+            log_rows.pending.pop_front();
+        }
+        Ok((problems, total))
+    }
+
+    /// Number of distinct aggregates and events in the index (after
+    /// flushing it).
+    pub fn index_counts(&self) -> Result<(u64, u64)> {
+        self.flush_index()?;
+        Ok(self.inner.index.counts()?)
+    }
+
+    /// The underlying log, for inspection tools.
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    /// Flushes and closes this handle's store: syncs the log, lets the
+    /// indexer finish, releases the lock. Other clones of this handle fail
+    /// with [`Error::Closed`] afterwards.
+    pub fn close(self) -> Result<()> {
+        self.inner.shutdown()
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) -> Result<()> {
+        let result = match lock(&self.writer).take() {
+            Some(mut w) => w.close(&self.log).map_err(Error::from),
+            None => Ok(()),
+        };
+        self.shutdown.store(true, Ordering::Release);
+        self.log.wake_all();
+        for t in lock(&self.threads).drain(..) {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        self.log.close_waiters();
+        result
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "closing the store");
+        }
+    }
+}
+
+fn default_node_id(store_id: Uuid) -> NodeId {
+    let b = store_id.as_bytes();
+    // The low 8 bytes of a UUIDv7 are random.
+    let tail = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
+    NodeId::new(&format!("{tail:016x}")).expect("hex is a valid node id")
+}
+
+fn corrupt_at(log: &Log, segment_first: u64, offset: u64, e: crate::log::FormatError) -> Error {
+    Error::Log(LogError::Corrupt {
+        path: log
+            .dir()
+            .join(crate::log::segment::segment_file_name(segment_first)),
+        offset,
+        source: e,
+    })
+}
+
+fn corrupt_hlc(log: &Log, p: &Pointer, e: crate::hlc::HlcError) -> Error {
+    Error::Log(LogError::Inconsistent {
+        path: log
+            .dir()
+            .join(crate::log::segment::segment_file_name(p.segment)),
+        offset: p.offset,
+        reason: format!("record holds an invalid timestamp: {e}"),
+    })
+}
+
+fn check_batch(limits: &Limits, groups: &[AggregateEvents]) -> Result<(), InvalidInput> {
+    let count: usize = groups.iter().map(|g| g.events.len()).sum();
+    if count == 0 {
+        return Err(InvalidInput::NoEvents);
+    }
+    if count > limits.batch_events_max {
+        return Err(InvalidInput::TooManyEvents {
+            count,
+            max: limits.batch_events_max,
+        });
+    }
+    let mut seen_ids = HashSet::with_capacity(count);
+    let mut seen_aggs = HashSet::with_capacity(groups.len());
+    let mut bytes = 0usize;
+    for g in groups {
+        limits.check_aggregate_id(&g.aggregate_id)?;
+        if !seen_aggs.insert(g.aggregate_id.as_str()) {
+            return Err(InvalidInput::DuplicateAggregate {
+                aggregate_id: g.aggregate_id.clone(),
+            });
+        }
+        for e in &g.events {
+            limits.check_event(e)?;
+            if !seen_ids.insert(e.event_id) {
+                return Err(InvalidInput::DuplicateInBatch {
+                    event_id: e.event_id,
+                });
+            }
+            bytes += crate::log::format::RECORD_HEADER_BYTES
+                + crate::hlc::NODE_BYTES_MAX
+                + g.aggregate_id.len()
+                + e.event_type.len()
+                + e.data.len()
+                + e.metadata.as_ref().map_or(0, Vec::len);
+        }
+    }
+    if bytes > limits.batch_bytes_max {
+        return Err(InvalidInput::BatchTooLarge {
+            bytes,
+            max: limits.batch_bytes_max,
+        });
+    }
+    Ok(())
+}
+
+/// The indexer: copies visible events from the log into SQLite.
+struct Indexer {
+    log: Log,
+    writer: IndexWriter,
+    tail: Arc<RwLock<Tail>>,
+    progress: Arc<IndexProgress>,
+    shutdown: Arc<AtomicBool>,
+    batch_max: usize,
+    indexed: u64,
+    hlc_max: (u64, u32),
+    cursor: Cursor,
+}
+
+impl Indexer {
+    /// Indexes up to `batch_max` visible events (at most up to `upto`) in
+    /// one transaction.
+    fn step(&mut self, upto: u64) -> Result<(), IndexStepError> {
+        let mut rows = 0usize;
+        let mut last = self.indexed;
+        let mut hlc_max = self.hlc_max;
+        self.writer.begin()?;
+        let result = (|| -> Result<(), IndexStepError> {
+            while rows < self.batch_max {
+                let Some(view) = self.cursor.next_batch(upto)? else {
+                    break;
+                };
+                for r in view.records() {
+                    let (offset, rec) = r.map_err(|e| LogError::Corrupt {
+                        path: self
+                            .log
+                            .dir()
+                            .join(crate::log::segment::segment_file_name(view.segment_first)),
+                        offset: view.frame_offset,
+                        source: e,
+                    })?;
+                    self.writer.insert(&NewRow {
+                        event: EventRef::from(rec),
+                        segment: view.segment_first,
+                        offset,
+                    })?;
+                    hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
+                    last = rec.position;
+                    rows += 1;
+                }
+            }
+            Ok(())
+        })();
+        match result.and_then(|()| {
+            self.writer
+                .commit(last, hlc_max)
+                .map_err(IndexStepError::from)
+        }) {
+            Ok(()) => {
+                self.indexed = last;
+                self.hlc_max = hlc_max;
+                self.tail
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .trim(last);
+                self.progress.set(last, None);
+                Ok(())
+            }
+            Err(e) => {
+                self.writer.rollback();
+                // Start again from the checkpoint next time.
+                self.cursor = self.log.cursor(self.indexed + 1);
+                Err(e)
+            }
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let visible = self.log.visible_position();
+            if visible <= self.indexed {
+                if self.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                self.log.wait_beyond(self.indexed, IDLE_WAKE);
+                continue;
+            }
+            if let Err(e) = self.step(visible) {
+                tracing::error!(error = %e, "indexer failed; retrying");
+                self.progress.set(self.indexed, Some(e.to_string()));
+                if self.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(INDEXER_RETRY);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum IndexStepError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl From<IndexStepError> for Error {
+    fn from(e: IndexStepError) -> Error {
+        match e {
+            IndexStepError::Log(e) => Error::Log(e),
+            IndexStepError::Index(e) => Error::Index(e),
+        }
+    }
+}
+
+/// Iterator returned by [`Store::read_all`].
+#[derive(Debug)]
+pub struct ReadAll {
+    cursor: Cursor,
+    upto: u64,
+    pending: VecDeque<Event>,
+    failed: bool,
+}
+
+fn decode_batch(
+    log: &Log,
+    cursor: &mut Cursor,
+    upto: u64,
+    out: &mut VecDeque<Event>,
+) -> Result<bool> {
+    let Some(view) = cursor.next_batch(upto)? else {
+        return Ok(false);
+    };
+    for r in view.records() {
+        let (offset, rec) =
+            r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+        if rec.position > upto {
+            break;
+        }
+        let e = EventRef::from(rec).to_event().map_err(|e| {
+            corrupt_hlc(
+                log,
+                &Pointer {
+                    position: rec.position,
+                    version: rec.version,
+                    segment: view.segment_first,
+                    offset,
+                },
+                e,
+            )
+        })?;
+        out.push_back(e);
+    }
+    Ok(true)
+}
+
+impl Iterator for ReadAll {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.failed {
+                return None;
+            }
+            let log = self.cursor.log().clone();
+            match decode_batch(&log, &mut self.cursor, self.upto, &mut self.pending) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Iterator returned by [`Store::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    log: Log,
+    cursor: Cursor,
+    pending: VecDeque<Event>,
+}
+
+impl Subscription {
+    /// The next event, waiting at most `timeout` for one. `Ok(None)` on
+    /// timeout or when the store has closed.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Event>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            if decode_batch(&self.log, &mut self.cursor, u64::MAX, &mut self.pending)? {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.log.is_closed() {
+                return Ok(None);
+            }
+            self.log.wait_beyond(self.cursor.next_position() - 1, left);
+        }
+    }
+
+    /// The position of the next event this subscription will yield.
+    pub fn next_position(&self) -> u64 {
+        self.cursor.next_position()
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_timeout(Duration::from_secs(3600)) {
+                Ok(Some(e)) => return Some(Ok(e)),
+                Ok(None) if self.log.is_closed() && self.pending.is_empty() => return None,
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Index rows made from the log, for [`Store::verify_index`].
+struct LogRows<'a> {
+    log: &'a Log,
+    cursor: Cursor,
+    upto: u64,
+    pending: VecDeque<index::IndexRow>,
+    done: bool,
+}
+
+impl LogRows<'_> {
+    fn peek(&mut self) -> Result<Option<&index::IndexRow>> {
+        while self.pending.is_empty() && !self.done {
+            let Some(view) = self.cursor.next_batch(self.upto)? else {
+                self.done = true;
+                break;
+            };
+            for r in view.records() {
+                let (offset, rec) =
+                    r.map_err(|e| corrupt_at(self.log, view.segment_first, view.frame_offset, e))?;
+                if rec.position > self.upto {
+                    break;
+                }
+                self.pending.push_back(index::IndexRow {
+                    position: rec.position,
+                    event_id: rec.event_id.hyphenated().to_string(),
+                    aggregate_id: rec.aggregate_id.to_owned(),
+                    version: rec.version,
+                    event_type: rec.event_type.to_owned(),
+                    timestamp: EventRef::from(rec).timestamp_text(),
+                    segment: view.segment_first,
+                    offset,
+                });
+            }
+        }
+        Ok(self.pending.front())
+    }
+}
