@@ -163,7 +163,7 @@ impl Timestamp {
         &self.node
     }
 
-    /// The fixed-width text form, `000001700000000000:0000000000:nodeA`
+    /// The fixed-width text form, `001700000000000:0000000000:nodeA`
     /// style: 15-digit physical part, 10-digit counter, node.
     pub fn to_text(&self) -> String {
         self.to_string()

@@ -414,6 +414,19 @@ impl Index {
         Ok(found)
     }
 
+    /// The largest event id in the index, in byte order (the hyphenated
+    /// lower-case text sorts the same way), `None` when it is empty.
+    pub fn max_event_id(&self) -> Result<Option<Uuid>, IndexError> {
+        if !self.present {
+            return Ok(None);
+        }
+        let text: Option<String> = self
+            .conn()?
+            .query_row("SELECT max(event_id) FROM events", [], |r| r.get(0))
+            .map_err(sqlite_err(&self.path, "reading the largest event id"))?;
+        Ok(text.and_then(|t| Uuid::parse_str(&t).ok()))
+    }
+
     /// The aggregate's last indexed version (0 when it has none).
     pub fn max_version(&self, aggregate_id: &str) -> Result<u64, IndexError> {
         if !self.present {

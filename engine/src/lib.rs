@@ -16,6 +16,8 @@
 //! Invariants the tests prove are named S1–S8, H1 and Y1–Y6 in
 //! docs/ARCHITECTURE.md.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod error;
 pub mod event;
 pub mod hlc;

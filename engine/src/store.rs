@@ -137,12 +137,19 @@ impl Options {
     }
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Events appended but not yet in SQLite, so that reads and checks see them.
 #[derive(Debug, Default)]
 struct Tail {
-    by_id: HashMap<Uuid, (Pointer, Arc<str>)>,
-    by_aggregate: HashMap<Arc<str>, VecDeque<Pointer>>,
+    by_id: FastMap<Uuid, (Pointer, Arc<str>)>,
+    by_aggregate: FastMap<Arc<str>, VecDeque<Pointer>>,
     order: VecDeque<(u64, Uuid, Arc<str>)>,
+    /// The largest event id in SQLite (byte order). An id above it is not
+    /// in SQLite, so looking it up there can be skipped: fresh UUIDv7s sort
+    /// by creation time, so appends of new events never query SQLite.
+    /// Raised by the indexer before it trims, under the same lock.
+    index_max_id: Option<Uuid>,
 }
 
 impl Tail {
@@ -159,8 +166,10 @@ impl Tail {
         self.order.push_back((ptr.position, event_id, key));
     }
 
-    /// Drops everything at or below `indexed`: the index has it now.
-    fn trim(&mut self, indexed: u64) {
+    /// Drops everything at or below `indexed`: the index has it now, and
+    /// its largest id is at least `max_id`.
+    fn trim(&mut self, indexed: u64, max_id: Option<Uuid>) {
+        self.index_max_id = self.index_max_id.max(max_id);
         while let Some((position, _, _)) = self.order.front() {
             if *position > indexed {
                 break;
@@ -308,7 +317,10 @@ impl Store {
             // Events after the index's checkpoint are read from the log into
             // the in-memory tail; a read-only store never writes the index.
             let mut hlc_max = meta.hlc_max;
-            let mut t = Tail::default();
+            let mut t = Tail {
+                index_max_id: index.max_event_id()?,
+                ..Tail::default()
+            };
             let mut cursor = log.cursor(meta.indexed_position + 1);
             while let Some(view) = cursor.next_batch(head)? {
                 for r in view.records() {
@@ -333,6 +345,7 @@ impl Store {
             index
         } else {
             let (index, iw, meta) = index::open_rw(&dir, log.store_id(), head)?;
+            tail.write().unwrap_or_else(|e| e.into_inner()).index_max_id = index.max_event_id()?;
             // Catch the index up before the store is handed out, so reads
             // and checks never face a large tail after a restart.
             let mut indexer = Indexer {
@@ -378,8 +391,17 @@ impl Store {
                 std::thread::Builder::new()
                     .name("strata-flusher".into())
                     .spawn(move || {
+                        let mut last_sync = std::time::Instant::now();
                         while !shutdown.load(Ordering::Acquire) {
-                            std::thread::park_timeout(interval.min(IDLE_WAKE));
+                            // Wake often enough to notice shutdown; sync at
+                            // the configured interval.
+                            std::thread::park_timeout(
+                                interval.saturating_sub(last_sync.elapsed()).min(IDLE_WAKE),
+                            );
+                            if last_sync.elapsed() < interval {
+                                continue;
+                            }
+                            last_sync = std::time::Instant::now();
                             if let Err(e) = log.sync_now() {
                                 tracing::error!(error = %e, "periodic sync failed");
                                 return;
@@ -668,12 +690,13 @@ impl Store {
                     Some(hit) => {
                         found.insert(*id, hit.clone());
                     }
-                    None => ask_index.push(*id),
+                    None if tail.index_max_id.is_some_and(|max| *id <= max) => ask_index.push(*id),
+                    None => {}
                 }
             }
         }
         // Ask the index second: anything trimmed from the tail meanwhile
-        // was committed to the index first.
+        // was committed to the index (and counted in its largest id) first.
         for (id, (ptr, agg)) in inner.index.lookup_ids(&ask_index)? {
             found.insert(id, (ptr, Arc::from(agg)));
         }
@@ -756,6 +779,11 @@ impl Store {
             by_version.into_values().take(limit).collect()
         };
         Ok(ptrs)
+    }
+
+    #[cfg(feature = "bench")]
+    pub(crate) fn aggregate_pointers_for_bench(&self, aggregate_id: &str) -> Result<Vec<Pointer>> {
+        self.aggregate_pointers(aggregate_id, 0, false, usize::MAX)
     }
 
     fn read_pointers(&self, ptrs: &[Pointer]) -> Result<Vec<Event>> {
@@ -1076,6 +1104,7 @@ impl Indexer {
         let mut rows = 0usize;
         let mut last = self.indexed;
         let mut hlc_max = self.hlc_max;
+        let mut max_id: Option<Uuid> = None;
         self.writer.begin()?;
         let result = (|| -> Result<(), IndexStepError> {
             while rows < self.batch_max {
@@ -1097,6 +1126,7 @@ impl Indexer {
                         offset,
                     })?;
                     hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
+                    max_id = max_id.max(Some(rec.event_id));
                     last = rec.position;
                     rows += 1;
                 }
@@ -1114,7 +1144,7 @@ impl Indexer {
                 self.tail
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .trim(last);
+                    .trim(last, max_id);
                 self.progress.set(last, None);
                 Ok(())
             }

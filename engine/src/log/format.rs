@@ -55,6 +55,14 @@ pub const NODE_BYTES_MAX: usize = crate::hlc::NODE_BYTES_MAX;
 pub const EVENT_DATA_BYTES_MAX: usize = 32 << 20;
 pub const METADATA_BYTES_MAX: usize = 16 << 20;
 
+/// Largest event record the format allows.
+pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_BYTES
+    + NODE_BYTES_MAX
+    + AGGREGATE_ID_BYTES_MAX
+    + EVENT_TYPE_BYTES_MAX
+    + EVENT_DATA_BYTES_MAX
+    + METADATA_BYTES_MAX;
+
 /// Record flag: metadata is present (it may still be empty).
 pub const RECORD_FLAG_METADATA: u8 = 0b0000_0001;
 const RECORD_FLAGS_KNOWN: u8 = RECORD_FLAG_METADATA;
@@ -175,6 +183,12 @@ impl SegmentHeader {
             return Err(FormatError::malformed(
                 "segment header",
                 "header size field is wrong",
+            ));
+        }
+        if u32_at(b, 40) != 0 {
+            return Err(FormatError::malformed(
+                "segment header",
+                "reserved bytes are not zero",
             ));
         }
         let first_position = u64_at(b, 32);
@@ -351,6 +365,12 @@ impl Seal {
         if payload.len() != SEAL_PAYLOAD_BYTES {
             return Err(FormatError::malformed("seal", "payload is not 16 bytes"));
         }
+        if u32_at(payload, 12) != 0 {
+            return Err(FormatError::malformed(
+                "seal",
+                "reserved bytes are not zero",
+            ));
+        }
         Ok(Seal {
             last_position: u64_at(payload, 0),
             body_crc: u32_at(payload, 8),
@@ -524,6 +544,16 @@ pub fn decode_record(b: &[u8], check_crc: bool) -> Result<RecordRef<'_>, FormatE
     if node_len == 0 || node_len > NODE_BYTES_MAX {
         return Err(FormatError::malformed(WHAT, "HLC node length out of range"));
     }
+    if aggregate_len > AGGREGATE_ID_BYTES_MAX
+        || type_len > EVENT_TYPE_BYTES_MAX
+        || data_len > EVENT_DATA_BYTES_MAX
+        || metadata_len > METADATA_BYTES_MAX
+    {
+        return Err(FormatError::malformed(
+            WHAT,
+            "a field is longer than the format allows",
+        ));
+    }
     if flags & RECORD_FLAG_METADATA == 0 && metadata_len != 0 {
         return Err(FormatError::malformed(
             WHAT,
@@ -667,6 +697,14 @@ impl<'a> Iterator for BatchIter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
+            if self.at != self.records.len() {
+                // Reported once, after the last record.
+                self.at = self.records.len();
+                return Some(Err(FormatError::malformed(
+                    "batch",
+                    "bytes after the last record",
+                )));
+            }
             return None;
         }
         let offset = self.at;
@@ -804,6 +842,48 @@ mod tests {
         assert_eq!(f.kind, FrameKind::Seal);
         assert_eq!(f.durable_offset, 1234);
         assert_eq!(Seal::decode(f.payload).unwrap(), seal);
+    }
+
+    #[test]
+    fn batch_iteration_reports_bytes_after_the_last_record() {
+        let mut payload = Vec::new();
+        encode_batch_header(&mut payload, 1, 1);
+        payload.extend_from_slice(&sample(1, b"x", None));
+        payload.extend_from_slice(b"trailing");
+        let batch = BatchRef::parse(&payload).unwrap();
+        let items: Vec<_> = batch.iter().collect();
+        assert!(items[0].is_ok());
+        assert!(
+            matches!(&items[1], Err(FormatError::Malformed { reason, .. }) if reason.contains("after the last record"))
+        );
+        assert_eq!(items.len(), 2);
+        assert!(batch.validate().is_err());
+    }
+
+    #[test]
+    fn reserved_bytes_must_be_zero() {
+        let mut h = SegmentHeader {
+            store_id: Uuid::from_u128(1),
+            first_position: 1,
+        }
+        .encode();
+        h[41] = 1;
+        let crc = crc32fast::hash(&h[0..44]);
+        h[44..48].copy_from_slice(&crc.to_le_bytes());
+        assert!(SegmentHeader::decode(&h).is_err());
+        let mut seal = [0u8; SEAL_PAYLOAD_BYTES];
+        seal[0] = 5;
+        assert!(Seal::decode(&seal).is_ok());
+        seal[13] = 1;
+        assert!(Seal::decode(&seal).is_err());
+    }
+
+    #[test]
+    fn record_lengths_beyond_the_format_limits_are_refused() {
+        let mut b = sample(1, b"data", None);
+        // Claim a data length above EVENT_DATA_BYTES_MAX.
+        b[60..64].copy_from_slice(&((EVENT_DATA_BYTES_MAX + 1) as u32).to_le_bytes());
+        assert!(decode_record(&b, false).is_err());
     }
 
     proptest! {

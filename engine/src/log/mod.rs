@@ -449,6 +449,7 @@ impl Log {
             offset: 0,
             next_position: from_position.max(1),
             buf: Vec::new(),
+            map: None,
             seeking: true,
         }
     }
@@ -485,7 +486,7 @@ impl Log {
             .read(offset, 4, &mut buf)
             .map_err(|e| LogError::io(&path, "reading a record", e))?;
         let len = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
-        if len < format::RECORD_HEADER_BYTES || len > format::FRAME_PAYLOAD_BYTES_MAX as usize {
+        if !(format::RECORD_HEADER_BYTES..=format::RECORD_BYTES_MAX).contains(&len) {
             return Err(LogError::corrupt(
                 &path,
                 offset,
@@ -658,6 +659,19 @@ impl LogWriter {
     fn seal(&mut self, log: &Log, active: &ActiveSegment) -> Result<(), LogError> {
         let segment = &active.segment;
         let last_position = self.next_position - 1;
+        let sync = |what: &str| -> Result<(), LogError> {
+            segment.file().sync_data().map_err(|e| {
+                let reason = format!(
+                    "fdatasync of {} failed while {what}: {e}",
+                    segment.path().display()
+                );
+                log.poison(reason.clone());
+                LogError::Poisoned { reason }
+            })
+        };
+        // Sync the batches first, so that the seal's durable offset (all of
+        // them) is true when it is written, whatever the durability mode.
+        sync("syncing before the seal")?;
         let mut buf = Vec::with_capacity(format::SEAL_FRAME_BYTES);
         Seal {
             last_position,
@@ -673,16 +687,9 @@ impl LogWriter {
             }
             return Err(LogError::io(segment.path(), "sealing a segment", e));
         }
-        // Everything in the segment, seal included, must be durable before
-        // the next segment exists: recovery trusts sealed segments.
-        if let Err(e) = segment.file().sync_data() {
-            let reason = format!(
-                "fdatasync of {} failed while sealing: {e}",
-                segment.path().display()
-            );
-            log.poison(reason.clone());
-            return Err(LogError::Poisoned { reason });
-        }
+        // The seal must be durable before the next segment exists: recovery
+        // trusts a segment that is followed by another to be sealed.
+        sync("sealing")?;
         let file_len = active.len + buf.len() as u64;
         segment.publish(active.len, last_position);
         segment.mark_sealed(file_len);
@@ -696,17 +703,22 @@ impl LogWriter {
     fn create_segment(&mut self, log: &Log) -> Result<(), LogError> {
         let shared = &log.shared;
         let first_position = self.next_position;
-        let (segment, len) =
-            create_segment_file(&*shared.vfs, &shared.dir, shared.store_id, first_position)
-                .map_err(|(path, action, e)| {
-                    if action == "syncing" {
-                        let reason = format!("fdatasync of {} failed: {e}", path.display());
-                        log.poison(reason.clone());
-                        LogError::Poisoned { reason }
-                    } else {
-                        LogError::io(&path, action, e)
-                    }
-                })?;
+        let (segment, len) = create_segment_file(
+            &*shared.vfs,
+            &shared.dir,
+            shared.store_id,
+            first_position,
+            shared.config.segment_bytes_max,
+        )
+        .map_err(|(path, action, e)| {
+            if action == "syncing" {
+                let reason = format!("fdatasync of {} failed: {e}", path.display());
+                log.poison(reason.clone());
+                LogError::Poisoned { reason }
+            } else {
+                LogError::io(&path, action, e)
+            }
+        })?;
         let segment = Arc::new(segment);
         let mut body_crc = crc32fast::Hasher::new();
         body_crc.update(
@@ -752,6 +764,7 @@ pub(crate) fn create_segment_file(
     dir: &Path,
     store_id: Uuid,
     first_position: u64,
+    segment_bytes_max: u64,
 ) -> Result<(Segment, u64), (PathBuf, &'static str, io::Error)> {
     let name = segment_file_name(first_position);
     let path = dir.join(&name);
@@ -781,7 +794,15 @@ pub(crate) fn create_segment_file(
     vfs.sync_dir(dir)
         .map_err(|e| (dir.to_path_buf(), "syncing", e))?;
     let len = SEGMENT_HEADER_BYTES as u64;
-    let segment = Segment::new(first_position, path, file, len, first_position - 1, false);
+    let segment = Segment::new(
+        first_position,
+        path,
+        file,
+        len,
+        first_position - 1,
+        false,
+        segment_bytes_max,
+    );
     Ok((segment, len))
 }
 
@@ -820,12 +841,39 @@ pub struct Cursor {
     offset: u64,
     next_position: u64,
     buf: Vec<u8>,
+    /// This cursor's own map of the segment it is in, dropped when it moves
+    /// on, so that a scan keeps one segment resident at a time.
+    map: Option<(u64, memmap2::Mmap)>,
     /// Still looking for the frame holding the start position: frames are
     /// skipped by their headers without reading them whole.
     seeking: bool,
 }
 
 impl Cursor {
+    /// Bytes `[offset, offset + len)` of `segment`, which must lie below its
+    /// readable end: from this cursor's map when it covers them, otherwise
+    /// read into the buffer.
+    fn bytes(&mut self, segment: &Segment, offset: u64, len: u64) -> io::Result<&[u8]> {
+        let end = offset + len;
+        if end > segment.readable_len() {
+            // Never touch a mapped page past the readable end (see
+            // `VfsFile::map`); a frame that claims to go there is damage.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the readable end of the segment",
+            ));
+        }
+        if let Some((_, map)) = &self.map
+            && end as usize <= map.len()
+        {
+            return Ok(&map[offset as usize..end as usize]);
+        }
+        self.buf.clear();
+        self.buf.resize(len as usize, 0);
+        vfs::read_exact_at(&**segment.file(), &mut self.buf, offset)?;
+        Ok(&self.buf[..])
+    }
+
     /// The log this cursor reads.
     pub fn log(&self) -> &Log {
         &self.log
@@ -870,8 +918,15 @@ impl Cursor {
                 // length, so this only happens when nothing more is visible.
                 return Ok(None);
             }
-            let header = segment
-                .read(at, FRAME_HEADER_BYTES, &mut self.buf)
+            if self
+                .map
+                .as_ref()
+                .is_none_or(|(first, _)| *first != segment.first_position())
+            {
+                self.map = segment.map_new().map(|m| (segment.first_position(), m));
+            }
+            let header = self
+                .bytes(&segment, at, FRAME_HEADER_BYTES as u64)
                 .map_err(|e| LogError::io(path, "reading a frame header", e))
                 .and_then(|b| FrameHeader::decode(b).map_err(|e| LogError::corrupt(path, at, e)))?;
             let frame_len = header.frame_len();
@@ -883,6 +938,26 @@ impl Cursor {
                 ));
             }
             if header.kind == FrameKind::Seal {
+                let seal = self
+                    .bytes(&segment, at, frame_len)
+                    .map_err(|e| LogError::io(path, "reading a seal", e))
+                    .and_then(|b| {
+                        format::decode_frame(b).map_err(|e| LogError::corrupt(path, at, e))
+                    })
+                    .and_then(|f| {
+                        Seal::decode(f.payload).map_err(|e| LogError::corrupt(path, at, e))
+                    })?;
+                if !self.seeking && seal.last_position.wrapping_add(1) != self.next_position {
+                    return Err(LogError::inconsistent(
+                        path,
+                        at,
+                        format!(
+                            "seal names last position {}, but the batches end at {}",
+                            seal.last_position,
+                            self.next_position - 1
+                        ),
+                    ));
+                }
                 let next = self.log.next_segment(&segment);
                 if let Some(next) = &next
                     && !self.seeking
@@ -923,8 +998,8 @@ impl Cursor {
                 }
             }
             let (first, last) = {
-                let bytes = segment
-                    .read(at, frame_len as usize, &mut self.buf)
+                let bytes = self
+                    .bytes(&segment, at, frame_len)
                     .map_err(|e| LogError::io(path, "reading a frame", e))?;
                 let frame =
                     format::decode_frame(bytes).map_err(|e| LogError::corrupt(path, at, e))?;
@@ -953,13 +1028,13 @@ impl Cursor {
             self.offset = at + frame_len;
             self.next_position = last + 1;
             self.seeking = false;
-            // Borrow the checked bytes again, now from `self`: a sealed
-            // segment's map or the buffer they were read into. Both hold the
-            // same bytes, since written frames never change.
+            // Borrow the checked bytes again: they are in this cursor's map
+            // or still in its buffer, and written frames never change.
             let segment: &Segment = self.segment.as_deref().expect("set above");
-            let bytes = match segment.mapped_bytes() {
-                Some(map) => &map[at as usize..(at + frame_len) as usize],
-                None => &self.buf[..frame_len as usize],
+            let end = at + frame_len;
+            let bytes = match &self.map {
+                Some((_, map)) if end as usize <= map.len() => &map[at as usize..end as usize],
+                _ => &self.buf[..frame_len as usize],
             };
             let batch = BatchRef::parse(&bytes[FRAME_HEADER_BYTES..])
                 .map_err(|e| LogError::corrupt(segment.path(), at, e))?;

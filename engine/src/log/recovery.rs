@@ -210,7 +210,12 @@ pub fn classify_tail(bytes: &[u8], bad_offset: u64) -> TailVerdict {
         {
             {
                 let end = i as u64 + h.frame_len();
-                if end <= bytes.len() as u64 && h.durable_offset > bad_offset {
+                // A proof must be a frame the writer could have written: its
+                // durable offset cannot lie beyond its own offset.
+                if end <= bytes.len() as u64
+                    && h.durable_offset > bad_offset
+                    && h.durable_offset <= i as u64
+                {
                     if budget < h.payload_len as u64 {
                         return TailVerdict::Undecided;
                     }
@@ -365,7 +370,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
             });
         }
         let store_id = Uuid::now_v7();
-        let (segment, len) = create_segment_file(vfs, dir, store_id, 1)
+        let (segment, len) = create_segment_file(vfs, dir, store_id, 1, config.segment_bytes_max)
             .map_err(|(p, a, e)| LogError::io(&p, a, e))?;
         report.created = true;
         let mut body_crc = crc32fast::Hasher::new();
@@ -419,6 +424,13 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
             }
             Some(_) => {}
         }
+        if i == 0 && first != 1 {
+            return Err(LogError::inconsistent(
+                &path,
+                0,
+                format!("the log starts at position {first}, not 1: earlier segments are missing"),
+            ));
+        }
         if let Some(expected) = expected_first
             && first != expected
         {
@@ -431,7 +443,17 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
                 ),
             ));
         }
-        if let Some((seal_offset, seal)) = read_seal(&*file, &path)? {
+        if i != last_index {
+            // A segment followed by another was sealed (and synced) before
+            // the next one was created, so its seal is the last frame.
+            let Some((seal_offset, seal)) = read_seal(&*file, &path)? else {
+                let len = file.len().unwrap_or(0);
+                return Err(LogError::inconsistent(
+                    &path,
+                    len.saturating_sub(SEAL_FRAME_BYTES as u64),
+                    "segment is followed by another but does not end with a valid seal frame",
+                ));
+            };
             if seal.last_position < first {
                 return Err(LogError::inconsistent(
                     &path,
@@ -447,21 +469,29 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
                 len,
                 seal.last_position,
                 true,
+                0,
             )));
             expected_first = Some(seal.last_position + 1);
             continue;
         }
-        if i != last_index {
-            let len = file.len().unwrap_or(0);
-            return Err(LogError::inconsistent(
-                &path,
-                len.saturating_sub(SEAL_FRAME_BYTES as u64),
-                "segment is followed by another but does not end with a valid seal frame",
-            ));
-        }
-        // The active segment: scan it whole.
+        // The last segment is scanned whole, sealed or not: the bytes at its
+        // end could also be event data that happens to look like a seal,
+        // and only a walk from the header finds real frame boundaries.
         let bytes = read_all(&*file, &path)?;
         let scan = scan_frames(&bytes, first, |_, _| {});
+        if let ScanStop::Sealed { offset, seal } = scan.stop {
+            let len = offset + SEAL_FRAME_BYTES as u64;
+            segments.push(Arc::new(Segment::new(
+                first,
+                path,
+                file,
+                len,
+                seal.last_position,
+                true,
+                0,
+            )));
+            continue;
+        }
         let mut len = scan.good_end;
         if let ScanStop::Bad { offset, error } = &scan.stop {
             match classify_tail(&bytes, *offset) {
@@ -500,14 +530,26 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
             });
             len = *offset;
         }
-        debug_assert!(
-            !matches!(scan.stop, ScanStop::Sealed { .. }),
-            "seals are found by read_seal"
-        );
+        if !config.read_only {
+            // What was recovered becomes the durable base that later frames
+            // vouch for (their durable offset): make it so, since a crash of
+            // the previous writer in a weaker durability mode may have left
+            // it in the OS cache only.
+            file.sync_data()
+                .map_err(|e| LogError::io(&path, "syncing the recovered active segment", e))?;
+        }
         let mut body_crc = crc32fast::Hasher::new();
         body_crc.update(&bytes[..len as usize]);
         let last_position = scan.next_position - 1;
-        let segment = Arc::new(Segment::new(first, path, file, len, last_position, false));
+        let segment = Arc::new(Segment::new(
+            first,
+            path,
+            file,
+            len,
+            last_position,
+            false,
+            config.segment_bytes_max,
+        ));
         segments.push(segment.clone());
         active = Some(RecoveredActive {
             segment,

@@ -45,6 +45,9 @@ pub struct Segment {
     /// `first_position - 1` when none.
     last_position: AtomicU64,
     sealed: AtomicBool,
+    /// Length to map an active segment at: its size limit, so that one map
+    /// serves it while it grows.
+    map_len_hint: u64,
     map: OnceLock<Option<Mmap>>,
 }
 
@@ -56,6 +59,7 @@ impl Segment {
         readable_len: u64,
         last_position: u64,
         sealed: bool,
+        map_len_hint: u64,
     ) -> Segment {
         debug_assert!(last_position + 1 >= first_position);
         Segment {
@@ -65,6 +69,7 @@ impl Segment {
             readable_len: AtomicU64::new(readable_len),
             last_position: AtomicU64::new(last_position),
             sealed: AtomicBool::new(sealed),
+            map_len_hint,
             map: OnceLock::new(),
         }
     }
@@ -105,16 +110,23 @@ impl Segment {
         self.sealed.store(true, Ordering::Release);
     }
 
-    /// The memory map of a sealed segment, made on first use.
+    /// A new map of this segment, long enough for everything it can
+    /// hold; `None` when it cannot be mapped.
+    pub fn map_new(&self) -> Option<Mmap> {
+        let file_len = self.file.len().ok()?;
+        let len = if self.is_sealed() {
+            file_len
+        } else {
+            file_len.max(self.map_len_hint)
+        };
+        // A failed map (address space exhausted, a file system without
+        // mmap) is not an error: reads fall back to positioned reads.
+        self.file.map(len).ok().flatten()
+    }
+
+    /// The shared map of this segment used by point reads, made on first use.
     pub fn mapped_bytes(&self) -> Option<&Mmap> {
-        if !self.is_sealed() {
-            return None;
-        }
-        // A map that fails (e.g. the address space is exhausted) is not an
-        // error: reads fall back to positioned reads.
-        self.map
-            .get_or_init(|| self.file.map().ok().flatten())
-            .as_ref()
+        self.map.get_or_init(|| self.map_new()).as_ref()
     }
 
     /// Bytes `[offset, offset + len)`: borrowed from the map of a sealed
@@ -149,7 +161,9 @@ impl Segment {
         len: usize,
         buf: &'a mut Vec<u8>,
     ) -> io::Result<&'a [u8]> {
-        if let Some(map) = self.mapped_bytes() {
+        if self.is_sealed()
+            && let Some(map) = self.mapped_bytes()
+        {
             let start = (offset as usize).min(map.len());
             let end = start.saturating_add(len).min(map.len());
             return Ok(&map[start..end]);

@@ -47,9 +47,12 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
-    /// A read-only memory map of the whole file, or `None` when this file
-    /// cannot be mapped (readers then fall back to `read_at`).
-    fn map(&self) -> io::Result<Option<Mmap>>;
+    /// A read-only memory map of the first `len` bytes of the file, or
+    /// `None` when this file cannot be mapped (readers then fall back to
+    /// `read_at`). `len` may exceed the file's current length: the log maps
+    /// an active segment once at its size limit and only ever touches bytes
+    /// below the readable end, which the file always holds.
+    fn map(&self, len: u64) -> io::Result<Option<Mmap>>;
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fails with
@@ -146,18 +149,22 @@ impl VfsFile for OsFile {
         Ok(self.file.metadata()?.len())
     }
 
-    fn map(&self) -> io::Result<Option<Mmap>> {
-        if self.len()? == 0 {
-            // Mapping an empty file fails on some systems; there is nothing
-            // to read anyway.
+    fn map(&self, len: u64) -> io::Result<Option<Mmap>> {
+        if len == 0 || usize::try_from(len).is_err() {
             return Ok(None);
         }
-        // SAFETY: only sealed segments are mapped, and Strata never writes,
-        // truncates or removes a sealed segment while a store is open on it
-        // (the repair command that can cut one holds the writer lock). A
-        // foreign process changing the file under us is outside the
-        // contract, as for any mmap-based reader.
-        let map = unsafe { Mmap::map(&self.file)? };
+        // SAFETY: segment bytes below the readable end are never modified:
+        // the log only appends, and cuts a file only at or beyond its
+        // readable end (a failed write's partial frame, or a torn tail at
+        // open, before any reader exists). Readers only touch mapped bytes
+        // below the readable end, so they never touch pages past the end of
+        // the file either. A foreign process changing the file under us is
+        // outside the contract, as for any mmap-based reader.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len as usize)
+                .map(&self.file)?
+        };
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
         Ok(Some(map))
