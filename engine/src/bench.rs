@@ -274,10 +274,12 @@ fn raw_append(path: &Path, events: u64, per_sync: u64) -> Result<Duration, Bench
 // --- workloads ------------------------------------------------------------------
 
 fn batch_groups(batch: u64, aggregates: u64) -> Vec<AggregateEvents> {
-    let per = BATCH_EVENTS / BATCH_AGGREGATES;
-    (0..BATCH_AGGREGATES)
+    // Small runs have fewer aggregates than a batch has groups.
+    let groups = BATCH_AGGREGATES.min(aggregates);
+    let per = BATCH_EVENTS / groups;
+    (0..groups)
         .map(|g| {
-            let agg = (batch * BATCH_AGGREGATES + g) % aggregates;
+            let agg = (batch * groups + g) % aggregates;
             AggregateEvents {
                 aggregate_id: aggregate_name(agg),
                 expected: ExpectedVersion::Any,

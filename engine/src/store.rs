@@ -225,6 +225,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Most aggregates whose latest version the writer remembers.
+const VERSION_CACHE_MAX: usize = 100_000;
+
+/// What the writer lock guards.
+#[derive(Debug)]
+struct Writer {
+    log: LogWriter,
+    /// Latest version of recently written aggregates. Authoritative: this
+    /// writer is the only one, so an entry never goes stale.
+    versions: FastMap<Box<str>, u64>,
+}
+
+impl Writer {
+    fn remember_version(&mut self, aggregate_id: &str, version: u64) {
+        if self.versions.len() >= VERSION_CACHE_MAX && !self.versions.contains_key(aggregate_id) {
+            // Forgetting is always safe: the tail and the index know.
+            self.versions.clear();
+        }
+        match self.versions.get_mut(aggregate_id) {
+            Some(v) => *v = version,
+            None => {
+                self.versions.insert(aggregate_id.into(), version);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
@@ -233,7 +260,7 @@ struct Inner {
     hlc: Hlc,
     index: Index,
     tail: Arc<RwLock<Tail>>,
-    writer: Mutex<Option<LogWriter>>,
+    writer: Mutex<Option<Writer>>,
     progress: Arc<IndexProgress>,
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -424,7 +451,10 @@ impl Store {
                 hlc,
                 index,
                 tail,
-                writer: Mutex::new(writer),
+                writer: Mutex::new(writer.map(|log| Writer {
+                    log,
+                    versions: FastMap::default(),
+                })),
                 progress,
                 shutdown,
                 threads: Mutex::new(threads),
@@ -509,6 +539,7 @@ impl Store {
         let limits = &inner.options.limits;
         check_batch(limits, groups)?;
 
+        let in_flight = inner.log.begin_append();
         let mut guard = lock(&inner.writer);
         if guard.is_none() {
             return Err(if inner.options.read_only {
@@ -562,6 +593,7 @@ impl Store {
 
         // Versions and timestamps for the new events.
         let mut stamps: Vec<Timestamp> = Vec::with_capacity(total);
+        let mut last_versions: HashMap<&str, u64> = HashMap::with_capacity(groups.len());
         let mut versions: Vec<u64> = Vec::with_capacity(total);
         for g in groups {
             let new_count = g
@@ -572,7 +604,7 @@ impl Store {
             if new_count == 0 {
                 continue;
             }
-            let current = self.current_version(&g.aggregate_id)?;
+            let current = self.current_version(writer, &g.aggregate_id)?;
             if !g.expected.admits(current) {
                 return Err(Error::Conflict {
                     aggregate_id: g.aggregate_id.clone(),
@@ -596,6 +628,7 @@ impl Store {
                     None => inner.hlc.now(),
                 });
             }
+            last_versions.insert(g.aggregate_id.as_str(), v);
         }
         let mut fields = Vec::with_capacity(versions.len());
         let mut meta = Vec::with_capacity(versions.len());
@@ -622,7 +655,13 @@ impl Store {
                 meta.push(&g.aggregate_id);
             }
         }
-        let appended = writer.append(&inner.log, &fields)?;
+        let appended = writer.log.append(&inner.log, &fields)?;
+        drop(in_flight);
+        for g in groups {
+            if let Some(v) = last_versions.get(g.aggregate_id.as_str()) {
+                writer.remember_version(&g.aggregate_id, *v);
+            }
+        }
         let mut new_commits = HashMap::with_capacity(fields.len());
         {
             let mut tail = inner.tail.write().unwrap_or_else(|e| e.into_inner());
@@ -705,7 +744,10 @@ impl Store {
 
     /// The aggregate's latest version including unsynced appends (writer
     /// lock held).
-    fn current_version(&self, aggregate_id: &str) -> Result<u64> {
+    fn current_version(&self, writer: &Writer, aggregate_id: &str) -> Result<u64> {
+        if let Some(v) = writer.versions.get(aggregate_id) {
+            return Ok(*v);
+        }
         let inner = &*self.inner;
         if let Some(v) = inner
             .tail
@@ -990,7 +1032,7 @@ impl Store {
 impl Inner {
     fn shutdown(&self) -> Result<()> {
         let result = match lock(&self.writer).take() {
-            Some(mut w) => w.close(&self.log).map_err(Error::from),
+            Some(mut w) => w.log.close(&self.log).map_err(Error::from),
             None => Ok(()),
         };
         self.shutdown.store(true, Ordering::Release);

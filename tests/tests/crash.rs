@@ -93,14 +93,12 @@ fn s2_s3_s4_sigkill_at_random_moments_loses_no_acknowledged_event() {
             torn_tails += 1;
         }
         let mut present: HashMap<Uuid, u64> = HashMap::new();
-        let mut expected_position = 1;
-        for e in store.read_all(1) {
+        for (expected_position, e) in (1..).zip(store.read_all(1)) {
             let e = e.unwrap_or_else(|e| panic!("iteration {iteration}: read failed: {e}"));
             assert_eq!(
                 e.position, expected_position,
                 "iteration {iteration}: positions must be gapless"
             );
-            expected_position += 1;
             present.insert(e.event_id, e.position);
         }
         for (id, position) in &acked {

@@ -520,6 +520,12 @@ pub fn decode_record(b: &[u8], check_crc: bool) -> Result<RecordRef<'_>, FormatE
             "length is below the header size",
         ));
     }
+    if len > RECORD_BYTES_MAX {
+        return Err(FormatError::malformed(
+            WHAT,
+            "length is above the largest record",
+        ));
+    }
     need(b, len)?;
     let b = &b[..len];
     if check_crc {
@@ -708,19 +714,22 @@ impl<'a> Iterator for BatchIter<'a> {
             return None;
         }
         let offset = self.at;
+        // After an error the iterator ends: nothing after a bad record can
+        // be trusted, and the trailing-bytes check must not fire as well.
+        let fail = |it: &mut Self, e| {
+            it.remaining = 0;
+            it.at = it.records.len();
+            Some(Err(e))
+        };
         let r = match decode_record(&self.records[offset..], false) {
             Ok(r) => r,
-            Err(e) => {
-                self.remaining = 0;
-                return Some(Err(e));
-            }
+            Err(e) => return fail(self, e),
         };
         if r.position != self.next_position {
-            self.remaining = 0;
-            return Some(Err(FormatError::malformed(
-                "batch",
-                "record positions are not consecutive",
-            )));
+            return fail(
+                self,
+                FormatError::malformed("batch", "record positions are not consecutive"),
+            );
         }
         self.at += r.encoded_len;
         self.next_position += 1;

@@ -27,7 +27,7 @@ pub mod vfs;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 pub const SEGMENT_BYTES_MIN: u64 = 4 << 10;
 /// Largest allowed segment size limit.
 pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 40;
+/// Longest a group-commit leader waits for appends already under way to
+/// join its sync (only while there are some).
+pub const COMMIT_DELAY_MAX: Duration = Duration::from_micros(500);
 /// Name of the log directory inside a store.
 pub const LOG_DIR: &str = "log";
 
@@ -191,6 +194,24 @@ pub(crate) struct LogShared {
     synced: Condvar,
     poisoned: Mutex<Option<String>>,
     is_poisoned: AtomicBool,
+    stats: LogStats,
+    /// Appends that have started but not yet written their frame.
+    in_flight: AtomicUsize,
+    /// Signalled when `in_flight` drops to zero.
+    drained: Condvar,
+    drained_lock: Mutex<()>,
+}
+
+/// Counters since the log was opened.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Batch frames written.
+    pub batches: AtomicU64,
+    /// Events written.
+    pub events: AtomicU64,
+    /// `fdatasync` calls of the active segment by group-commit leaders and
+    /// the periodic flusher.
+    pub syncs: AtomicU64,
 }
 
 /// The event log of one store. Cheap to clone.
@@ -240,6 +261,10 @@ impl Log {
             synced: Condvar::new(),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
+            stats: LogStats::default(),
+            in_flight: AtomicUsize::new(0),
+            drained: Condvar::new(),
+            drained_lock: Mutex::new(()),
             config,
         });
         shared.visible.publish(visible_position);
@@ -350,6 +375,19 @@ impl Log {
         segs.get(i).cloned()
     }
 
+    /// Marks an append as under way until the guard drops (after its frame
+    /// is written, or it failed); group-commit leaders wait for such
+    /// appends, briefly, so that one sync covers them.
+    pub fn begin_append(&self) -> InFlight<'_> {
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight { log: self }
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> &LogStats {
+        &self.shared.stats
+    }
+
     /// Why writes are refused, if they are.
     pub fn poisoned(&self) -> Option<String> {
         if !self.shared.is_poisoned.load(Ordering::Acquire) {
@@ -413,12 +451,34 @@ impl Log {
             }
             // Become the leader: sync everything written so far, for every
             // waiter at once.
-            let Some((mark_position, segment, mark_len)) = st.written.clone() else {
+            if st.written.is_none() {
                 return Ok(());
-            };
+            }
             st.syncing = true;
             drop(st);
+            // Commit delay: while other appends are between entering the
+            // store and finishing their write, give them a moment to land in
+            // this sync rather than the next. Alone, a writer never waits.
+            {
+                let deadline = Instant::now() + COMMIT_DELAY_MAX;
+                let mut drained = lock(&shared.drained_lock);
+                while shared.in_flight.load(Ordering::Acquire) > 0 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    drained = shared
+                        .drained
+                        .wait_timeout(drained, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            st = lock(&shared.sync);
+            let (mark_position, segment, mark_len) = st.written.clone().expect("checked above");
+            drop(st);
             let result = segment.file().sync_data();
+            shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
             st = lock(&shared.sync);
             st.syncing = false;
             if let Err(e) = result {
@@ -522,6 +582,23 @@ impl Log {
     }
 }
 
+/// An append under way; see [`Log::begin_append`].
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    log: &'a Log,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let shared = &self.log.shared;
+        if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Taking the lock orders this wake-up after a leader's check.
+            let _guard = lock(&shared.drained_lock);
+            shared.drained.notify_all();
+        }
+    }
+}
+
 /// The active segment as the writer sees it.
 #[derive(Debug)]
 struct ActiveSegment {
@@ -622,6 +699,11 @@ impl LogWriter {
         active.len += frame_len;
         active.body_crc.update(buf);
         active.has_frames = true;
+        log.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+        log.shared
+            .stats
+            .events
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         let last_position = first_position + records.len() as u64 - 1;
         self.next_position = last_position + 1;
         {
@@ -935,6 +1017,23 @@ impl Cursor {
                     path,
                     at,
                     "frame extends past the readable end of the segment",
+                ));
+            }
+            if header.durable_offset > at {
+                return Err(LogError::corrupt(
+                    path,
+                    at,
+                    FormatError::Malformed {
+                        what: "frame",
+                        reason: "durable offset lies beyond the frame itself",
+                    },
+                ));
+            }
+            if header.kind == FrameKind::Seal && at + frame_len != readable {
+                return Err(LogError::inconsistent(
+                    path,
+                    at,
+                    "bytes follow a seal frame",
                 ));
             }
             if header.kind == FrameKind::Seal {

@@ -6,12 +6,17 @@
 //!    segment creation: a read-write open removes them.
 //! 2. Every segment must have a valid header whose first position matches
 //!    its name and whose store id matches the others.
-//! 3. Every segment but the last must end with a seal frame, and the next
-//!    segment must start right after the sealed one's last position.
-//!    Sealed segments are trusted on open (their frames are CRC-checked on
-//!    every read and by `strata verify`); damage there is never cut.
-//! 4. The last segment, unless sealed, is the active one and is scanned
-//!    frame by frame. At the first frame that fails (short, bad magic, bad
+//! 3. The first segment starts at position 1. Every segment but the last
+//!    must end with a seal frame, and the next segment must start right
+//!    after the sealed one's last position. Such segments are trusted on
+//!    open (their frames are CRC-checked on every read and by verification
+//!    tools); damage there is never cut.
+//! 4. The last segment is scanned frame by frame from its header, whether
+//!    or not it ends in a seal: event data comes last in a record and could
+//!    look like a seal, so only a walk finds the real frame boundaries. If
+//!    the walk ends on a seal the segment is sealed; otherwise it is the
+//!    active one. In a read-write open it is synced before its length counts
+//!    as durable. At the first frame that fails (short, bad magic, bad
 //!    CRC, out of sequence), the rest of the file is a *torn tail* — bytes
 //!    of appends that were never acknowledged — unless a later valid frame
 //!    proves otherwise: every frame records how much of its segment was on
@@ -140,6 +145,13 @@ pub fn scan_frames(
                     break bad(FormatError::Malformed {
                         what: "seal",
                         reason: "last position does not match the batches before it",
+                    });
+                }
+                if batches == 0 {
+                    // The writer never seals an empty segment.
+                    break bad(FormatError::Malformed {
+                        what: "seal",
+                        reason: "seals a segment that holds no batch",
                     });
                 }
                 if offset + frame.len() != bytes.len() {
@@ -480,6 +492,13 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
         let bytes = read_all(&*file, &path)?;
         let scan = scan_frames(&bytes, first, |_, _| {});
         if let ScanStop::Sealed { offset, seal } = scan.stop {
+            if !config.read_only {
+                // The writer may have died between writing the seal and
+                // syncing it; the next segment must not exist before the
+                // seal is durable.
+                file.sync_data()
+                    .map_err(|e| LogError::io(&path, "syncing a sealed segment", e))?;
+            }
             let len = offset + SEAL_FRAME_BYTES as u64;
             segments.push(Arc::new(Segment::new(
                 first,

@@ -129,8 +129,8 @@ impl Segment {
         self.map.get_or_init(|| self.map_new()).as_ref()
     }
 
-    /// Bytes `[offset, offset + len)`: borrowed from the map of a sealed
-    /// segment, or read into `buf`.
+    /// Bytes `[offset, offset + len)`: borrowed from the segment's map when
+    /// they lie below the readable end, or read into `buf`.
     pub fn read<'a>(
         &'a self,
         offset: u64,
@@ -140,13 +140,16 @@ impl Segment {
         let end = offset
             .checked_add(len as u64)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflow"))?;
-        if let Some(map) = self.mapped_bytes() {
-            return map.get(offset as usize..end as usize).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "read past the end of the segment",
-                )
-            });
+        // Through the map only below the readable end: an active segment's
+        // map reaches past the end of its file, and touching such a page
+        // would be a SIGBUS rather than an error. Elsewhere a positioned
+        // read fails cleanly at the end of the file.
+        if end <= self.readable_len()
+            && let Some(bytes) = self
+                .mapped_bytes()
+                .and_then(|m| m.get(offset as usize..end as usize))
+        {
+            return Ok(bytes);
         }
         buf.clear();
         buf.resize(len, 0);

@@ -1,0 +1,52 @@
+//! One module per subcommand.
+
+pub mod append;
+pub mod bench;
+pub mod demo;
+pub mod init;
+
+use std::path::Path;
+
+use strata::{Durability, Options, Store};
+
+use crate::exit::Failure;
+
+/// Parses `sync`, `none`, or `periodic:<N>ms` / `periodic:<N>s`.
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "sync" => Ok(Durability::Sync),
+        "none" => Ok(Durability::None),
+        _ => {
+            let spec = s.strip_prefix("periodic:").ok_or_else(|| {
+                format!("unknown durability {s:?}: use sync, none or periodic:<N>ms")
+            })?;
+            let (digits, unit) = spec.split_at(
+                spec.find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(spec.len()),
+            );
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("bad interval {spec:?}: use e.g. periodic:100ms"))?;
+            let ms = match unit {
+                "ms" => n,
+                "s" => n * 1000,
+                _ => return Err(format!("bad interval unit {unit:?}: use ms or s")),
+            };
+            if ms == 0 {
+                return Err("the periodic interval must be above zero".into());
+            }
+            Ok(Durability::Periodic(std::time::Duration::from_millis(ms)))
+        }
+    }
+}
+
+/// Opens an existing store read-write (never creates one).
+pub fn open_existing(dir: &Path) -> Result<Store, Failure> {
+    Ok(Store::open(
+        dir,
+        Options {
+            create_if_missing: false,
+            ..Options::default()
+        },
+    )?)
+}

@@ -1,0 +1,76 @@
+//! Exit codes and the error type commands return.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// What a command's exit code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Ok = 0,
+    /// Damage or verification failure found; an append conflict.
+    Damage = 1,
+    /// Usage or input error.
+    Usage = 2,
+    /// Store locked or unavailable.
+    Unavailable = 3,
+}
+
+impl From<Code> for ExitCode {
+    fn from(c: Code) -> ExitCode {
+        ExitCode::from(c as u8)
+    }
+}
+
+/// A failed command: what to print and which code to exit with.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: Code,
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: Code::Usage,
+            message: message.into(),
+        }
+    }
+
+    pub fn damage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: Code::Damage,
+            message: message.into(),
+        }
+    }
+}
+
+/// Maps engine errors to exit codes.
+impl From<strata::Error> for Failure {
+    fn from(e: strata::Error) -> Failure {
+        use strata::Error as E;
+        let code = match &e {
+            E::Locked { .. } | E::NotFound { .. } | E::Io { .. } | E::Closed | E::ReadOnly => {
+                Code::Unavailable
+            }
+            E::Invalid(_) => Code::Usage,
+            E::Conflict { .. } | E::EventIdReused { .. } => Code::Damage,
+            E::Log(strata::log::LogError::Io { .. } | strata::log::LogError::NotFound { .. }) => {
+                Code::Unavailable
+            }
+            E::Log(_) | E::Index(_) => Code::Damage,
+            _ => Code::Damage,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type CmdResult = Result<Code, Failure>;
