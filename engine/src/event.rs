@@ -4,7 +4,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use crate::hlc::{HlcError, Timestamp};
+use crate::hlc::{HlcError, NodeId, Timestamp};
 use crate::log::format::{self, RecordRef};
 
 /// A recorded event: what was appended, plus where it landed.
@@ -96,6 +96,29 @@ impl EventRef<'_> {
             pw = crate::hlc::PHYSICAL_DIGITS,
             cw = crate::hlc::COUNTER_DIGITS
         )
+    }
+
+    /// Like [`EventRef::to_event`], reusing `node` when this event was
+    /// stamped by the same node (and remembering this event's node).
+    pub fn to_event_sharing_node(&self, node: &mut Option<NodeId>) -> Result<Event, HlcError> {
+        let shared = match node {
+            Some(n) if n.as_str() == self.hlc_node => n.clone(),
+            _ => {
+                let n = NodeId::new(self.hlc_node)?;
+                *node = Some(n.clone());
+                n
+            }
+        };
+        Ok(Event {
+            position: self.position,
+            event_id: self.event_id,
+            aggregate_id: self.aggregate_id.to_owned(),
+            version: self.version,
+            event_type: self.event_type.to_owned(),
+            data: self.data.to_vec(),
+            timestamp: Timestamp::new(self.hlc_physical_ms, self.hlc_counter, shared)?,
+            metadata: self.metadata.map(<[u8]>::to_vec),
+        })
     }
 
     pub fn to_event(&self) -> Result<Event, HlcError> {

@@ -41,6 +41,9 @@ use crate::log::{
 pub const INDEX_BATCH_EVENTS_MAX_DEFAULT: usize = 20_000;
 /// Default [`Options::tail_events_max`].
 pub const TAIL_EVENTS_MAX_DEFAULT: usize = 1_000_000;
+/// How long the indexer lets new events gather after waking, so that a
+/// trickle of small appends is indexed in fewer, larger transactions.
+const INDEXER_GATHER: Duration = Duration::from_millis(2);
 /// How long the indexer waits before retrying after an error.
 const INDEXER_RETRY: Duration = Duration::from_secs(1);
 /// How often idle background threads look at the shutdown flag.
@@ -809,10 +812,16 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
-        for p in inner
-            .index
-            .aggregate_pointers(aggregate_id, from_version, backward, limit)?
-        {
+        let indexed =
+            inner
+                .index
+                .aggregate_pointers(aggregate_id, from_version, backward, limit)?;
+        if by_version.is_empty() {
+            // Nothing for this aggregate waits for the indexer: the index's
+            // answer is the whole answer, already in order.
+            return Ok(indexed);
+        }
+        for p in indexed {
             by_version.entry(p.version).or_insert(p);
         }
         let ptrs: Vec<Pointer> = if backward {
@@ -830,14 +839,31 @@ impl Store {
 
     fn read_pointers(&self, ptrs: &[Pointer]) -> Result<Vec<Event>> {
         let log = &self.inner.log;
-        ptrs.iter()
-            .map(|p| {
-                let e = log.read_record(p.segment, p.offset, p.position, |r| {
-                    EventRef::from(r).to_event()
-                })?;
-                e.map_err(|err| corrupt_hlc(log, p, err))
-            })
-            .collect()
+        let mut events = Vec::with_capacity(ptrs.len());
+        // Events of one aggregate mostly come from few nodes: share the
+        // node id between them instead of allocating one per event.
+        let mut node: Option<NodeId> = None;
+        let mut failed = None;
+        log.read_records(
+            ptrs.iter().map(|p| (p.segment, p.offset, p.position)),
+            |r| {
+                if failed.is_some() {
+                    return;
+                }
+                match EventRef::from(r).to_event_sharing_node(&mut node) {
+                    Ok(e) => events.push(e),
+                    Err(err) => failed = Some((r.position, err)),
+                }
+            },
+        )?;
+        if let Some((position, err)) = failed {
+            let p = ptrs
+                .iter()
+                .find(|p| p.position == position)
+                .expect("read from ptrs");
+            return Err(corrupt_hlc(log, p, err));
+        }
+        Ok(events)
     }
 
     /// The event with this id, if it is visible.
@@ -1207,6 +1233,12 @@ impl Indexer {
                     return;
                 }
                 self.log.wait_beyond(self.indexed, IDLE_WAKE);
+                // A trickle of small appends would otherwise cost one SQLite
+                // transaction each; readers do not wait for the index (the
+                // tail answers), so gather a little first.
+                if !self.shutdown.load(Ordering::Acquire) {
+                    std::thread::sleep(INDEXER_GATHER);
+                }
                 continue;
             }
             if let Err(e) = self.step(visible) {

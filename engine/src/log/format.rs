@@ -578,20 +578,21 @@ pub fn decode_record(b: &[u8], check_crc: bool) -> Result<RecordRef<'_>, FormatE
             "field lengths do not add up to the record length",
         ));
     }
-    let mut at = RECORD_HEADER_BYTES;
-    let mut take = |n: usize| {
-        let s = &b[at..at + n];
-        at += n;
-        s
-    };
-    let str_field = |bytes, reason| {
-        std::str::from_utf8(bytes).map_err(|_| FormatError::malformed(WHAT, reason))
-    };
-    let hlc_node = str_field(take(node_len), "HLC node is not UTF-8")?;
-    let aggregate_id = str_field(take(aggregate_len), "aggregate id is not UTF-8")?;
-    let event_type = str_field(take(type_len), "event type is not UTF-8")?;
-    let data = take(data_len);
-    let metadata = take(metadata_len);
+    // The three text fields are adjacent: validate them as one run of UTF-8
+    // (one call instead of three), then check that each field starts and
+    // ends on a character boundary, which makes each field valid on its own.
+    let strings_end = RECORD_HEADER_BYTES + node_len + aggregate_len + type_len;
+    let strings = std::str::from_utf8(&b[RECORD_HEADER_BYTES..strings_end])
+        .map_err(|_| FormatError::malformed(WHAT, "a text field is not UTF-8"))?;
+    let (node_end, aggregate_end) = (node_len, node_len + aggregate_len);
+    if !strings.is_char_boundary(node_end) || !strings.is_char_boundary(aggregate_end) {
+        return Err(FormatError::malformed(WHAT, "a text field is not UTF-8"));
+    }
+    let hlc_node = &strings[..node_end];
+    let aggregate_id = &strings[node_end..aggregate_end];
+    let event_type = &strings[aggregate_end..];
+    let data = &b[strings_end..strings_end + data_len];
+    let metadata = &b[strings_end + data_len..strings_end + data_len + metadata_len];
     let position = u64_at(b, 8);
     if position == 0 {
         return Err(FormatError::malformed(WHAT, "position is 0"));
@@ -885,6 +886,33 @@ mod tests {
         assert!(Seal::decode(&seal).is_ok());
         seal[13] = 1;
         assert!(Seal::decode(&seal).is_err());
+    }
+
+    #[test]
+    fn a_character_split_across_two_text_fields_is_refused() {
+        // Valid UTF-8 as one run, invalid field by field: "n\u{e9}" + "x"
+        // re-cut as "n\xC3" + "\xA9x".
+        let mut buf = Vec::new();
+        encode_record(
+            &mut buf,
+            &RecordFields {
+                position: 1,
+                event_id: Uuid::from_u128(1),
+                version: 1,
+                hlc_physical_ms: 1,
+                hlc_counter: 0,
+                hlc_node: "n\u{e9}",
+                aggregate_id: "x",
+                event_type: "T",
+                data: b"",
+                metadata: None,
+            },
+        );
+        assert!(decode_record(&buf, true).is_ok());
+        buf[52] = 2; // node_len 3 -> 2
+        buf[54..56].copy_from_slice(&2u16.to_le_bytes()); // aggregate_id_len 1 -> 2
+        let err = decode_record(&buf, false).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 
     #[test]

@@ -523,63 +523,105 @@ impl Log {
         position: u64,
         f: impl FnOnce(RecordRef<'_>) -> T,
     ) -> Result<T, LogError> {
-        if position > self.visible_position() {
-            return Err(LogError::Inconsistent {
-                path: self.shared.dir.clone(),
-                offset,
-                reason: format!("position {position} is not visible yet"),
-            });
-        }
-        let segment = self
-            .segment_for(position)
-            .filter(|s| s.first_position() == segment_first)
-            .ok_or_else(|| {
-                LogError::inconsistent(
+        let mut f = Some(f);
+        let mut out = None;
+        self.read_records([(segment_first, offset, position)], |r| {
+            out = f.take().map(|f| f(r));
+        })?;
+        Ok(out.expect("one record read"))
+    }
+
+    /// Reads records by `(segment_first, offset, position)`, as
+    /// [`Log::read_record`] does, looking each segment up once per run of
+    /// records in it.
+    pub fn read_records(
+        &self,
+        pointers: impl IntoIterator<Item = (u64, u64, u64)>,
+        mut f: impl FnMut(RecordRef<'_>),
+    ) -> Result<(), LogError> {
+        let visible = self.visible_position();
+        let mut segment: Option<Arc<Segment>> = None;
+        let mut buf = Vec::new();
+        for (segment_first, offset, position) in pointers {
+            if position > visible {
+                return Err(LogError::Inconsistent {
+                    path: self.shared.dir.clone(),
+                    offset,
+                    reason: format!("position {position} is not visible yet"),
+                });
+            }
+            let holds = |s: &Segment| {
+                s.first_position() == segment_first
+                    && position >= s.first_position()
+                    && position <= s.last_position()
+            };
+            if !segment.as_deref().is_some_and(holds) {
+                segment = self
+                    .segment_for(position)
+                    .filter(|s| s.first_position() == segment_first);
+            }
+            let Some(seg) = segment.as_deref() else {
+                return Err(LogError::inconsistent(
                     &self.shared.dir.join(segment_file_name(segment_first)),
                     offset,
-                    format!("no segment starting at {segment_first} holds position {position}; the index is stale, run `strata reindex`"),
-                )
-            })?;
-        let path = segment.path().to_path_buf();
-        let mut buf = Vec::new();
-        let head = segment
-            .read(offset, 4, &mut buf)
-            .map_err(|e| LogError::io(&path, "reading a record", e))?;
-        let len = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
-        if !(format::RECORD_HEADER_BYTES..=format::RECORD_BYTES_MAX).contains(&len) {
-            return Err(LogError::corrupt(
-                &path,
-                offset,
-                FormatError::Malformed {
-                    what: "event record",
-                    reason: "length out of range",
-                },
-            ));
+                    format!(
+                        "no segment starting at {segment_first} holds position {position}; the index is stale, run `strata reindex`"
+                    ),
+                ));
+            };
+            f(read_record_in(seg, offset, position, &mut buf)?);
         }
-        if offset + len as u64 > segment.readable_len() {
-            return Err(LogError::inconsistent(
-                &path,
-                offset,
-                "record extends past the readable end",
-            ));
-        }
-        let bytes = segment
-            .read(offset, len, &mut buf)
-            .map_err(|e| LogError::io(&path, "reading a record", e))?;
-        let record =
-            format::decode_record(bytes, true).map_err(|e| LogError::corrupt(&path, offset, e))?;
-        if record.position != position {
-            return Err(LogError::inconsistent(
-                &path,
-                offset,
-                format!(
-                    "record holds position {}, expected {position}; the index is stale, run `strata reindex`",
-                    record.position
-                ),
-            ));
-        }
-        Ok(f(record))
+        Ok(())
     }
+}
+
+fn read_record_in<'a>(
+    segment: &'a Segment,
+    offset: u64,
+    position: u64,
+    buf: &'a mut Vec<u8>,
+) -> Result<RecordRef<'a>, LogError> {
+    let path = segment.path();
+    let mut head = [0u8; 4];
+    head.copy_from_slice(
+        segment
+            .read(offset, 4, buf)
+            .map_err(|e| LogError::io(path, "reading a record", e))?,
+    );
+    let len = u32::from_le_bytes(head) as usize;
+    if !(format::RECORD_HEADER_BYTES..=format::RECORD_BYTES_MAX).contains(&len) {
+        return Err(LogError::corrupt(
+            path,
+            offset,
+            FormatError::Malformed {
+                what: "event record",
+                reason: "length out of range",
+            },
+        ));
+    }
+    if offset + len as u64 > segment.readable_len() {
+        return Err(LogError::inconsistent(
+            path,
+            offset,
+            "record extends past the readable end",
+        ));
+    }
+    let bytes = segment
+        .read(offset, len, buf)
+        .map_err(|e| LogError::io(path, "reading a record", e))?;
+    let record =
+        format::decode_record(bytes, true).map_err(|e| LogError::corrupt(path, offset, e))?;
+    if record.position != position {
+        return Err(LogError::inconsistent(
+            path,
+            offset,
+            format!(
+                "record holds position {}, expected {position}; the index is stale, run `strata reindex`",
+                record.position
+            ),
+        ));
+    }
+    Ok(record)
 }
 
 /// An append under way; see [`Log::begin_append`].
