@@ -30,6 +30,8 @@ pub const INDEX_FILE: &str = "index.sqlite";
 pub const INDEX_SCHEMA_VERSION: i64 = 1;
 /// Idle read connections kept open.
 const READ_POOL_IDLE_MAX: usize = 8;
+/// How much of the index file SQLite may memory-map.
+const MMAP_BYTES: i64 = 1 << 30;
 /// Page cache of each connection, in KiB (SQLite's negative `cache_size`).
 const CACHE_KIB: i64 = 64 << 10;
 
@@ -131,6 +133,9 @@ fn configure(conn: &Connection, path: &Path, write: bool) -> Result<(), IndexErr
         .map_err(sqlite_err(path, "configuring the connection"))?;
     // `rarray()` lets one statement look up a whole batch of event ids.
     rusqlite::vtab::array::load_module(conn)
+        .map_err(sqlite_err(path, "configuring the connection"))?;
+    // Reads through a memory map instead of a read() per page.
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)
         .map_err(sqlite_err(path, "configuring the connection"))?;
     if write {
         // The index is derived and checkpointed by position: NORMAL keeps
