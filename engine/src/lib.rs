@@ -24,6 +24,7 @@ pub mod hlc;
 pub mod index;
 pub mod lock;
 pub mod log;
+pub mod projection;
 mod store;
 
 pub use error::{Error, Result};

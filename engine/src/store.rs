@@ -260,7 +260,7 @@ struct Inner {
     dir: PathBuf,
     options: Options,
     log: Log,
-    hlc: Hlc,
+    hlc: Arc<Hlc>,
     index: Index,
     tail: Arc<RwLock<Tail>>,
     writer: Mutex<Option<Writer>>,
@@ -336,7 +336,11 @@ impl Store {
             Some(n) => NodeId::new(n).map_err(InvalidInput::from)?,
             None => default_node_id(log.store_id()),
         };
-        let hlc = Hlc::new(node, options.clock.clone(), options.hlc_drift_ms_max);
+        let hlc = Arc::new(Hlc::new(
+            node,
+            options.clock.clone(),
+            options.hlc_drift_ms_max,
+        ));
         let progress = Arc::new(IndexProgress::default());
         let tail = Arc::new(RwLock::new(Tail::default()));
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -488,6 +492,11 @@ impl Store {
     /// This store's clock (its node id is in every timestamp it makes).
     pub fn hlc(&self) -> &Hlc {
         &self.inner.hlc
+    }
+
+    /// This store's clock, shared (e.g. for SQL functions on views).
+    pub fn hlc_handle(&self) -> Arc<Hlc> {
+        self.inner.hlc.clone()
     }
 
     /// What opening the store found and repaired.
