@@ -73,4 +73,10 @@ impl From<strata::Error> for Failure {
     }
 }
 
+impl From<strata::log::LogError> for Failure {
+    fn from(e: strata::log::LogError) -> Failure {
+        Failure::from(strata::Error::Log(e))
+    }
+}
+
 pub type CmdResult = Result<Code, Failure>;

@@ -6,6 +6,7 @@
 
 mod cmd;
 mod exit;
+mod out;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,80 @@ enum Command {
         strata append counter-1 CounterIncremented '{\"value\":1}' --expect-version 3 --metadata '{\"user\":\"ann\"}'"
     )]
     Append(cmd::append::Args),
+    /// Import events from JSON lines (the seed's event objects).
+    #[command(
+        long_about = "Append events from a file of JSON lines, one event object per line in the seed's shape \
+        (event_id, aggregate_id, version, event_type, event_data, timestamp, metadata), in batches. \
+        Events whose event_id is already in the store are skipped, so importing a file twice is harmless. \
+        A bad line stops the import with its line number; nothing of its batch is written.\n\n\
+        Examples:\n  strata import events.jsonl\n  strata export --store old | strata --store new import -"
+    )]
+    Import(cmd::import::Args),
+    /// Export events as JSON lines, in position order.
+    #[command(
+        long_about = "Print events as JSON lines (the seed's event objects), in position order.\n\n\
+        Examples:\n  strata export > all.jsonl\n  strata export --from-position 1000 --aggregate counter-1"
+    )]
+    Export(cmd::export::Args),
+    /// One row per segment file: positions, events, bytes, sealed/active.
+    #[command(
+        long_about = "List the segment files with their first and last position, event count, size, and whether \
+        they are sealed. Reads the files directly, so it works on a damaged store.\n\nExamples:\n  strata segments\n  strata segments --json"
+    )]
+    Segments(cmd::segments::Args),
+    /// Decoded records with byte offsets and CRC status.
+    #[command(
+        long_about = "Print every record of the store's segments, or of one segment file (also outside any store), \
+        with its byte offset, batch, position and CRC status; bad bytes are shown where they are.\n\n\
+        Examples:\n  strata dump\n  strata dump log/00000000000000000001.seg --from-position 100 --limit 10"
+    )]
+    Dump(cmd::dump::Args),
+    /// Check every frame, seal and position, and the index against the log.
+    #[command(
+        long_about = "Check every byte of the log (headers, frame CRCs, seals, positions without gaps) and that \
+        index.sqlite agrees with the log. Exit 0 when clean; exit 1 with one line per problem naming file and byte offset, \
+        and the position to give `strata repair --truncate-after` when there is damage.\n\nExamples:\n  strata verify\n  strata verify --json"
+    )]
+    Verify(cmd::verify::Args),
+    /// Cut a torn tail; truncate after a position only when asked.
+    #[command(
+        long_about = "Cut a torn tail of the last segment (what opening the store does), reporting exactly what is removed. \
+        Damage elsewhere is reported and nothing is removed, unless --truncate-after POSITION (printed by `strata verify`) \
+        asks to drop everything after that position. Removed bytes are moved to <store>/quarantine/ first.\n\n\
+        Examples:\n  strata repair --dry-run\n  strata repair\n  strata repair --truncate-after 41999"
+    )]
+    Repair(cmd::repair::Args),
+    /// Rebuild index.sqlite from the log.
+    #[command(
+        long_about = "Delete index.sqlite and rebuild it from the log.\n\nExamples:\n  strata reindex"
+    )]
+    Reindex(cmd::reindex::Args),
+    /// Projections: status, rebuild.
+    #[command(
+        subcommand,
+        long_about = "Show the views' checkpoints and state, or rebuild them by replay.\n\n\
+        Examples:\n  strata views status\n  strata views rebuild counter"
+    )]
+    Views(cmd::views::Command),
+    /// Events, aggregates, segments, bytes, index lag, views.
+    #[command(
+        long_about = "Summarise the store (read-only).\n\nExamples:\n  strata stats\n  strata stats --json"
+    )]
+    Stats(cmd::stats::Args),
+    /// Print the latest events; --follow prints new ones as they come.
+    #[command(
+        long_about = "Print the latest events, and with --follow keep printing new ones as they are appended \
+        (by this or another process, across segment rolls).\n\nExamples:\n  strata tail -n 20\n  strata tail --follow --aggregate counter-1"
+    )]
+    Tail(cmd::tail::Args),
+    /// The seed's counter app: incr, decr, show.
+    #[command(
+        subcommand,
+        long_about = "Increment, decrement or show a counter of the seed's example app \
+        (CounterIncremented / CounterDecremented events, the current_count view).\n\n\
+        Examples:\n  strata counter incr counter-1\n  strata counter decr counter-1 --by 2\n  strata counter show counter-1 --json"
+    )]
+    Counter(cmd::counter::Command),
     /// Measure Strata against the seed's SQLite table and the raw disk.
     #[command(
         long_about = "Run the benchmark workloads and print events/s, the ratio to the seed design's SQLite \
@@ -82,6 +157,17 @@ fn main() -> ExitCode {
         Command::Init(args) => cmd::init::run(&cli, args),
         Command::Append(args) => cmd::append::run(&cli, args),
         Command::Bench(args) => cmd::bench::run(&cli, args),
+        Command::Import(args) => cmd::import::run(&cli, args),
+        Command::Export(args) => cmd::export::run(&cli, args),
+        Command::Segments(args) => cmd::segments::run(&cli, args),
+        Command::Dump(args) => cmd::dump::run(&cli, args),
+        Command::Verify(args) => cmd::verify::run(&cli, args),
+        Command::Repair(args) => cmd::repair::run(&cli, args),
+        Command::Reindex(args) => cmd::reindex::run(&cli, args),
+        Command::Views(command) => cmd::views::run(&cli, command),
+        Command::Stats(args) => cmd::stats::run(&cli, args),
+        Command::Tail(args) => cmd::tail::run(&cli, args),
+        Command::Counter(command) => cmd::counter::run(&cli, command),
     };
     match result {
         Ok(code) => code.into(),

@@ -6,7 +6,7 @@
 //!
 //! Workloads (see docs/BENCHMARKS.md for what each one means):
 //! `append_batch_durable`, `append_concurrent_durable`, `scan_all`,
-//! `read_aggregate`, `open_clean`.
+//! `read_aggregate`, `open_clean`, `project_rebuild`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -23,6 +23,15 @@ use crate::hlc::{Hlc, NodeId, SystemClock};
 use crate::store::{Options, Store};
 use crate::{Durability, Error};
 
+/// Every workload, in the order [`run`] runs them.
+pub const WORKLOADS: &[&str] = &[
+    "append_batch_durable",
+    "append_concurrent_durable",
+    "scan_all",
+    "read_aggregate",
+    "open_clean",
+    "project_rebuild",
+];
 /// Events per append in the batch workloads.
 pub const BATCH_EVENTS: u64 = 1_000;
 /// Aggregates per batch in `append_batch_durable` (each gets
@@ -183,6 +192,12 @@ pub fn run(
     if wanted("open_clean") {
         push(
             open_clean(config.open_bytes, &config.dir.join("open"))?,
+            &mut results,
+        );
+    }
+    if wanted("project_rebuild") {
+        push(
+            project_rebuild(events, &config.dir.join("project"))?,
             &mut results,
         );
     }
@@ -650,6 +665,163 @@ fn open_clean(bytes: u64, dir: &Path) -> Result<WorkloadResult, BenchError> {
             .with("open_seconds", opened.as_secs_f64())
             .with("store_bytes", size)
             .with("target_seconds", 1.0),
+    )
+}
+
+/// Counters in `project_rebuild`.
+pub const PROJECT_COUNTERS: u64 = 1_000;
+
+/// The counter events of batch `b` in `project_rebuild`: ten counters, a
+/// hundred events each, mostly increments.
+fn counter_groups(b: u64) -> Vec<AggregateEvents> {
+    use crate::projection::counter::{DECREMENTED, INCREMENTED};
+    let groups = BATCH_AGGREGATES;
+    let per = BATCH_EVENTS / groups;
+    (0..groups)
+        .map(|g| AggregateEvents {
+            aggregate_id: aggregate_name((b * groups + g) % PROJECT_COUNTERS),
+            expected: ExpectedVersion::Any,
+            events: (0..per)
+                .map(|j| {
+                    let i = b * BATCH_EVENTS + g * per + j;
+                    let ty = if i % 4 == 3 { DECREMENTED } else { INCREMENTED };
+                    NewEvent::new(ty, format!("{{\"value\":{}}}", 1 + i % 3).into_bytes())
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn project_rebuild(events: u64, dir: &Path) -> Result<WorkloadResult, BenchError> {
+    use crate::projection::counter::{CounterProjection, DECREMENTED};
+    use crate::projection::{ViewOptions, Views};
+    let views_err = |e: crate::projection::ProjectionError| {
+        BenchError::Io(std::io::Error::other(e.to_string()))
+    };
+    std::fs::create_dir_all(dir)?;
+    let store_dir = dir.join("store");
+    let log_db = dir.join("seed-events.sqlite");
+    let view_db = dir.join("seed-views.sqlite");
+    // The same events in Strata's log and in the seed's event table.
+    {
+        let store = Store::open(
+            &store_dir,
+            Options {
+                durability: Durability::None,
+                ..Options::default()
+            },
+        )?;
+        let mut seed = seed_open(&log_db, true)?;
+        seed.pragma_update(None, "synchronous", "OFF")?;
+        let hlc = Hlc::new(
+            NodeId::new("seed").expect("valid"),
+            Arc::new(SystemClock),
+            60_000,
+        );
+        let mut versions = vec![0u64; PROJECT_COUNTERS as usize];
+        for b in 0..events / BATCH_EVENTS {
+            let groups = counter_groups(b);
+            store.append_batch(&groups)?;
+            let tx = seed.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(SEED_INSERT)?;
+                for g in &groups {
+                    let k: usize = g.aggregate_id[4..].parse().expect("agg-NNNNNN");
+                    for e in &g.events {
+                        versions[k] += 1;
+                        stmt.execute(params![
+                            Uuid::new_v4().to_string(),
+                            g.aggregate_id,
+                            versions[k],
+                            e.event_type,
+                            e.data,
+                            seed_hlc(&hlc),
+                            Option::<Vec<u8>>::None
+                        ])?;
+                    }
+                }
+            }
+            tx.commit()?;
+        }
+        store.close()?;
+    }
+
+    // Strata: rebuild the counter view by replaying the whole log.
+    let store = Store::open(&store_dir, Options::default())?;
+    let start = Instant::now();
+    let views = Views::open(
+        &store,
+        vec![Arc::new(CounterProjection)],
+        ViewOptions {
+            background: false,
+            ..ViewOptions::default()
+        },
+    )
+    .map_err(views_err)?;
+    let strata = start.elapsed();
+    let strata_total: i64 = views
+        .read(|c| c.query_row("SELECT sum(value) FROM current_count", [], |r| r.get(0)))
+        .map_err(views_err)?;
+    views.close();
+    store.close()?;
+
+    // The seed's loop: events after last_processed_hlc by timestamp, one
+    // UPDATE per event, a transaction per batch with the HLC checkpoint.
+    let log = seed_open(&log_db, false)?;
+    let mut views_db = seed_open(&view_db, true)?;
+    views_db.execute_batch(
+        "CREATE TABLE current_count (id INTEGER PRIMARY KEY DEFAULT 1, value INTEGER NOT NULL);
+         CREATE TABLE _metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         INSERT INTO _metadata VALUES ('last_processed_hlc', '');",
+    )?;
+    for k in 1..=PROJECT_COUNTERS {
+        views_db.execute("INSERT INTO current_count (id, value) VALUES (?1, 0)", [k])?;
+    }
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut applied = 0u64;
+    let mut fetch = log.prepare(
+        "SELECT event_id, aggregate_id, version, event_type, event_data, timestamp, metadata
+         FROM events WHERE timestamp > ?1 ORDER BY timestamp ASC LIMIT ?2",
+    )?;
+    loop {
+        let rows: Vec<(String, String, Vec<u8>, String)> = fetch
+            .query_map(params![last, BATCH_EVENTS], |r| {
+                Ok((r.get(1)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(batch_last) = rows.last().map(|r| r.3.clone()) else {
+            break;
+        };
+        let tx = views_db.transaction()?;
+        {
+            let mut update =
+                tx.prepare_cached("UPDATE current_count SET value = value + ?1 WHERE id = ?2")?;
+            for (aggregate, ty, data, _) in &rows {
+                let v: serde_json::Value =
+                    serde_json::from_slice(data).map_err(|e| BenchError::Io(e.into()))?;
+                let n = v["value"].as_i64().unwrap_or(0);
+                let delta = if ty == DECREMENTED { -n } else { n };
+                let id = aggregate[4..].parse::<i64>().expect("agg-NNNNNN") + 1;
+                update.execute(params![delta, id])?;
+            }
+            tx.execute(
+                "UPDATE _metadata SET value = ?1 WHERE key = 'last_processed_hlc'",
+                [&batch_last],
+            )?;
+        }
+        tx.commit()?;
+        last = batch_last;
+        applied += rows.len() as u64;
+    }
+    let seed = start.elapsed();
+    let seed_total: i64 =
+        views_db.query_row("SELECT sum(value) FROM current_count", [], |r| r.get(0))?;
+    assert_eq!(applied, events, "the seed loop saw every event");
+    assert_eq!(strata_total, seed_total, "both views agree");
+    Ok(
+        WorkloadResult::new("project_rebuild", events, strata, Some(seed), None)
+            .with("counters", PROJECT_COUNTERS),
     )
 }
 

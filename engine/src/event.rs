@@ -41,6 +41,22 @@ impl fmt::Debug for Event {
 }
 
 impl Event {
+    /// A borrowed view of this event, as projections and scans see events.
+    pub fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            position: self.position,
+            event_id: self.event_id,
+            aggregate_id: &self.aggregate_id,
+            version: self.version,
+            event_type: &self.event_type,
+            data: &self.data,
+            hlc_physical_ms: self.timestamp.physical_ms(),
+            hlc_counter: self.timestamp.counter(),
+            hlc_node: self.timestamp.node().as_str(),
+            metadata: self.metadata.as_deref(),
+        }
+    }
+
     /// The payload parsed as JSON.
     pub fn data_json<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
         serde_json::from_slice(&self.data)
@@ -352,8 +368,6 @@ pub enum InvalidInput {
     NoEvents,
     #[error("event {event_id} appears twice in one append")]
     DuplicateInBatch { event_id: Uuid },
-    #[error("aggregate {aggregate_id:?} appears twice in one append; merge its events")]
-    DuplicateAggregate { aggregate_id: String },
     #[error("setting {name} {reason}")]
     Setting { name: &'static str, reason: String },
     #[error(transparent)]

@@ -22,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod hlc;
 pub mod index;
+pub mod json;
 pub mod lock;
 pub mod log;
 pub mod projection;
@@ -33,5 +34,5 @@ pub use event::{
 };
 pub use hlc::{Hlc, HlcError, ManualClock, NodeId, SystemClock, Timestamp, WallClock};
 pub use log::{Durability, RecoveryReport, TornTail};
-pub use store::{Options, ReadAll, Store, Subscription};
+pub use store::{Options, ProgressHook, ReadAll, Store, Subscription};
 pub use uuid::Uuid;

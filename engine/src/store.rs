@@ -75,6 +75,19 @@ pub struct Options {
     pub index_batch_events_max: usize,
     /// Most events waiting for the indexer; appends wait beyond this.
     pub tail_events_max: usize,
+    /// Called with (indexed, head) while `open` catches the index up (e.g.
+    /// after the index was deleted).
+    pub index_progress: Option<ProgressHook>,
+}
+
+/// A progress callback: `(done, total)`.
+#[derive(Clone)]
+pub struct ProgressHook(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook")
+    }
 }
 
 impl Default for Options {
@@ -91,6 +104,7 @@ impl Default for Options {
             vfs: Arc::new(OsVfs),
             index_batch_events_max: INDEX_BATCH_EVENTS_MAX_DEFAULT,
             tail_events_max: TAIL_EVENTS_MAX_DEFAULT,
+            index_progress: None,
         }
     }
 }
@@ -402,6 +416,9 @@ impl Store {
             }
             while indexer.indexed < head {
                 indexer.step(head).map_err(Error::from)?;
+                if let Some(p) = &options.index_progress {
+                    (p.0)(indexer.indexed, head);
+                }
             }
             hlc.restore(indexer.hlc_max.0, indexer.hlc_max.1);
             progress.set(indexer.indexed, None);
@@ -535,7 +552,10 @@ impl Store {
     }
 
     /// Appends events to one or more aggregates as one atomic batch (S3):
-    /// after a crash either all of them are in the log or none is.
+    /// after a crash either all of them are in the log or none is. Groups
+    /// are appended in order; an aggregate may have several groups (they
+    /// follow each other, each checked against the version the one before
+    /// left), so any interleaving of aggregates can be kept in the log.
     ///
     /// * An event whose `event_id` is already in the log is not written
     ///   again; its [`Committed`] says `existed` and carries the earlier
@@ -616,7 +636,12 @@ impl Store {
             if new_count == 0 {
                 continue;
             }
-            let current = self.current_version(writer, &g.aggregate_id)?;
+            // A later group of an aggregate already in this batch follows
+            // the earlier one.
+            let current = match last_versions.get(g.aggregate_id.as_str()) {
+                Some(v) => *v,
+                None => self.current_version(writer, &g.aggregate_id)?,
+            };
             if !g.expected.admits(current) {
                 return Err(Error::Conflict {
                     aggregate_id: g.aggregate_id.clone(),
@@ -1128,15 +1153,9 @@ fn check_batch(limits: &Limits, groups: &[AggregateEvents]) -> Result<(), Invali
         });
     }
     let mut seen_ids = HashSet::with_capacity(count);
-    let mut seen_aggs = HashSet::with_capacity(groups.len());
     let mut bytes = 0usize;
     for g in groups {
         limits.check_aggregate_id(&g.aggregate_id)?;
-        if !seen_aggs.insert(g.aggregate_id.as_str()) {
-            return Err(InvalidInput::DuplicateAggregate {
-                aggregate_id: g.aggregate_id.clone(),
-            });
-        }
         for e in &g.events {
             limits.check_event(e)?;
             if !seen_ids.insert(e.event_id) {

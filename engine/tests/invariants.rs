@@ -149,6 +149,36 @@ fn s3_multi_aggregate_batch_is_one_atomic_append() {
 }
 
 #[test]
+fn s3_one_batch_may_interleave_aggregates_and_keeps_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let group = |agg: &str, expected, n| AggregateEvents {
+        aggregate_id: agg.into(),
+        expected,
+        events: (0..n).map(|i| ev("X", i)).collect(),
+    };
+    // a, b, a again: the second group of `a` follows the first.
+    let c = store
+        .append_batch(&[
+            group("a", ExpectedVersion::NoStream, 2),
+            group("b", ExpectedVersion::NoStream, 1),
+            group("a", ExpectedVersion::Exact(2), 1),
+        ])
+        .unwrap();
+    let got: Vec<_> = c.iter().map(|c| (c.position, c.version)).collect();
+    assert_eq!(got, vec![(1, 1), (2, 2), (3, 1), (4, 3)]);
+    // Each group is checked against what the one before it left.
+    let err = store
+        .append_batch(&[
+            group("a", ExpectedVersion::Exact(3), 1),
+            group("a", ExpectedVersion::Exact(3), 1),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { current: 4, .. }), "{err}");
+    assert_eq!(store.head(), 4, "the refused batch wrote nothing");
+}
+
+#[test]
 fn s6_conflict_names_the_current_version() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();

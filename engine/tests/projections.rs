@@ -632,3 +632,57 @@ fn projection_names_are_checked() {
     .unwrap_err();
     assert!(err.to_string().contains("two projections"), "{err}");
 }
+
+#[test]
+fn s7_batched_counter_equals_event_by_event_application() {
+    /// The counter without its `apply_batch` override.
+    struct OneByOne;
+    impl Projection for OneByOne {
+        fn name(&self) -> &str {
+            "counter"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn schema(&self) -> &str {
+            CounterProjection.schema()
+        }
+        fn apply(&self, conn: &Connection, e: &EventRef<'_>) -> Result<(), HandlerError> {
+            CounterProjection.apply(conn, e)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut seed = 7u64;
+    for _ in 0..500 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let agg = format!("c{}", (seed >> 33) % 9);
+        let n = ((seed >> 40) % 5) as i64 + 1;
+        let e = if seed >> 63 == 1 {
+            counter::increment(n)
+        } else {
+            counter::decrement(n)
+        };
+        store.append(&agg, ExpectedVersion::Any, vec![e]).unwrap();
+    }
+    let rows = |views: &Views| {
+        views
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT i.aggregate_id, i.id, c.value FROM current_count c JOIN counter_ids i ON i.id = c.id ORDER BY i.id",
+                )?;
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap()
+    };
+    let batched = rows(&sync_views(&store, vec![Arc::new(CounterProjection)], 37));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("views.sqlite{suffix}")));
+    }
+    let one_by_one = rows(&sync_views(&store, vec![Arc::new(OneByOne)], 37));
+    assert_eq!(batched, one_by_one, "same values and the same row ids");
+    assert_eq!(batched.len(), 9);
+}

@@ -24,14 +24,6 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-const WORKLOADS: [&str; 5] = [
-    "append_batch_durable",
-    "append_concurrent_durable",
-    "scan_all",
-    "read_aggregate",
-    "open_clean",
-];
-
 fn fmt_rate(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
@@ -46,10 +38,14 @@ fn fmt_x(v: Option<f64>) -> String {
 }
 
 pub fn run(cli: &Cli, args: &Args) -> CmdResult {
-    if let Some(bad) = args.only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+    if let Some(bad) = args
+        .only
+        .iter()
+        .find(|w| !strata::bench::WORKLOADS.contains(&w.as_str()))
+    {
         return Err(Failure::usage(format!(
             "unknown workload {bad:?}; known: {}",
-            WORKLOADS.join(", ")
+            strata::bench::WORKLOADS.join(", ")
         )));
     }
     let mut config = BenchConfig {

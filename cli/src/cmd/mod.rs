@@ -2,8 +2,19 @@
 
 pub mod append;
 pub mod bench;
+pub mod counter;
 pub mod demo;
+pub mod dump;
+pub mod export;
+pub mod import;
 pub mod init;
+pub mod reindex;
+pub mod repair;
+pub mod segments;
+pub mod stats;
+pub mod tail;
+pub mod verify;
+pub mod views;
 
 use std::path::Path;
 
@@ -49,4 +60,10 @@ pub fn open_existing(dir: &Path) -> Result<Store, Failure> {
             ..Options::default()
         },
     )?)
+}
+
+/// Opens an existing store read-only: no lock, no writes, works beside a
+/// running writer and on a copy of a crashed store.
+pub fn open_read_only(dir: &Path) -> Result<Store, Failure> {
+    Ok(Store::open_read_only(dir)?)
 }

@@ -20,8 +20,11 @@
 //! written. Nothing unacknowledged is ever handed to a reader, a subscriber
 //! or the index.
 
+mod follow;
 pub mod format;
+pub mod inspect;
 pub mod recovery;
+pub mod repair;
 pub mod segment;
 pub mod vfs;
 

@@ -38,6 +38,9 @@ use std::sync::Arc;
 
 pub use functions::register_hlc_functions;
 pub use runner::{ProjectionState, ProjectionStatus, RebuildProgress, Views};
+/// The SQLite binding projections are written against, so that handlers
+/// use the same version as the engine.
+pub use rusqlite;
 
 use crate::event::EventRef;
 
@@ -69,6 +72,32 @@ pub trait Projection: Send + Sync + 'static {
     fn schema(&self) -> &str;
     /// Applies one event.
     fn apply(&self, conn: &rusqlite::Connection, event: &EventRef<'_>) -> Result<(), HandlerError>;
+
+    /// Applies a run of consecutive events (one batch, in log order). The
+    /// default calls [`Projection::apply`] for each. Override it to combine
+    /// work across a batch, e.g. one `UPDATE` per row instead of one per
+    /// event; the result must equal applying the events one by one. On
+    /// failure, say which event failed (its index in `events`); nothing of
+    /// the batch is kept either way.
+    fn apply_batch(
+        &self,
+        conn: &rusqlite::Connection,
+        events: &[EventRef<'_>],
+    ) -> Result<(), BatchFailure> {
+        for (index, event) in events.iter().enumerate() {
+            self.apply(conn, event)
+                .map_err(|error| BatchFailure { index, error })?;
+        }
+        Ok(())
+    }
+}
+
+/// Which event of a batch failed, and why.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// Index of the failing event in the batch.
+    pub index: usize,
+    pub error: HandlerError,
 }
 
 /// Receives rebuild progress.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{HandlerError, Projection, ProjectionError, VIEWS_FILE, ViewOptions, validate_name};
+use super::{BatchFailure, Projection, ProjectionError, VIEWS_FILE, ViewOptions, validate_name};
 use crate::event::EventRef;
 use crate::hlc::Hlc;
 use crate::log::Log;
@@ -245,12 +245,12 @@ fn quote(name: &str) -> String {
 }
 
 /// Calls the handler, turning a panic into an error.
-fn apply_one(
+fn apply_batch(
     projection: &dyn Projection,
     conn: &Connection,
-    event: &EventRef<'_>,
-) -> Result<(), HandlerError> {
-    match catch_unwind(AssertUnwindSafe(|| projection.apply(conn, event))) {
+    events: &[EventRef<'_>],
+) -> Result<(), BatchFailure> {
+    match catch_unwind(AssertUnwindSafe(|| projection.apply_batch(conn, events))) {
         Ok(r) => r,
         Err(panic) => {
             let msg = panic
@@ -258,7 +258,12 @@ fn apply_one(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "handler panicked".into());
-            Err(format!("handler panicked: {msg}").into())
+            Err(BatchFailure {
+                // A panic cannot be pinned to one event: blame the batch's
+                // first, so the checkpoint before it is where it resumes.
+                index: 0,
+                error: format!("handler panicked: {msg}").into(),
+            })
         }
     }
 }
@@ -301,12 +306,22 @@ impl Frames {
         Ok(frames)
     }
 
+    /// Events after `after` and at most `upto`, in order, borrowed.
+    fn events(&self, after: u64, upto: u64) -> Result<Vec<EventRef<'_>>, ProjectionError> {
+        let mut out = Vec::new();
+        self.for_each(after, upto, |e| {
+            out.push(e);
+            true
+        })?;
+        Ok(out)
+    }
+
     /// Events after `after` and at most `upto`, in order.
-    fn for_each(
-        &self,
+    fn for_each<'a>(
+        &'a self,
         after: u64,
         upto: u64,
-        mut f: impl FnMut(EventRef<'_>) -> bool,
+        mut f: impl FnMut(EventRef<'a>) -> bool,
     ) -> Result<(), ProjectionError> {
         for payload in &self.payloads {
             let batch = BatchRef::parse(payload).map_err(|e| ProjectionError::Invalid {
@@ -652,19 +667,19 @@ fn apply_frames(
     after: u64,
     upto: u64,
 ) -> Result<Option<Failure>, ProjectionError> {
+    let events = frames.events(after, upto)?;
+    if events.is_empty() {
+        return Ok(None);
+    }
     conn.execute_batch("SAVEPOINT projection")
         .map_err(ProjectionError::sqlite(path, "starting a savepoint"))?;
-    let mut failure = None;
-    frames.for_each(after, upto, |e| match apply_one(projection, conn, &e) {
-        Ok(()) => true,
-        Err(err) => {
-            failure = Some(Failure {
-                at: Some((e.position, e.event_id)),
-                message: err.to_string(),
-            });
-            false
+    let failure = apply_batch(projection, conn, &events).err().map(|f| {
+        let e = &events[f.index.min(events.len() - 1)];
+        Failure {
+            at: Some((e.position, e.event_id)),
+            message: f.error.to_string(),
         }
-    })?;
+    });
     let end = if failure.is_some() {
         "ROLLBACK TO projection; RELEASE projection"
     } else {

@@ -1,0 +1,111 @@
+//! `strata counter`: the seed's example app from the command line.
+
+use std::sync::Arc;
+
+use strata::projection::counter::{self, CounterProjection};
+use strata::projection::rusqlite::{Connection, OpenFlags, OptionalExtension};
+use strata::projection::{Projection, ViewOptions, Views};
+use strata::{ExpectedVersion, Options, Store};
+
+use crate::Cli;
+use crate::exit::{CmdResult, Code, Failure};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Add N (default 1) to a counter; prints the new value.
+    Incr(Change),
+    /// Subtract N (default 1) from a counter; prints the new value.
+    Decr(Change),
+    /// Print a counter's value (0 if it has no events). Reads only: works
+    /// beside a server or application that holds the store.
+    Show {
+        /// Counter (aggregate id).
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Change {
+    /// Counter (aggregate id).
+    id: String,
+    #[arg(long, default_value_t = 1)]
+    by: i64,
+}
+
+fn print(cli: &Cli, id: &str, value: i64) {
+    if cli.json {
+        crate::out::json_line(&serde_json::json!({ "id": id, "value": value }));
+    } else {
+        println!("{value}");
+    }
+}
+
+pub fn run(cli: &Cli, command: &Command) -> CmdResult {
+    match command {
+        Command::Incr(c) => change(cli, &c.id, counter::increment(c.by)),
+        Command::Decr(c) => change(cli, &c.id, counter::decrement(c.by)),
+        Command::Show { id } => {
+            let value = show(cli, id)?;
+            print(cli, id, value);
+            Ok(Code::Ok)
+        }
+    }
+}
+
+fn change(cli: &Cli, id: &str, event: strata::NewEvent) -> CmdResult {
+    let store = Store::open(&cli.store, Options::default())?;
+    let views = Views::open(
+        &store,
+        vec![Arc::new(CounterProjection)],
+        ViewOptions::default(),
+    )
+    .map_err(|e| Failure::damage(e.to_string()))?;
+    store.append(id, ExpectedVersion::Any, vec![event])?;
+    let value = views
+        .read(|c| counter::value(c, id))
+        .map_err(|e| Failure::damage(e.to_string()))?
+        .unwrap_or(0);
+    views.check().map_err(|e| Failure::damage(e.to_string()))?;
+    views.close();
+    store.close()?;
+    print(cli, id, value);
+    Ok(Code::Ok)
+}
+
+/// The value from the view as it is on disk, plus the counter's events the
+/// view has not applied yet: exact, without writing anything.
+fn show(cli: &Cli, id: &str) -> Result<i64, Failure> {
+    let store = super::open_read_only(&cli.store)?;
+    let path = cli.store.join(strata::projection::VIEWS_FILE);
+    let (mut value, checkpoint) = if path.exists() {
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| Failure::damage(format!("{}: {e}", path.display())))?;
+        let checkpoint: Option<u64> = conn
+            .query_row(
+                "SELECT position FROM strata_projections WHERE name = 'counter' AND version = ?1",
+                [CounterProjection.version()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| Failure::damage(format!("{}: {e}", path.display())))?;
+        match checkpoint {
+            Some(p) => (
+                counter::value(&conn, id)
+                    .map_err(|e| Failure::damage(e.to_string()))?
+                    .unwrap_or(0),
+                p,
+            ),
+            None => (0, 0),
+        }
+    } else {
+        (0, 0)
+    };
+    for e in store.read_aggregate(id, 1, usize::MAX)? {
+        if e.position > checkpoint {
+            value += counter::delta(&e.as_ref())
+                .map_err(|err| Failure::damage(format!("event {}: {err}", e.event_id)))?
+                .unwrap_or(0);
+        }
+    }
+    Ok(value)
+}
