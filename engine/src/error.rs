@@ -52,6 +52,10 @@ pub enum Error {
     ReadOnly,
     #[error("the store is closed")]
     Closed,
+    #[error(
+        "this replica's log no longer follows its server: {reason}; start a new replica from the server"
+    )]
+    Replica { reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,7 +8,7 @@ use crate::hlc::{HlcError, NodeId, Timestamp};
 use crate::log::format::{self, RecordRef};
 
 /// A recorded event: what was appended, plus where it landed.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// Place in the log: 1, 2, 3, ... without gaps.
     pub position: u64,

@@ -27,6 +27,7 @@ pub mod lock;
 pub mod log;
 pub mod projection;
 mod store;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use event::{

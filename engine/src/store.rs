@@ -41,6 +41,8 @@ use crate::log::{
 pub const INDEX_BATCH_EVENTS_MAX_DEFAULT: usize = 20_000;
 /// Default [`Options::tail_events_max`].
 pub const TAIL_EVENTS_MAX_DEFAULT: usize = 1_000_000;
+/// Most cursors kept for sequential readers.
+const CURSOR_CACHE_MAX: usize = 64;
 /// How long the indexer lets new events gather after waking, so that a
 /// trickle of small appends is indexed in fewer, larger transactions.
 const INDEXER_GATHER: Duration = Duration::from_millis(2);
@@ -281,6 +283,9 @@ struct Inner {
     progress: Arc<IndexProgress>,
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Cursors left where sequential readers (sync followers) stopped, so
+    /// the next read continues without seeking. At most `CURSOR_CACHE_MAX`.
+    cursors: Mutex<Vec<Cursor>>,
     report: RecoveryReport,
     _lock: Option<LockFile>,
 }
@@ -482,6 +487,7 @@ impl Store {
                 progress,
                 shutdown,
                 threads: Mutex::new(threads),
+                cursors: Mutex::new(Vec::new()),
                 report,
                 _lock: lock_file,
             }),
@@ -909,6 +915,292 @@ impl Store {
         }
     }
 
+    /// A cursor at `from`: a cached one that stopped there, or a new one.
+    fn take_cursor(&self, from: u64) -> Cursor {
+        let mut cache = lock(&self.inner.cursors);
+        match cache.iter().position(|c| c.next_position() == from) {
+            Some(i) => cache.swap_remove(i),
+            None => self.inner.log.cursor(from),
+        }
+    }
+
+    fn put_cursor(&self, cursor: Cursor) {
+        let mut cache = lock(&self.inner.cursors);
+        if cache.len() >= CURSOR_CACHE_MAX {
+            cache.remove(0);
+        }
+        cache.push(cursor);
+    }
+
+    /// Up to `max_events` events (and about `max_bytes`) from `from` on,
+    /// for sequential readers such as sync followers: a read that starts
+    /// where an earlier one stopped continues without seeking.
+    pub fn read_events(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>> {
+        let log = &self.inner.log;
+        let upto = log.visible_position();
+        let mut cursor = self.take_cursor(from.max(1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut node = None;
+        // Whole batches only: the cursor has passed a batch once it hands
+        // it out, so the limits are checked between batches.
+        while out.len() < max_events && bytes < max_bytes {
+            let Some(view) = cursor.next_batch(upto)? else {
+                break;
+            };
+            for r in view.records() {
+                let (offset, rec) =
+                    r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+                let e = EventRef::from(rec)
+                    .to_event_sharing_node(&mut node)
+                    .map_err(|e| {
+                        let at = Pointer {
+                            position: rec.position,
+                            version: rec.version,
+                            segment: view.segment_first,
+                            offset,
+                        };
+                        corrupt_hlc(log, &at, e)
+                    })?;
+                bytes += rec.encoded_len;
+                out.push(e);
+            }
+        }
+        self.put_cursor(cursor);
+        Ok(out)
+    }
+
+    /// Log records from `from` on as the log stores them, for bulk
+    /// catch-up without decoding: `(first_position, count, records)`, at
+    /// most about `max_bytes` (always at least one record). `None` when
+    /// there is nothing at or after `from` yet.
+    pub fn read_raw_records(
+        &self,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<Option<(u64, u32, Vec<u8>)>> {
+        let log = &self.inner.log;
+        let upto = log.visible_position();
+        let from = from.max(1);
+        let mut cursor = self.take_cursor(from);
+        let mut records = Vec::new();
+        let mut count = 0u32;
+        while records.len() < max_bytes && count < crate::log::format::BATCH_EVENTS_MAX / 2 {
+            let Some(view) = cursor.next_batch(upto)? else {
+                break;
+            };
+            // A seek can land inside a batch: start at the first record
+            // at or after `from`.
+            let mut start = 0usize;
+            if view.batch.first_position < from {
+                for r in view.batch.iter() {
+                    let (offset, rec) =
+                        r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+                    if rec.position >= from {
+                        start = offset;
+                        break;
+                    }
+                }
+            }
+            let skipped = from.saturating_sub(view.batch.first_position) as u32;
+            records.extend_from_slice(&view.batch.records[start..]);
+            count += view.batch.event_count - skipped.min(view.batch.event_count);
+        }
+        self.put_cursor(cursor);
+        Ok((count > 0).then_some((from, count, records)))
+    }
+
+    /// Appends a server's events exactly as the server's log holds them
+    /// (a replica following its server): the first must be at this store's
+    /// next position and the rest follow without gaps, each at the next
+    /// version of its aggregate. Ids, versions and timestamps are kept; a
+    /// timestamp beyond the drift limit is not refused (the server's log is
+    /// canonical) but moves this store's clock.
+    pub fn append_replicated(&self, events: &[Event]) -> Result<()> {
+        let inner = &*self.inner;
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        for (i, e) in events.iter().enumerate() {
+            if e.position != first.position + i as u64 {
+                return Err(diverged(format!(
+                    "replicated events are not contiguous at position {}",
+                    e.position
+                )));
+            }
+            inner.options.limits.check_aggregate_id(&e.aggregate_id)?;
+        }
+        let mut guard = lock(&inner.writer);
+        let writer = guard.as_mut().ok_or(if inner.options.read_only {
+            Error::ReadOnly
+        } else {
+            Error::Closed
+        })?;
+        let mut last = 0;
+        for chunk in events.chunks(inner.options.limits.batch_events_max) {
+            if chunk[0].position != writer.log.next_position() {
+                return Err(diverged(format!(
+                    "the server sent position {}, this replica's next position is {}",
+                    chunk[0].position,
+                    writer.log.next_position()
+                )));
+            }
+            let mut versions: HashMap<&str, u64> = HashMap::new();
+            for e in chunk {
+                let current = match versions.get(e.aggregate_id.as_str()) {
+                    Some(v) => *v,
+                    None => self.current_version(writer, &e.aggregate_id)?,
+                };
+                if e.version != current + 1 {
+                    return Err(diverged(format!(
+                        "position {}: version {} of {:?} does not follow {current}",
+                        e.position, e.version, e.aggregate_id
+                    )));
+                }
+                versions.insert(&e.aggregate_id, e.version);
+                inner
+                    .hlc
+                    .restore(e.timestamp.physical_ms(), e.timestamp.counter());
+            }
+            let fields: Vec<RecordFields<'_>> = chunk
+                .iter()
+                .map(|e| RecordFields {
+                    position: e.position,
+                    event_id: e.event_id,
+                    version: e.version,
+                    hlc_physical_ms: e.timestamp.physical_ms(),
+                    hlc_counter: e.timestamp.counter(),
+                    hlc_node: e.timestamp.node().as_str(),
+                    aggregate_id: &e.aggregate_id,
+                    event_type: &e.event_type,
+                    data: &e.data,
+                    metadata: e.metadata.as_deref(),
+                })
+                .collect();
+            let appended = writer.log.append(&inner.log, &fields)?;
+            self.record_tail(writer, &fields, &appended);
+            last = appended.last_position;
+        }
+        drop(guard);
+        inner.log.wait_durable(last)?;
+        Ok(())
+    }
+
+    /// Appends raw records from a server's log (see
+    /// [`Store::read_raw_records`]), checking each record's CRC, their
+    /// positions and versions before framing them unchanged.
+    pub fn append_raw_records(
+        &self,
+        first_position: u64,
+        count: u32,
+        records: &[u8],
+    ) -> Result<()> {
+        use crate::log::format::{self, BatchRef};
+        let inner = &*self.inner;
+        if count == 0 {
+            return Ok(());
+        }
+        let invalid = |reason: String| {
+            diverged(format!(
+                "records from the server at position {first_position}: {reason}"
+            ))
+        };
+        let mut payload = Vec::with_capacity(format::BATCH_HEADER_BYTES + records.len());
+        format::encode_batch_header(
+            &mut payload,
+            first_position,
+            count.min(format::BATCH_EVENTS_MAX),
+        );
+        payload.extend_from_slice(records);
+        if count > format::BATCH_EVENTS_MAX
+            || payload.len() > format::FRAME_PAYLOAD_BYTES_MAX as usize
+        {
+            return Err(invalid("too many records for one batch".into()));
+        }
+        let batch = BatchRef::parse(&payload).map_err(|e| invalid(e.to_string()))?;
+        batch.validate().map_err(|e| invalid(e.to_string()))?;
+        let mut guard = lock(&inner.writer);
+        let writer = guard.as_mut().ok_or(if inner.options.read_only {
+            Error::ReadOnly
+        } else {
+            Error::Closed
+        })?;
+        if first_position != writer.log.next_position() {
+            return Err(invalid(format!(
+                "this replica's next position is {}",
+                writer.log.next_position()
+            )));
+        }
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut fields = Vec::with_capacity(count as usize);
+        for r in batch.iter() {
+            let (offset, rec) = r.map_err(|e| invalid(e.to_string()))?;
+            format::decode_record(&records[offset..], true).map_err(|e| invalid(e.to_string()))?;
+            let current = match versions.get(rec.aggregate_id) {
+                Some(v) => *v,
+                None => self.current_version(writer, rec.aggregate_id)?,
+            };
+            if rec.version != current + 1 {
+                return Err(invalid(format!(
+                    "version {} of {:?} does not follow {current}",
+                    rec.version, rec.aggregate_id
+                )));
+            }
+            versions.insert(rec.aggregate_id, rec.version);
+            inner.hlc.restore(rec.hlc_physical_ms, rec.hlc_counter);
+            fields.push(RecordFields {
+                position: rec.position,
+                event_id: rec.event_id,
+                version: rec.version,
+                hlc_physical_ms: rec.hlc_physical_ms,
+                hlc_counter: rec.hlc_counter,
+                hlc_node: rec.hlc_node,
+                aggregate_id: rec.aggregate_id,
+                event_type: rec.event_type,
+                data: rec.data,
+                metadata: rec.metadata,
+            });
+        }
+        let appended = writer
+            .log
+            .append_raw(&inner.log, first_position, count, records)?;
+        self.record_tail(writer, &fields, &appended);
+        drop(guard);
+        inner.log.wait_durable(appended.last_position)?;
+        Ok(())
+    }
+
+    /// Records freshly written events in the tail and the version cache.
+    fn record_tail(
+        &self,
+        writer: &mut Writer,
+        fields: &[RecordFields<'_>],
+        appended: &crate::log::Appended,
+    ) {
+        let mut tail = self.inner.tail.write().unwrap_or_else(|e| e.into_inner());
+        for (i, f) in fields.iter().enumerate() {
+            tail.insert(
+                f.aggregate_id,
+                f.event_id,
+                Pointer {
+                    position: appended.first_position + i as u64,
+                    version: f.version,
+                    segment: appended.segment_first,
+                    offset: appended.record_offsets[i],
+                },
+            );
+        }
+        drop(tail);
+        for f in fields {
+            writer.remember_version(f.aggregate_id, f.version);
+        }
+    }
+
     /// Every event from `from_position` up to the head at the time of the
     /// call, in position order, one batch in memory at a time.
     pub fn read_all(&self, from_position: u64) -> ReadAll {
@@ -1096,12 +1388,13 @@ impl Inner {
             None => Ok(()),
         };
         self.shutdown.store(true, Ordering::Release);
-        self.log.wake_all();
+        // Release every waiter for good before joining: the indexer waits in
+        // `wait_beyond`, which a plain wake-up would send back to sleep.
+        self.log.close_waiters();
         for t in lock(&self.threads).drain(..) {
             t.thread().unpark();
             let _ = t.join();
         }
-        self.log.close_waiters();
         result
     }
 }
@@ -1112,6 +1405,10 @@ impl Drop for Inner {
             tracing::error!(error = %e, "closing the store");
         }
     }
+}
+
+fn diverged(reason: String) -> Error {
+    Error::Replica { reason }
 }
 
 fn default_node_id(store_id: Uuid) -> NodeId {

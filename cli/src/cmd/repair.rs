@@ -36,11 +36,14 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
     let mut described = Vec::new();
     for a in &plan.actions {
         described.push(match a {
-            Action::Cut { path, offset, bytes, events } if *events == 0 => {
+            Action::Cut { path, offset, bytes, torn_tail: true, .. } => {
                 format!("{}: {verb} cut {bytes} bytes from offset {offset} (a torn tail, no acknowledged event)", path.display())
             }
-            Action::Cut { path, offset, bytes, events } => {
-                format!("{}: {verb} cut {bytes} bytes from offset {offset}, removing {events} events", path.display())
+            Action::Cut { path, offset, bytes, events, .. } => {
+                format!(
+                    "{}: {verb} cut {bytes} bytes from offset {offset}, removing {events} readable events and any damaged ones",
+                    path.display()
+                )
             }
             Action::Remove { path, bytes, events } => {
                 format!("{}: {verb} move the whole segment ({bytes} bytes, {events} events) to quarantine", path.display())

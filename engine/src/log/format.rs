@@ -743,6 +743,45 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
+/// Visits a run of `count` records whose first is at `first_position` (as
+/// sync's bulk catch-up carries them), checking them as a batch would be
+/// checked, each record's own CRC included.
+pub fn for_each_record<'a>(
+    first_position: u64,
+    count: u32,
+    records: &'a [u8],
+    mut f: impl FnMut(RecordRef<'a>),
+) -> Result<(), FormatError> {
+    if count == 0 || count > BATCH_EVENTS_MAX {
+        return Err(FormatError::malformed("records", "count out of range"));
+    }
+    if (count as u64) * (RECORD_HEADER_BYTES as u64) > records.len() as u64 {
+        return Err(FormatError::malformed(
+            "records",
+            "count exceeds what the bytes can hold",
+        ));
+    }
+    let mut at = 0usize;
+    for i in 0..count as u64 {
+        let r = decode_record(&records[at..], true)?;
+        if r.position != first_position + i {
+            return Err(FormatError::malformed(
+                "records",
+                "record positions are not consecutive",
+            ));
+        }
+        at += r.encoded_len;
+        f(r);
+    }
+    if at != records.len() {
+        return Err(FormatError::malformed(
+            "records",
+            "bytes after the last record",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

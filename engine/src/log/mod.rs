@@ -20,6 +20,7 @@
 //! written. Nothing unacknowledged is ever handed to a reader, a subscriber
 //! or the index.
 
+pub mod fault;
 mod follow;
 pub mod format;
 pub mod inspect;
@@ -96,7 +97,7 @@ pub enum LogError {
         offset: u64,
         reason: String,
     },
-    #[error("{path}: I/O error while {action}: {source}")]
+    #[error("{path}: I/O error while {action}: {source}{}", io_hint(source))]
     Io {
         path: PathBuf,
         action: &'static str,
@@ -111,6 +112,17 @@ pub enum LogError {
     NotFound { dir: PathBuf },
     #[error("the store is open read-only; open it read-write to append")]
     ReadOnly,
+}
+
+/// What to do about an I/O error, when that is clear from its kind.
+fn io_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull => {
+            "; the disk is full: free space and retry (nothing acknowledged was lost)"
+        }
+        io::ErrorKind::PermissionDenied => "; check the permissions of the store directory",
+        _ => "",
+    }
 }
 
 impl LogError {
@@ -694,27 +706,8 @@ impl LogWriter {
             payload_len <= format::FRAME_PAYLOAD_BYTES_MAX as usize,
             "checked by the caller"
         );
-        let frame_len = (FRAME_HEADER_BYTES + payload_len) as u64;
-
-        let must_roll = match &self.active {
-            None => true,
-            Some(a) => a.has_frames && a.len + frame_len > log.shared.config.segment_bytes_max,
-        };
-        if must_roll {
-            self.roll(log)?;
-        }
-        let active = self.active.as_mut().expect("rolled above");
-        let segment = active.segment.clone();
-        let offset = active.len;
-
-        let durable_offset = {
-            let st = lock(&log.shared.sync);
-            if st.synced_len.0 == segment.first_position() {
-                st.synced_len.1
-            } else {
-                SEGMENT_HEADER_BYTES as u64
-            }
-        };
+        let (segment, offset, durable_offset) =
+            self.make_room(log, (FRAME_HEADER_BYTES + payload_len) as u64)?;
         let first_position = self.next_position;
         let buf = &mut self.buf;
         buf.clear();
@@ -728,8 +721,85 @@ impl LogWriter {
             format::encode_record(buf, &r);
         }
         format::finish_frame(buf, start, FrameKind::Batch, durable_offset);
-        debug_assert_eq!(buf.len() as u64, frame_len);
+        self.write_frame(log, &segment, offset, records.len() as u64, record_offsets)
+    }
 
+    /// Appends log records exactly as another log holds them (a replica
+    /// copying its server's log): `count` records from `first_position`,
+    /// which must be this log's next position. The caller has checked the
+    /// records (see [`format::BatchRef::validate`] and each record's CRC);
+    /// they are framed here without being decoded or re-encoded.
+    pub fn append_raw(
+        &mut self,
+        log: &Log,
+        first_position: u64,
+        count: u32,
+        records: &[u8],
+    ) -> Result<Appended, LogError> {
+        log.check_writable()?;
+        assert_eq!(first_position, self.next_position, "checked by the caller");
+        assert!((1..=format::BATCH_EVENTS_MAX).contains(&count));
+        let payload_len = format::BATCH_HEADER_BYTES + records.len();
+        assert!(
+            payload_len <= format::FRAME_PAYLOAD_BYTES_MAX as usize,
+            "checked by the caller"
+        );
+        let (segment, offset, durable_offset) =
+            self.make_room(log, (FRAME_HEADER_BYTES + payload_len) as u64)?;
+        let buf = &mut self.buf;
+        buf.clear();
+        let start = format::begin_frame(buf);
+        format::encode_batch_header(buf, first_position, count);
+        let records_start = buf.len();
+        buf.extend_from_slice(records);
+        format::finish_frame(buf, start, FrameKind::Batch, durable_offset);
+        let mut record_offsets = Vec::with_capacity(count as usize);
+        let mut at = 0usize;
+        for _ in 0..count {
+            record_offsets.push(offset + (records_start + at) as u64);
+            at += u32::from_le_bytes(records[at..at + 4].try_into().expect("4 bytes")) as usize;
+        }
+        debug_assert_eq!(at, records.len());
+        self.write_frame(log, &segment, offset, count as u64, record_offsets)
+    }
+
+    /// Rolls if a frame of `frame_len` bytes would not fit; returns the
+    /// active segment, the frame's offset, and its durable offset.
+    fn make_room(
+        &mut self,
+        log: &Log,
+        frame_len: u64,
+    ) -> Result<(Arc<Segment>, u64, u64), LogError> {
+        let must_roll = match &self.active {
+            None => true,
+            Some(a) => a.has_frames && a.len + frame_len > log.shared.config.segment_bytes_max,
+        };
+        if must_roll {
+            self.roll(log)?;
+        }
+        let active = self.active.as_ref().expect("rolled above");
+        let segment = active.segment.clone();
+        let durable_offset = {
+            let st = lock(&log.shared.sync);
+            if st.synced_len.0 == segment.first_position() {
+                st.synced_len.1
+            } else {
+                SEGMENT_HEADER_BYTES as u64
+            }
+        };
+        Ok((segment, active.len, durable_offset))
+    }
+
+    /// Writes the frame in `self.buf` at `offset` and publishes it.
+    fn write_frame(
+        &mut self,
+        log: &Log,
+        segment: &Arc<Segment>,
+        offset: u64,
+        count: u64,
+        record_offsets: Vec<u64>,
+    ) -> Result<Appended, LogError> {
+        let buf = &self.buf;
         if let Err(e) = segment.file().write_all_at(buf, offset) {
             // Take the partial frame back out so the next append starts on a
             // frame boundary; if even that fails, refuse further writes.
@@ -741,15 +811,14 @@ impl LogWriter {
             }
             return Err(LogError::io(segment.path(), "appending a batch", e));
         }
-        active.len += frame_len;
+        let active = self.active.as_mut().expect("make_room set it");
+        active.len += buf.len() as u64;
         active.body_crc.update(buf);
         active.has_frames = true;
         log.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-        log.shared
-            .stats
-            .events
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        let last_position = first_position + records.len() as u64 - 1;
+        log.shared.stats.events.fetch_add(count, Ordering::Relaxed);
+        let first_position = self.next_position;
+        let last_position = first_position + count - 1;
         self.next_position = last_position + 1;
         {
             let mut st = lock(&log.shared.sync);

@@ -22,8 +22,11 @@ pub enum Action {
         path: PathBuf,
         offset: u64,
         bytes: u64,
-        /// Events removed with the cut (0 for a torn tail).
+        /// Readable events removed with the cut (the damaged part may hold
+        /// more).
         events: u64,
+        /// An unfinished append, not acknowledged data.
+        torn_tail: bool,
     },
     /// Move a whole segment to quarantine.
     Remove {
@@ -86,6 +89,7 @@ pub fn plan(
                 offset: p.offset,
                 bytes: len - p.offset,
                 events: 0,
+                torn_tail: true,
             });
         }
         plan.head_after = readable_head(store_dir)?;
@@ -153,6 +157,7 @@ pub fn plan(
                     offset,
                     bytes: len - offset,
                     events: removed,
+                    torn_tail: false,
                 });
             }
         }
@@ -232,6 +237,29 @@ pub fn apply(store_dir: &Path, plan: &Plan) -> Result<Option<PathBuf>, LogError>
                 file.set_len(*offset)
                     .and_then(|()| file.sync_all())
                     .map_err(|e| LogError::io(path, "cutting a segment", e))?;
+            }
+        }
+    }
+    // The index and the views are derived from the log and may describe
+    // what was cut; new appends would reuse those positions. Remove them:
+    // the next read-write open rebuilds the index, views rebuild on open.
+    if plan.actions.iter().any(|a| {
+        !matches!(
+            a,
+            Action::Cut {
+                torn_tail: true,
+                ..
+            }
+        )
+    }) {
+        crate::index::remove_index_files(store_dir)
+            .map_err(|e| LogError::io(store_dir, "removing the derived index", e))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let path = store_dir.join(format!("{}{suffix}", crate::projection::VIEWS_FILE));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(&path, "removing the derived views", e)),
             }
         }
     }

@@ -233,7 +233,7 @@ fn user_objects(
 ) -> rusqlite::Result<Vec<(String, String, String)>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT type, name, sql FROM {schema}.sqlite_master
-         WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE 'strata_%' AND sql IS NOT NULL
+         WHERE name NOT GLOB 'sqlite_*' AND name NOT GLOB 'strata_*' AND sql IS NOT NULL
          ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, rowid"
     ))?;
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -498,6 +498,54 @@ impl Views {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, ProjectionError> {
+        let state = self.ready_state()?;
+        f(&state.conn).map_err(ProjectionError::sqlite(&self.inner.path, "reading views"))
+    }
+
+    /// Like [`Views::read`], with `overlay` (events not in the log, e.g. a
+    /// replica's pending events, positioned after the head) applied on top
+    /// inside a savepoint that is rolled back after `f`: the views are never
+    /// changed by it. A projection whose handler fails on the overlay is
+    /// read without it.
+    pub fn read_with_overlay<T>(
+        &self,
+        overlay: &[crate::event::Event],
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, ProjectionError> {
+        let state = self.ready_state()?;
+        if overlay.is_empty() {
+            return f(&state.conn)
+                .map_err(ProjectionError::sqlite(&self.inner.path, "reading views"));
+        }
+        let conn = &state.conn;
+        let path = &self.inner.path;
+        conn.execute_batch("SAVEPOINT overlay")
+            .map_err(ProjectionError::sqlite(path, "starting an overlay"))?;
+        let events: Vec<EventRef<'_>> = overlay.iter().map(crate::event::Event::as_ref).collect();
+        let result = (|| {
+            for slot in state.slots.iter().filter(|s| s.runnable()) {
+                conn.execute_batch("SAVEPOINT overlay_projection")
+                    .map_err(ProjectionError::sqlite(path, "starting an overlay"))?;
+                let end = match apply_batch(&*slot.projection, conn, &events) {
+                    Ok(()) => "RELEASE overlay_projection",
+                    Err(e) => {
+                        tracing::warn!(projection = slot.name(), error = %e.error, "pending events do not apply; read without them");
+                        "ROLLBACK TO overlay_projection; RELEASE overlay_projection"
+                    }
+                };
+                conn.execute_batch(end)
+                    .map_err(ProjectionError::sqlite(path, "ending an overlay"))?;
+            }
+            f(conn).map_err(ProjectionError::sqlite(path, "reading views"))
+        })();
+        conn.execute_batch("ROLLBACK TO overlay; RELEASE overlay")
+            .map_err(ProjectionError::sqlite(path, "ending an overlay"))?;
+        result
+    }
+
+    /// The views lock, once first builds are done and every event up to
+    /// the head at the time of the call is applied.
+    fn ready_state(&self) -> Result<MutexGuard<'_, State>, ProjectionError> {
         let head = self.inner.log.visible_position();
         let mut state = lock(&self.inner.state);
         // First builds: there is no old view to read.
@@ -520,7 +568,7 @@ impl Views {
                 .0;
         }
         self.inner.apply_upto(&mut state, head)?;
-        f(&state.conn).map_err(ProjectionError::sqlite(&self.inner.path, "reading views"))
+        Ok(state)
     }
 
     /// Applies every event up to the store's head to the views that are
