@@ -18,7 +18,7 @@ EXIT CODES:
     0  success
     1  damage or verification failure found, or an append conflict
     2  usage or input error
-    3  store locked or unavailable
+    3  store locked or unavailable, or the sync server cannot be reached
 
 ENVIRONMENT:
     STRATA_STORE  store directory (same as --store)";
@@ -141,6 +141,25 @@ enum Command {
         Examples:\n  strata counter incr counter-1\n  strata counter decr counter-1 --by 2\n  strata counter show counter-1 --json"
     )]
     Counter(cmd::counter::Command),
+    /// Run the sync server (QUIC, WebSocket /ws, the web demo at /).
+    #[command(
+        long_about = "Serve stores to replicas: QUIC sync, the seed's JSON protocol over WebSocket at /ws, \
+        and the counter web demo at /. Same as the strata-server binary. Without --token it listens on loopback only.\n\n\
+        Examples:\n  strata serve\n  strata serve --data /srv/strata --http 0.0.0.0:8080 --quic 0.0.0.0:8443 --token $TOKEN"
+    )]
+    Serve(strata_server::ServeArgs),
+    /// Sync the store, as a replica, with a server over QUIC.
+    #[command(
+        long_about = "Sync the --store directory (created if missing) as a replica of a server's store over QUIC: \
+        pull what the server has, push what is pending, until nothing is left; --watch stays connected and pushes \
+        local changes as they happen until Ctrl-C. The server's certificate is pinned with --fingerprint (printed by \
+        `strata serve`) or trusted through --ca. Prints committed position, server head, pending events, the age of the \
+        oldest, and rejections. Exit 3 when the server cannot be reached.\n\n\
+        Examples:\n  strata --store ./replica sync --server 127.0.0.1:8443 --fingerprint 3f9a...\n  \
+        strata --store ./replica sync --server sync.example.com:8443 --ca ca.pem --server-name sync.example.com --token $TOKEN --watch\n  \
+        strata --store ./replica sync --status --json"
+    )]
+    Sync(cmd::sync::Args),
     /// Measure Strata against the seed's SQLite table and the raw disk.
     #[command(
         long_about = "Run the benchmark workloads and print events/s, the ratio to the seed design's SQLite \
@@ -157,6 +176,8 @@ fn main() -> ExitCode {
         Command::Init(args) => cmd::init::run(&cli, args),
         Command::Append(args) => cmd::append::run(&cli, args),
         Command::Bench(args) => cmd::bench::run(&cli, args),
+        Command::Serve(args) => cmd::serve::run(&cli, args),
+        Command::Sync(args) => cmd::sync::run(&cli, args),
         Command::Import(args) => cmd::import::run(&cli, args),
         Command::Export(args) => cmd::export::run(&cli, args),
         Command::Segments(args) => cmd::segments::run(&cli, args),

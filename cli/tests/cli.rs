@@ -112,7 +112,13 @@ fn bench_smoke_prints_every_workload_as_json() {
         .iter()
         .map(|r| r["workload"].as_str().unwrap())
         .collect();
-    assert_eq!(names, strata::bench::WORKLOADS);
+    // The engine's workloads, then the sync workloads (strata-server).
+    let expected: Vec<&str> = strata::bench::WORKLOADS
+        .iter()
+        .chain(strata_server::bench::WORKLOADS)
+        .copied()
+        .collect();
+    assert_eq!(names, expected);
     for r in &rows {
         for field in [
             "workload",
@@ -604,21 +610,44 @@ fn after_truncating_damage_new_appends_never_meet_a_stale_view() {
         )
         .unwrap();
         for _ in 0..200 {
-            store.append("c", ExpectedVersion::Any, vec![strata::projection::counter::increment(1)]).unwrap();
+            store
+                .append(
+                    "c",
+                    ExpectedVersion::Any,
+                    vec![strata::projection::counter::increment(1)],
+                )
+                .unwrap();
         }
         store.close().unwrap();
     }
-    let out = strata(&store_dir).args(["counter", "incr", "c"]).assert().success();
+    let out = strata(&store_dir)
+        .args(["counter", "incr", "c"])
+        .assert()
+        .success();
     assert_eq!(stdout(&out), "201\n");
     let segs = segments_of(&store_dir);
     let mut bytes = std::fs::read(&segs[1]).unwrap();
     bytes[200] ^= 0x01;
     std::fs::write(&segs[1], &bytes).unwrap();
-    let out = strata(&store_dir).args(["--json", "verify"]).assert().code(1);
-    let summary: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    let out = strata(&store_dir)
+        .args(["--json", "verify"])
+        .assert()
+        .code(1);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
     let keep = summary["truncate_after"].as_u64().unwrap();
-    strata(&store_dir).args(["repair", "--truncate-after", &keep.to_string()]).assert().success();
-    let out = strata(&store_dir).args(["counter", "incr", "c"]).assert().success();
-    assert_eq!(stdout(&out), format!("{}\n", keep + 1), "the view was rebuilt from the repaired log");
+    strata(&store_dir)
+        .args(["repair", "--truncate-after", &keep.to_string()])
+        .assert()
+        .success();
+    let out = strata(&store_dir)
+        .args(["counter", "incr", "c"])
+        .assert()
+        .success();
+    assert_eq!(
+        stdout(&out),
+        format!("{}\n", keep + 1),
+        "the view was rebuilt from the repaired log"
+    );
     strata(&store_dir).arg("verify").assert().success();
 }

@@ -53,6 +53,10 @@ pub enum Error {
     #[error("the store is closed")]
     Closed,
     #[error(
+        "{path} is a sync replica: its log holds only the server's events; append through the replica (`strata::sync::Replica::append`, or `strata counter`/`strata append`, which do)"
+    )]
+    ReplicaLog { path: PathBuf },
+    #[error(
         "this replica's log no longer follows its server: {reason}; start a new replica from the server"
     )]
     Replica { reason: String },

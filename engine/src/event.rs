@@ -372,6 +372,25 @@ pub enum InvalidInput {
     Setting { name: &'static str, reason: String },
     #[error(transparent)]
     Timestamp(#[from] HlcError),
+    /// One event's own timestamp was refused (the receive rule, H1).
+    #[error("event {event_id}: {source}")]
+    EventTimestamp { event_id: Uuid, source: HlcError },
+}
+
+/// The most bytes an event can take as a log record, whatever its
+/// timestamp's node: what batch byte limits count.
+pub(crate) fn record_bytes_bound(
+    aggregate_id: &str,
+    event_type: &str,
+    data: &[u8],
+    metadata: Option<&[u8]>,
+) -> usize {
+    crate::log::format::RECORD_HEADER_BYTES
+        + crate::hlc::NODE_BYTES_MAX
+        + aggregate_id.len()
+        + event_type.len()
+        + data.len()
+        + metadata.map_or(0, <[u8]>::len)
 }
 
 impl Limits {

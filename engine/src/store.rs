@@ -286,6 +286,10 @@ struct Inner {
     /// Cursors left where sequential readers (sync followers) stopped, so
     /// the next read continues without seeking. At most `CURSOR_CACHE_MAX`.
     cursors: Mutex<Vec<Cursor>>,
+    /// The committed log of a sync replica: only the server's events go
+    /// in, through [`Store::append_replicated`] and
+    /// [`Store::append_raw_records`]; plain appends are refused.
+    replica_log: AtomicBool,
     report: RecoveryReport,
     _lock: Option<LockFile>,
 }
@@ -472,6 +476,7 @@ impl Store {
             );
         }
 
+        let replica_log = dir.join(crate::sync::local::OUTBOX_FILE).exists();
         Ok(Store {
             inner: Arc::new(Inner {
                 dir,
@@ -488,6 +493,7 @@ impl Store {
                 shutdown,
                 threads: Mutex::new(threads),
                 cursors: Mutex::new(Vec::new()),
+                replica_log: AtomicBool::new(replica_log),
                 report,
                 _lock: lock_file,
             }),
@@ -574,6 +580,11 @@ impl Store {
     ///   storage (S2).
     pub fn append_batch(&self, groups: &[AggregateEvents]) -> Result<Vec<Committed>> {
         let inner = &*self.inner;
+        if inner.replica_log.load(Ordering::Relaxed) {
+            return Err(Error::ReplicaLog {
+                path: inner.dir.clone(),
+            });
+        }
         let limits = &inner.options.limits;
         check_batch(limits, groups)?;
 
@@ -665,7 +676,13 @@ impl Store {
                 versions.push(v);
                 stamps.push(match &e.timestamp {
                     Some(ts) => {
-                        inner.hlc.observe(ts).map_err(InvalidInput::from)?;
+                        inner
+                            .hlc
+                            .observe(ts)
+                            .map_err(|source| InvalidInput::EventTimestamp {
+                                event_id: e.event_id,
+                                source,
+                            })?;
                         ts.clone()
                     }
                     None => inner.hlc.now(),
@@ -1013,6 +1030,12 @@ impl Store {
         }
         self.put_cursor(cursor);
         Ok((count > 0).then_some((from, count, records)))
+    }
+
+    /// From now on plain appends are refused: this store is a replica's
+    /// committed log.
+    pub(crate) fn mark_replica_log(&self) {
+        self.inner.replica_log.store(true, Ordering::Relaxed);
     }
 
     /// Appends a server's events exactly as the server's log holds them
@@ -1460,12 +1483,12 @@ fn check_batch(limits: &Limits, groups: &[AggregateEvents]) -> Result<(), Invali
                     event_id: e.event_id,
                 });
             }
-            bytes += crate::log::format::RECORD_HEADER_BYTES
-                + crate::hlc::NODE_BYTES_MAX
-                + g.aggregate_id.len()
-                + e.event_type.len()
-                + e.data.len()
-                + e.metadata.as_ref().map_or(0, Vec::len);
+            bytes += crate::event::record_bytes_bound(
+                &g.aggregate_id,
+                &e.event_type,
+                &e.data,
+                e.metadata.as_deref(),
+            );
         }
     }
     if bytes > limits.batch_bytes_max {

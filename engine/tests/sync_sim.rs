@@ -257,7 +257,12 @@ impl ReplicaStorage for MemReplica {
         unreachable!("the simulated transport carries events")
     }
 
-    fn prepare_push(&mut self, max: usize, _now_ms: u64) -> Result<Vec<Proposal>, Error> {
+    fn prepare_push(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        _now_ms: u64,
+    ) -> Result<Vec<Proposal>, Error> {
         let mut versions: HashMap<String, u64> = HashMap::new();
         for i in 0..self.outbox.len() {
             let agg = self.outbox[i].p.aggregate_id.clone();
@@ -270,7 +275,18 @@ impl ReplicaStorage for MemReplica {
             }
             versions.insert(agg, committed + 1);
         }
-        Ok(self.outbox.iter().take(max).map(|p| p.p.clone()).collect())
+        let mut bytes = 0;
+        Ok(self
+            .outbox
+            .iter()
+            .take(max)
+            .take_while(|p| {
+                let first = bytes == 0;
+                bytes += p.p.size_bytes();
+                first || bytes <= max_bytes
+            })
+            .map(|p| p.p.clone())
+            .collect())
     }
 
     fn reject(&mut self, rejections: &[(Uuid, String)], _now_ms: u64) -> Result<(), Error> {
@@ -318,11 +334,9 @@ struct Sim {
 
 fn config(i: usize) -> ReplicaConfig {
     ReplicaConfig {
-        store: "default".into(),
-        token: None,
-        client: format!("r{i}"),
         request_timeout_ms: 5_000,
         push_events_max: 7,
+        ..ReplicaConfig::new("default", format!("r{i}"))
     }
 }
 
@@ -729,7 +743,7 @@ fn y5_the_first_refused_client_gets_the_turn_and_others_wait_in_order() {
     assert!(matches!(
         push(2, 3, vec![ev("hot", 2, 3)]),
         ServerMessage::PullRequired {
-            retry_after_ms: 99,
+            retry_after_ms: strata::sync::server::RETRY_AFTER_MS_MAX,
             ..
         }
     ));
@@ -754,6 +768,66 @@ fn y5_the_first_refused_client_gets_the_turn_and_others_wait_in_order() {
     // Client 1 queued behind; if it never comes back, the turn lapses.
     assert!(matches!(
         push(500, 3, vec![ev("hot", 4, 5)]),
+        ServerMessage::Accepted { .. }
+    ));
+}
+
+#[test]
+fn y5_a_holder_that_keeps_failing_loses_the_turn_when_its_time_is_up() {
+    let mut log = MemLog::new(Arc::new(ManualClock::new(1_000_000)));
+    let mut core = ServerCore::new(ServerConfig {
+        lease_ms: 100,
+        ..ServerConfig::default()
+    });
+    for c in 1..=3 {
+        core.connect(c, false);
+        core.handle(
+            0,
+            c,
+            ClientMessage::Hello {
+                protocol: 1,
+                store: "s".into(),
+                token: None,
+                client: format!("c{c}"),
+            },
+            &mut log,
+        );
+    }
+    let ev = |agg: &str, v, n: u32| Proposal {
+        event_id: Uuid::from_u128(n as u128),
+        aggregate_id: agg.into(),
+        version: v,
+        event_type: "T".into(),
+        data: vec![],
+        timestamp: Timestamp::from_parts(1_000_000, n, "c").unwrap(),
+        metadata: None,
+    };
+    let mut push = |now, c, events: Vec<Proposal>| core_push(&mut core, &mut log, now, c, events);
+    assert!(matches!(
+        push(0, 1, vec![ev("hot", 1, 1)]),
+        ServerMessage::Accepted { .. }
+    ));
+    // Client 2 is refused at t=1 and holds the turn until t=101; client 3
+    // queues behind it.
+    assert!(matches!(
+        push(1, 2, vec![ev("hot", 1, 2)]),
+        ServerMessage::PullRequired { .. }
+    ));
+    assert!(matches!(
+        push(2, 3, vec![ev("hot", 2, 3)]),
+        ServerMessage::PullRequired { .. }
+    ));
+    // Client 2 keeps pushing the same stale event (a client that never
+    // renumbers): each refusal must not move its deadline.
+    for t in [30, 60, 90] {
+        assert!(matches!(
+            push(t, 2, vec![ev("hot", 1, 2)]),
+            ServerMessage::PullRequired { .. }
+        ));
+    }
+    // At t=102 the turn has lapsed and passes to client 3.
+    assert!(matches!(
+        push(102, 3, vec![ev("hot", 2, 3)]),
         ServerMessage::Accepted { .. }
     ));
 }

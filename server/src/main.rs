@@ -1,21 +1,15 @@
-//! `strata-server`: serves Strata stores.
+//! `strata-server`: hosts Strata stores and syncs replicas with them.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Serve Strata stores over HTTP.
+/// Serve Strata stores: QUIC sync, WebSocket JSON sync at /ws, the web demo.
 #[derive(Debug, Parser)]
 #[command(name = "strata-server", version, about)]
-struct Args {
-    /// Directory with one sub-directory per store (created if missing).
-    #[arg(long, env = "STRATA_DATA", default_value = "./strata-server-data")]
-    data: PathBuf,
-    /// HTTP listen address.
-    #[arg(long, env = "STRATA_HTTP", default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
+struct Cli {
+    #[command(flatten)]
+    args: strata_server::ServeArgs,
 }
 
 #[tokio::main]
@@ -26,26 +20,11 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    let config = strata_server::Config {
-        data_dir: args.data,
-        http: args.http,
-    };
+    let config = Cli::parse().args.into_config();
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
     };
-    let result = strata_server::serve(
-        config,
-        |addr| {
-            println!(
-                "strata-server: serving http://{addr}/ (GET /health, GET /events?from=1&limit=100)"
-            )
-        },
-        shutdown,
-    )
-    .await;
-    match result {
+    match strata_server::serve(config, strata_server::print_ready, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata-server: {e}");

@@ -36,14 +36,15 @@ async fn serves_events_of_the_default_store_as_seed_json() {
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = strata_server::Config {
-        data_dir: data.path().to_path_buf(),
-        http: "127.0.0.1:0".parse().unwrap(),
-    };
+    let config = strata_server::Config::new(
+        data.path().to_path_buf(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    );
     let server = tokio::spawn(strata_server::serve(
         config,
-        move |addr| {
-            let _ = tx.send(addr);
+        move |bound: &strata_server::Bound| {
+            let _ = tx.send(bound.http);
         },
         async move {
             let _ = stop_rx.await;
@@ -66,4 +67,19 @@ async fn serves_events_of_the_default_store_as_seed_json() {
     assert!(body.contains("\"head\":1"), "{body}");
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_server_without_tokens_refuses_to_listen_beyond_loopback() {
+    let data = tempfile::tempdir().unwrap();
+    let config = strata_server::Config::new(
+        data.path().to_path_buf(),
+        "0.0.0.0:0".parse().unwrap(),
+        None,
+    );
+    let err = strata_server::serve(config, |_| {}, async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--token"), "{err}");
 }

@@ -35,16 +35,40 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
     let expected = args
         .expect_version
         .map_or(ExpectedVersion::Any, ExpectedVersion::Exact);
+    let conflict = |current| {
+        println!(
+            "{}",
+            serde_json::json!({ "conflict": true, "current_version": current })
+        );
+        Ok(Code::Damage)
+    };
+    if super::is_replica(&cli.store) {
+        // Into the outbox: pushed by the next `strata sync`.
+        let replica = super::open_replica(&cli.store)?;
+        let placed = match replica.append(&args.aggregate, expected, vec![event]) {
+            Ok(p) => p,
+            Err(Error::Conflict { current, .. }) if cli.json => return conflict(current),
+            Err(e) => return Err(e.into()),
+        };
+        replica.close()?;
+        let p = placed[0];
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({ "event_id": p.event_id.to_string(), "pending": true, "version": p.version })
+            );
+        } else {
+            println!(
+                "pending, version {} (pushed by the next `strata sync`)",
+                p.version
+            );
+        }
+        return Ok(Code::Ok);
+    }
     let store = super::open_existing(&cli.store)?;
     let committed = match store.append(&args.aggregate, expected, vec![event]) {
         Ok(c) => c,
-        Err(Error::Conflict { current, .. }) if cli.json => {
-            println!(
-                "{}",
-                serde_json::json!({ "conflict": true, "current_version": current })
-            );
-            return Ok(Code::Damage);
-        }
+        Err(Error::Conflict { current, .. }) if cli.json => return conflict(current),
         Err(e) => return Err(e.into()),
     };
     store.close()?;

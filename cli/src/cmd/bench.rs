@@ -1,4 +1,5 @@
-//! `strata bench`: the engine's benchmark workloads, as a table or JSON.
+//! `strata bench`: the engine's benchmark workloads, then the sync
+//! workloads (`strata_server::bench`), as a table or JSON.
 
 use std::path::PathBuf;
 
@@ -38,16 +39,23 @@ fn fmt_x(v: Option<f64>) -> String {
 }
 
 pub fn run(cli: &Cli, args: &Args) -> CmdResult {
-    if let Some(bad) = args
-        .only
+    let known: Vec<&str> = strata::bench::WORKLOADS
         .iter()
-        .find(|w| !strata::bench::WORKLOADS.contains(&w.as_str()))
-    {
+        .chain(strata_server::bench::WORKLOADS)
+        .copied()
+        .collect();
+    if let Some(bad) = args.only.iter().find(|w| !known.contains(&w.as_str())) {
         return Err(Failure::usage(format!(
             "unknown workload {bad:?}; known: {}",
-            strata::bench::WORKLOADS.join(", ")
+            known.join(", ")
         )));
     }
+    // Only sync workloads asked for: the engine runs none.
+    let engine_wanted = args.only.is_empty()
+        || args
+            .only
+            .iter()
+            .any(|w| strata::bench::WORKLOADS.contains(&w.as_str()));
     let mut config = BenchConfig {
         events: args.events,
         open_bytes: args.open_mib << 20,
@@ -65,14 +73,29 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
         );
     }
     let json = cli.json;
-    let results = strata::bench::run(&config, |r| {
+    let report = |r: &WorkloadResult| {
         if json {
             println!("{}", serde_json::to_string(r).expect("results serialise"));
         } else {
             eprintln!("  done: {} ({} events)", r.workload, r.events);
         }
-    })
-    .map_err(|e| Failure::damage(format!("benchmark failed: {e}")))?;
+    };
+    let mut results = if engine_wanted {
+        strata::bench::run(&config, report)
+            .map_err(|e| Failure::damage(format!("benchmark failed: {e}")))?
+    } else {
+        Vec::new()
+    };
+    // The sync workloads need a server: they live in strata-server.
+    let sync = strata_server::bench::SyncBenchConfig {
+        events: config.events,
+        dir: config.dir.join("sync"),
+        only: args.only.clone(),
+    };
+    results.extend(
+        strata_server::bench::run(&sync, report)
+            .map_err(|e| Failure::damage(format!("sync benchmark failed: {e}")))?,
+    );
     if !json {
         print_table(&results);
     }

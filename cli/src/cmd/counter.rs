@@ -17,7 +17,9 @@ pub enum Command {
     /// Subtract N (default 1) from a counter; prints the new value.
     Decr(Change),
     /// Print a counter's value (0 if it has no events). Reads only: works
-    /// beside a server or application that holds the store.
+    /// beside a server or application that holds the store. On a sync
+    /// replica this is the committed value; `incr`/`decr` print it with
+    /// pending events on top.
     Show {
         /// Counter (aggregate id).
         id: String,
@@ -53,6 +55,18 @@ pub fn run(cli: &Cli, command: &Command) -> CmdResult {
 }
 
 fn change(cli: &Cli, id: &str, event: strata::NewEvent) -> CmdResult {
+    if super::is_replica(&cli.store) {
+        // Into the outbox, visible at once with the pending events on top.
+        let replica = super::open_replica(&cli.store)?;
+        replica.append(id, ExpectedVersion::Any, vec![event])?;
+        let value = replica
+            .read_views(|c| counter::value(c, id))
+            .map_err(|e| Failure::damage(e.to_string()))?
+            .unwrap_or(0);
+        replica.close()?;
+        print(cli, id, value);
+        return Ok(Code::Ok);
+    }
     let store = Store::open(&cli.store, Options::default())?;
     let views = Views::open(
         &store,

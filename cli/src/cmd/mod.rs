@@ -11,7 +11,9 @@ pub mod init;
 pub mod reindex;
 pub mod repair;
 pub mod segments;
+pub mod serve;
 pub mod stats;
+pub mod sync;
 pub mod tail;
 pub mod verify;
 pub mod views;
@@ -58,6 +60,30 @@ pub fn open_existing(dir: &Path) -> Result<Store, Failure> {
         Options {
             create_if_missing: false,
             ..Options::default()
+        },
+    )?)
+}
+
+/// Whether `dir` is a sync replica (made by `strata sync`): its log holds
+/// only the server's events, and local appends go to its outbox.
+pub fn is_replica(dir: &Path) -> bool {
+    dir.join(strata::sync::local::OUTBOX_FILE).exists()
+}
+
+/// Opens an existing sync replica with the views the CLI knows.
+pub fn open_replica(dir: &Path) -> Result<strata::sync::Replica, Failure> {
+    use std::sync::Arc;
+    use strata::projection::counter::CounterProjection;
+    use strata::projection::todo::TodoProjection;
+    Ok(strata::sync::Replica::open(
+        dir,
+        strata::sync::ReplicaOptions {
+            store: Options {
+                create_if_missing: false,
+                ..Options::default()
+            },
+            projections: vec![Arc::new(CounterProjection), Arc::new(TodoProjection)],
+            ..strata::sync::ReplicaOptions::default()
         },
     )?)
 }

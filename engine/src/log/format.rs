@@ -764,7 +764,7 @@ pub fn for_each_record<'a>(
     let mut at = 0usize;
     for i in 0..count as u64 {
         let r = decode_record(&records[at..], true)?;
-        if r.position != first_position + i {
+        if first_position.checked_add(i) != Some(r.position) {
             return Err(FormatError::malformed(
                 "records",
                 "record positions are not consecutive",

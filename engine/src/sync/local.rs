@@ -231,6 +231,7 @@ impl Replica {
     pub fn open(dir: impl AsRef<Path>, options: ReplicaOptions) -> Result<Replica, Error> {
         let dir = dir.as_ref().to_path_buf();
         let store = Store::open(&dir, options.store.clone())?;
+        store.mark_replica_log();
         let path = dir.join(OUTBOX_FILE);
         let conn = Connection::open(&path).map_err(sql_err(&path, "opening the outbox"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -656,7 +657,11 @@ impl ReplicaStorage for ReplicaRef<'_> {
         records: &[u8],
     ) -> Result<(), Error> {
         let head = self.0.store.head();
-        if first_position + count as u64 - 1 <= head {
+        if first_position
+            .saturating_add(u64::from(count))
+            .saturating_sub(1)
+            <= head
+        {
             return Ok(());
         }
         if first_position <= head {
@@ -675,12 +680,18 @@ impl ReplicaStorage for ReplicaRef<'_> {
         retire(&mut self.0.outbox(), &self.0.outbox_path(), &ids)
     }
 
-    fn prepare_push(&mut self, max: usize, now_ms: u64) -> Result<Vec<Proposal>, Error> {
+    fn prepare_push(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Proposal>, Error> {
         let replica = self.0;
         let path = replica.outbox_path();
         let mut outbox = replica.outbox();
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut out = Vec::new();
+        let mut out_bytes = 0;
         let mut dropped = Vec::new();
         let mut changed = Vec::new();
         for i in 0..outbox.events.len() {
@@ -718,8 +729,15 @@ impl ReplicaStorage for ReplicaRef<'_> {
                 changed.push(i);
             }
             versions.insert(agg, next);
-            if out.len() < max {
-                out.push(outbox.events[i].proposal());
+            let p = outbox.events[i].proposal();
+            // Events go in outbox order: once one does not fit, none after
+            // it does (a later event may build on it).
+            if out.len() < max
+                && (out.is_empty() || out_bytes + p.size_bytes() <= max_bytes)
+                && out.len() == i - dropped.len()
+            {
+                out_bytes += p.size_bytes();
+                out.push(p);
             }
         }
         if !changed.is_empty() {
@@ -741,7 +759,7 @@ impl ReplicaStorage for ReplicaRef<'_> {
         if !dropped.is_empty() {
             self.reject(&dropped, now_ms)?;
             // Later events of those aggregates shift down: start over.
-            return self.prepare_push(max, now_ms);
+            return self.prepare_push(max, max_bytes, now_ms);
         }
         Ok(out)
     }

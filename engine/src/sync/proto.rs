@@ -40,6 +40,17 @@ impl Proposal {
             timestamp: Some(self.timestamp.clone()),
         }
     }
+
+    /// The bytes this event counts for against batch limits
+    /// ([`crate::Limits::batch_bytes_max`]).
+    pub fn size_bytes(&self) -> usize {
+        crate::event::record_bytes_bound(
+            &self.aggregate_id,
+            &self.event_type,
+            &self.data,
+            self.metadata.as_deref(),
+        )
+    }
 }
 
 /// Where an accepted event landed.
@@ -147,6 +158,7 @@ pub enum ServerMessage {
     Records {
         first_position: u64,
         count: u32,
+        #[serde(with = "bytes")]
         records: Vec<u8>,
     },
     /// The server refuses a message; `fatal` errors close the connection.
@@ -155,4 +167,46 @@ pub enum ServerMessage {
         message: String,
         fatal: bool,
     },
+}
+
+/// Serde for a byte vector as one run of bytes (`serialize_bytes`) rather
+/// than a sequence of `u8`s. The bincode bytes are the same (a `u64`
+/// length, then the bytes) but are written and read in one go instead of
+/// one call per byte, which made a 1 MiB `Records` message cost about 17 ms
+/// to encode.
+mod bytes {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+
+            // Formats without a bytes type (JSON) send a sequence.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
 }

@@ -24,6 +24,14 @@ use crate::event::Event;
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Default [`ReplicaConfig::push_events_max`].
 pub const PUSH_EVENTS_MAX_DEFAULT: usize = 500;
+/// Default [`ReplicaConfig::push_bytes_max`]: well under the wire's
+/// message limit and the server's batch limit.
+pub const PUSH_BYTES_MAX_DEFAULT: usize = 4 << 20;
+/// First wait before pushing again after the server refused a push with a
+/// non-fatal error; it doubles on each refusal in a row.
+pub const ERROR_BACKOFF_MS_MIN: u64 = 250;
+/// Longest wait after refusals in a row.
+pub const ERROR_BACKOFF_MS_MAX: u64 = 30_000;
 
 /// The replica's local state, as the core needs it.
 pub trait ReplicaStorage {
@@ -42,12 +50,19 @@ pub trait ReplicaStorage {
         count: u32,
         records: &[u8],
     ) -> Result<(), Error>;
-    /// The outbox to push, at most `max` events, rebased first if the
+    /// The outbox to push, at most `max` events of at most `max_bytes` in
+    /// all ([`Proposal::size_bytes`]; always at least one event), rebased
+    /// first if the
     /// committed log moved under it (versions renumbered after the
     /// committed ones, timestamps re-stamped with the receive rule, the
     /// application's hook asked to keep, change or drop each event; dropped
     /// events become rejections).
-    fn prepare_push(&mut self, max: usize, now_ms: u64) -> Result<Vec<Proposal>, Error>;
+    fn prepare_push(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Proposal>, Error>;
     /// Records events the server refused for good and takes them out of
     /// the outbox.
     fn reject(&mut self, rejections: &[(Uuid, String)], now_ms: u64) -> Result<(), Error>;
@@ -64,7 +79,25 @@ pub struct ReplicaConfig {
     pub client: String,
     /// A push without an answer for this long means the connection is dead.
     pub request_timeout_ms: u64,
+    /// Most events in one push (halved, down to one, each time the server
+    /// says a push is too large).
     pub push_events_max: usize,
+    /// Most bytes of events in one push.
+    pub push_bytes_max: usize,
+}
+
+impl ReplicaConfig {
+    /// A configuration with the default limits.
+    pub fn new(store: impl Into<String>, client: impl Into<String>) -> ReplicaConfig {
+        ReplicaConfig {
+            store: store.into(),
+            token: None,
+            client: client.into(),
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            push_events_max: PUSH_EVENTS_MAX_DEFAULT,
+            push_bytes_max: PUSH_BYTES_MAX_DEFAULT,
+        }
+    }
 }
 
 /// What the application and `strata sync` can see of sync.
@@ -93,7 +126,15 @@ pub enum SyncError {
         "this replica follows store {expected}, but the server hosts {found}; use a new replica directory for another store"
     )]
     WrongStore { expected: Uuid, found: Uuid },
-    #[error("the server sent {0} out of turn")]
+    #[error(
+        "the server speaks sync protocol {found}, this replica {PROTOCOL_VERSION}; upgrade one of them"
+    )]
+    Version { found: u32 },
+    #[error(
+        "the server's log ends at position {server_head} but this replica holds up to {local_head}: the server lost events (restored from an older backup?); restore the server from a newer copy, or start this replica afresh"
+    )]
+    ServerBehind { server_head: u64, local_head: u64 },
+    #[error("the server sent {0}, which the protocol does not allow")]
     Unexpected(&'static str),
     #[error("no answer from the server for {0} ms")]
     Timeout(u64),
@@ -117,8 +158,13 @@ pub struct ReplicaCore {
     in_flight: Option<InFlight>,
     /// Don't push until the committed head reaches this.
     wait_for: Option<u64>,
-    /// Don't push before this time (the server asked us to wait our turn).
+    /// Don't push before this time (the server asked us to wait our turn,
+    /// or refused the last push).
     retry_at: Option<u64>,
+    /// Wait after the next refusal.
+    error_backoff_ms: u64,
+    /// Current most events per push.
+    push_events_max: usize,
     next_request: u64,
     server_head: u64,
     last_sync_ms: Option<u64>,
@@ -126,6 +172,7 @@ pub struct ReplicaCore {
 
 impl ReplicaCore {
     pub fn new(config: ReplicaConfig) -> ReplicaCore {
+        let push_events_max = config.push_events_max;
         ReplicaCore {
             config,
             connected: false,
@@ -134,6 +181,8 @@ impl ReplicaCore {
             in_flight: None,
             wait_for: None,
             retry_at: None,
+            error_backoff_ms: ERROR_BACKOFF_MS_MIN,
+            push_events_max: push_events_max.max(1),
             next_request: 1,
             server_head: 0,
             last_sync_ms: None,
@@ -186,7 +235,14 @@ impl ReplicaCore {
         storage: &mut dyn ReplicaStorage,
     ) -> Result<(), SyncError> {
         match msg {
-            ServerMessage::Welcome { store_id, head, .. } => {
+            ServerMessage::Welcome {
+                protocol,
+                store_id,
+                head,
+            } => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(SyncError::Version { found: protocol });
+                }
                 match storage.remote_store_id() {
                     Some(expected) if expected != store_id => {
                         return Err(SyncError::WrongStore {
@@ -196,6 +252,13 @@ impl ReplicaCore {
                     }
                     Some(_) => {}
                     None => storage.set_remote_store_id(store_id)?,
+                }
+                let local_head = storage.committed_head();
+                if head < local_head {
+                    return Err(SyncError::ServerBehind {
+                        server_head: head,
+                        local_head,
+                    });
                 }
                 self.welcomed = true;
                 self.server_head = head;
@@ -212,7 +275,16 @@ impl ReplicaCore {
                 count,
                 records,
             } => {
-                self.server_head = self.server_head.max(first_position + count as u64 - 1);
+                let Some(last) = first_position
+                    .checked_add(u64::from(count))
+                    .filter(|_| count > 0)
+                    .map(|end| end - 1)
+                else {
+                    return Err(SyncError::Unexpected(
+                        "a Records message that is empty or ends past the last position",
+                    ));
+                };
+                self.server_head = self.server_head.max(last);
                 storage.apply_records(first_position, count, &records)?;
                 self.last_sync_ms = Some(now_ms);
             }
@@ -229,6 +301,7 @@ impl ReplicaCore {
                 // next versions are computed on top of them.
                 self.wait_for = placed.iter().map(|p| p.position).max();
                 self.last_sync_ms = Some(now_ms);
+                self.error_backoff_ms = ERROR_BACKOFF_MS_MIN;
             }
             ServerMessage::PullRequired {
                 request,
@@ -241,7 +314,8 @@ impl ReplicaCore {
                     return self.maybe_push(now_ms, storage);
                 }
                 self.wait_for = Some(head);
-                self.retry_at = (retry_after_ms > 0).then_some(now_ms + retry_after_ms);
+                self.retry_at = (retry_after_ms > 0)
+                    .then(|| now_ms.saturating_add(retry_after_ms.min(ERROR_BACKOFF_MS_MAX)));
             }
             ServerMessage::Rejected { rejections, .. } => {
                 // An `Accepted` or `PullRequired` for the same request
@@ -257,8 +331,14 @@ impl ReplicaCore {
                     return Err(SyncError::Refused { code, message });
                 }
                 tracing::warn!(code = code.as_str(), %message, "server refused a message");
-                // A refused push is not in flight any more.
+                // A refused push is not in flight any more. Push again
+                // later, and smaller if it was too large.
                 self.in_flight = None;
+                if code == ErrorCode::TooLarge {
+                    self.push_events_max = (self.push_events_max / 2).max(1);
+                }
+                self.retry_at = Some(now_ms.saturating_add(self.error_backoff_ms));
+                self.error_backoff_ms = (self.error_backoff_ms * 2).min(ERROR_BACKOFF_MS_MAX);
             }
         }
         self.maybe_push(now_ms, storage)
@@ -297,7 +377,8 @@ impl ReplicaCore {
             }
             self.wait_for = None;
         }
-        let events = storage.prepare_push(self.config.push_events_max, now_ms)?;
+        let events =
+            storage.prepare_push(self.push_events_max, self.config.push_bytes_max, now_ms)?;
         if events.is_empty() {
             return Ok(());
         }

@@ -37,6 +37,11 @@ use crate::json::EventJson;
 pub const SEED_MESSAGE_BYTES_MAX: usize = 4 << 20;
 /// Most events in one `missing_events` or `server_new_events`.
 pub const EVENTS_PER_MESSAGE_MAX: usize = 1_000;
+/// About the most bytes of events (as the log stores them) in one
+/// `missing_events` or `server_new_events`: reads stop at the first batch
+/// boundary past it. Without it, 1,000 events of up to 1 MiB each made a
+/// message no client could read.
+pub const EVENTS_BYTES_PER_MESSAGE_MAX: usize = 1 << 20;
 /// Node part of a cursor token: `@` then the position.
 pub const TOKEN_NODE_PREFIX: char = '@';
 
@@ -79,6 +84,10 @@ struct SyncResponse<'a> {
     new_server_position: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     conflicts: Vec<Conflict<'a>>,
+    /// With `PULL_REQUIRED` because another client has the turn on these
+    /// aggregates: wait this long before pushing again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -264,6 +273,7 @@ impl SeedSession {
         }
         let mut status = "OK";
         let mut conflicts = Vec::new();
+        let mut retry_after_ms = None;
         if !events.is_empty() {
             let proposals: Vec<Proposal> = events.iter().map(proposal).collect();
             let request = self.next_request;
@@ -279,6 +289,10 @@ impl SeedSession {
                     ServerMessage::Error { code, message, .. } => {
                         out.messages.push(error_json(code.as_str(), &message, None))
                     }
+                    ServerMessage::PullRequired {
+                        retry_after_ms: wait,
+                        ..
+                    } if wait > 0 => retry_after_ms = Some(wait),
                     _ => {}
                 }
             }
@@ -315,6 +329,7 @@ impl SeedSession {
                             current_version: *v,
                         })
                         .collect(),
+                    retry_after_ms,
                 };
                 out.messages
                     .push(serde_json::to_string(&response).expect("responses serialise"));
@@ -328,7 +343,11 @@ impl SeedSession {
 
     /// Events after `delivered`, up to the per-message limit.
     fn missing_events(&mut self, log: &mut dyn CanonicalLog) -> Result<Vec<OutEvent>, Error> {
-        let events = log.read(self.delivered + 1, EVENTS_PER_MESSAGE_MAX, usize::MAX)?;
+        let events = log.read(
+            self.delivered + 1,
+            EVENTS_PER_MESSAGE_MAX,
+            EVENTS_BYTES_PER_MESSAGE_MAX,
+        )?;
         if let Some(last) = events.last() {
             self.delivered = last.position;
         }
@@ -445,7 +464,16 @@ pub fn base_position(
         .strip_prefix(TOKEN_NODE_PREFIX)
         .and_then(|p| p.parse::<u64>().ok())
     {
-        return Ok(p.min(head));
+        // A token only if the clock matches the event at that position: a
+        // node id that merely looks like one (`@42`) is an ordinary HLC.
+        let at = log.read(p, 1, usize::MAX).map_err(|e| e.to_string())?;
+        if at.first().is_some_and(|e| {
+            e.position == p
+                && e.timestamp.physical_ms() == ts.physical_ms()
+                && e.timestamp.counter() == ts.counter()
+        }) {
+            return Ok(p);
+        }
     }
     // Not a token: resume before the first position whose running maximum
     // clock reaches the client's, which the client cannot have passed.
@@ -458,7 +486,7 @@ pub fn base_position(
     let mut max: Option<(u64, u32, String)> = None;
     while from <= head {
         let events = log
-            .read(from, EVENTS_PER_MESSAGE_MAX, usize::MAX)
+            .read(from, EVENTS_PER_MESSAGE_MAX, EVENTS_BYTES_PER_MESSAGE_MAX)
             .map_err(|e| e.to_string())?;
         let Some(last) = events.last().map(|e| e.position) else {
             break;
@@ -479,4 +507,99 @@ pub fn base_position(
         from = last + 1;
     }
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ExpectedVersion, NewEvent};
+    use crate::{Options, Store};
+
+    /// Bounded messages: a backlog of large events comes in messages of
+    /// about [`EVENTS_BYTES_PER_MESSAGE_MAX`], never all at once, and the
+    /// follow stream resumes where the response stopped.
+    #[test]
+    fn messages_are_bounded_in_bytes() {
+        const EVENTS: u64 = 12;
+        const PAD_BYTES: usize = 300 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        let pad = "p".repeat(PAD_BYTES);
+        for v in 0..EVENTS {
+            let data = format!("{{\"value\":1,\"pad\":\"{pad}\"}}").into_bytes();
+            store
+                .append(
+                    "big",
+                    ExpectedVersion::Exact(v),
+                    vec![NewEvent::new("CounterIncremented", data)],
+                )
+                .unwrap();
+        }
+        let mut log = store.clone();
+        let mut core = ServerCore::new(super::super::ServerConfig::default());
+        let (mut session, out) = SeedSession::connect(1, None, &mut core, &log);
+        assert!(out.messages.is_empty() && !out.close);
+        let limit = EVENTS_BYTES_PER_MESSAGE_MAX + 2 * PAD_BYTES;
+        let request = r#"{"type":"client_sync_request","last_synced_hlc":"","local_events":[]}"#;
+        let out = session.handle_text(0, request, &mut core, &mut log);
+        let response: serde_json::Value = serde_json::from_str(&out.messages[0]).unwrap();
+        assert!(
+            out.messages[0].len() <= limit,
+            "{} bytes",
+            out.messages[0].len()
+        );
+        let mut positions: Vec<u64> = response["missing_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect();
+        assert!(!positions.is_empty() && (positions.len() as u64) < EVENTS);
+        assert_eq!(
+            response["new_server_position"].as_u64(),
+            positions.last().copied()
+        );
+        while let Some(msg) = session.poll_broadcast(&mut log).unwrap() {
+            assert!(msg.len() <= limit, "{} bytes", msg.len());
+            let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+            positions.extend(
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["position"].as_u64().unwrap()),
+            );
+        }
+        assert_eq!(positions, (1..=EVENTS).collect::<Vec<_>>());
+        store.close().unwrap();
+    }
+
+    /// Y6 for seed clients: a cursor token resumes exactly after its
+    /// position; an ordinary HLC whose node merely looks like a token is
+    /// mapped conservatively, never past an event the client lacks.
+    #[test]
+    fn cursor_tokens_resume_exactly_and_lookalikes_never_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
+            let ts = Timestamp::from_parts(1_000 + i as u64, 0, node).unwrap();
+            store
+                .append(
+                    "a",
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("T", "{}").with_timestamp(ts)],
+                )
+                .unwrap();
+        }
+        let mut log = store.clone();
+        let token = cursor_token(2, &mut log).unwrap();
+        assert_eq!(base_position(&token, None, &mut log), Ok(2));
+        assert_eq!(base_position("", None, &mut log), Ok(0));
+        // Node `@3`, but the clock of position 1's event: not a token. The
+        // client has seen clocks up to 1000 only, so it resumes from the
+        // start, not after position 3.
+        let lookalike = format!("{:015}:{:010}:@3", 1_000, 0);
+        let from = base_position(&lookalike, None, &mut log).unwrap();
+        assert!(from < 1, "resumed after {from}");
+    }
 }

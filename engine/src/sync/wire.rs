@@ -8,8 +8,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Largest message, length prefix excluded. Checked before reading or
-/// allocating.
-pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// allocating. A follow message holds whole log batches and may pass the
+/// server's message size by one batch, so this leaves room for the
+/// default message size plus a batch of the default largest size, with
+/// slack for the encoding's own bytes.
+pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
+
+const _: () = assert!(
+    MESSAGE_BYTES_MAX
+        >= crate::sync::server::MESSAGE_BYTES_MAX_DEFAULT
+            + crate::event::BATCH_BYTES_MAX_DEFAULT
+            + (2 << 20)
+);
 /// Size of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
 

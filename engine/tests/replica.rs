@@ -1,0 +1,602 @@
+//! The real replica storage (`sync::Replica`: a Store, a durable SQLite
+//! outbox, views with pending events on top, rejections, the rebase hook)
+//! against a real server Store, driven through the sans-IO cores with an
+//! in-process "network". Transports are tested in tests/.
+
+use std::sync::Arc;
+
+use strata::hlc::Timestamp;
+use strata::projection::counter::{self, CounterProjection};
+use strata::projection::{ViewOptions, Views};
+use strata::sync::proto::{ClientMessage, Proposal, ServerMessage};
+use strata::sync::{
+    PendingEvent, RebaseDecision, RebaseHook, Replica, ReplicaConfig, ReplicaCore, ReplicaOptions,
+    ServerConfig, ServerCore, SyncError,
+};
+use strata::{Durability, ExpectedVersion, NewEvent, Options, Store};
+use uuid::Uuid;
+
+struct Server {
+    store: Store,
+    core: ServerCore,
+    next: u64,
+}
+
+impl Server {
+    fn new(dir: &std::path::Path) -> Server {
+        Server {
+            store: Store::open(
+                dir,
+                Options {
+                    durability: Durability::None,
+                    ..Options::default()
+                },
+            )
+            .unwrap(),
+            core: ServerCore::new(ServerConfig::default()),
+            next: 1,
+        }
+    }
+}
+
+struct Client {
+    id: u64,
+    core: ReplicaCore,
+    replica: Replica,
+}
+
+fn replica(dir: &std::path::Path, hook: Option<Arc<dyn RebaseHook>>) -> Replica {
+    let mut options = ReplicaOptions {
+        store: Options {
+            durability: Durability::None,
+            ..Options::default()
+        },
+        projections: vec![Arc::new(CounterProjection)],
+        views: ViewOptions {
+            background: false,
+            ..ViewOptions::default()
+        },
+        ..ReplicaOptions::default()
+    };
+    if let Some(h) = hook {
+        options.hook = h;
+    }
+    Replica::open(dir, options).unwrap()
+}
+
+fn connect(server: &mut Server, replica: Replica, name: &str) -> Client {
+    let id = server.next;
+    server.next += 1;
+    server.core.connect(id, true);
+    let mut core = ReplicaCore::new(ReplicaConfig {
+        request_timeout_ms: 10_000,
+        push_events_max: 100,
+        ..ReplicaConfig::new("default", name)
+    });
+    core.handle_connected(&replica.storage());
+    Client { id, core, replica }
+}
+
+/// Moves messages both ways until nothing moves.
+fn pump(server: &mut Server, clients: &mut [&mut Client]) {
+    loop {
+        let mut moved = false;
+        for c in clients.iter_mut() {
+            while let Some(m) = c.core.poll_transmit() {
+                moved = true;
+                let replies = server.core.handle(0, c.id, m, &mut server.store);
+                for r in replies {
+                    c.core
+                        .handle_message(0, r, &mut c.replica.storage())
+                        .unwrap();
+                }
+            }
+            while let Some(m) = server.core.poll_events(c.id, &mut server.store).unwrap() {
+                moved = true;
+                c.core
+                    .handle_message(0, m, &mut c.replica.storage())
+                    .unwrap();
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn value(r: &Replica, id: &str) -> i64 {
+    r.read_views(|c| counter::value(c, id))
+        .unwrap()
+        .unwrap_or(0)
+}
+
+#[test]
+fn y2_y3_local_appends_are_visible_at_once_and_converge_after_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    let mut a = connect(&mut server, replica(&dir.path().join("a"), None), "a");
+    let mut b = connect(&mut server, replica(&dir.path().join("b"), None), "b");
+    pump(&mut server, &mut [&mut a, &mut b]);
+
+    // Y2: visible locally at once, online or not.
+    a.replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    assert_eq!(value(&a.replica, "counter"), 1);
+    assert_eq!(a.replica.pending().len(), 1);
+    assert!(a.replica.read_aggregate("counter").unwrap()[0].pending);
+    a.core
+        .handle_local_change(0, &mut a.replica.storage())
+        .unwrap();
+    pump(&mut server, &mut [&mut a, &mut b]);
+    assert_eq!(
+        a.replica.pending().len(),
+        0,
+        "the accepted event left the outbox"
+    );
+    assert_eq!(
+        value(&b.replica, "counter"),
+        1,
+        "B got A's event from the stream"
+    );
+
+    // A offline: +1 +1 (versions 2 and 3 locally); B +1 and syncs (its
+    // version 2 wins on the server).
+    a.core.handle_disconnected();
+    a.replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    a.replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    assert_eq!(value(&a.replica, "counter"), 3);
+    b.replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    b.core
+        .handle_local_change(0, &mut b.replica.storage())
+        .unwrap();
+    pump(&mut server, &mut [&mut a, &mut b]);
+    assert_eq!(value(&b.replica, "counter"), 2);
+
+    // A comes back: PULL_REQUIRED, rebase (versions 3 and 4 now), push.
+    a.core.handle_connected(&a.replica.storage());
+    pump(&mut server, &mut [&mut a, &mut b]);
+    assert_eq!(value(&a.replica, "counter"), 4);
+    assert_eq!(value(&b.replica, "counter"), 4);
+    let server_events: Vec<_> = server.store.read_all(1).map(Result::unwrap).collect();
+    assert_eq!(server_events.len(), 4);
+    // Y1: committed logs are the server's, record for record.
+    for r in [&a.replica, &b.replica] {
+        let local: Vec<_> = r.committed().read_all(1).map(Result::unwrap).collect();
+        assert_eq!(local, server_events);
+    }
+    let server_views = Views::open(
+        &server.store,
+        vec![Arc::new(CounterProjection)],
+        ViewOptions {
+            background: false,
+            ..ViewOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        server_views.read(|c| counter::value(c, "counter")).unwrap(),
+        Some(4)
+    );
+}
+
+#[test]
+fn y4_the_outbox_survives_a_restart_and_drains_after_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    let adir = dir.path().join("a");
+    {
+        let r = replica(&adir, None);
+        r.append("counter", ExpectedVersion::Any, vec![counter::increment(5)])
+            .unwrap();
+        r.close().unwrap();
+    }
+    // Restarted, then connected: the outbox drains by itself.
+    let mut a = connect(&mut server, replica(&adir, None), "a");
+    assert_eq!(a.replica.pending().len(), 1);
+    pump(&mut server, &mut [&mut a]);
+    assert_eq!(a.replica.pending().len(), 0);
+    assert_eq!(server.store.head(), 1);
+    // The push is replayed (as after a crash between push and answer): the
+    // server answers with the existing position, nothing is written twice.
+    let e = a.replica.committed().read_all(1).next().unwrap().unwrap();
+    let replay = ClientMessage::Push {
+        request: 99,
+        base: 0,
+        events: vec![strata::sync::proto::Proposal {
+            event_id: e.event_id,
+            aggregate_id: e.aggregate_id.clone(),
+            version: e.version,
+            event_type: e.event_type.clone(),
+            data: e.data.clone(),
+            timestamp: e.timestamp.clone(),
+            metadata: None,
+        }],
+    };
+    let replies = server.core.handle(0, a.id, replay, &mut server.store);
+    assert!(
+        matches!(&replies[0], ServerMessage::Accepted { placed, .. } if placed[0].position == 1)
+    );
+    assert_eq!(server.store.head(), 1);
+}
+
+#[test]
+fn refused_events_become_rejection_records_never_silence() {
+    struct DropDecrements;
+    impl RebaseHook for DropDecrements {
+        fn rebase(&self, e: &PendingEvent, _: &Store, _: u64) -> RebaseDecision {
+            if e.event_type == counter::DECREMENTED {
+                RebaseDecision::Drop {
+                    reason: "decrements do not survive a conflict".into(),
+                }
+            } else {
+                RebaseDecision::Keep
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    let mut a = connect(
+        &mut server,
+        replica(&dir.path().join("a"), Some(Arc::new(DropDecrements))),
+        "a",
+    );
+    let mut b = connect(&mut server, replica(&dir.path().join("b"), None), "b");
+    pump(&mut server, &mut [&mut a, &mut b]);
+    // A prepares an increment and a decrement offline; B gets in first.
+    a.core.handle_disconnected();
+    a.replica
+        .append(
+            "counter",
+            ExpectedVersion::Any,
+            vec![counter::increment(1), counter::decrement(1)],
+        )
+        .unwrap();
+    b.replica
+        .append(
+            "counter",
+            ExpectedVersion::Any,
+            vec![counter::increment(10)],
+        )
+        .unwrap();
+    b.core
+        .handle_local_change(0, &mut b.replica.storage())
+        .unwrap();
+    pump(&mut server, &mut [&mut a, &mut b]);
+    a.core.handle_connected(&a.replica.storage());
+    pump(&mut server, &mut [&mut a, &mut b]);
+    // The hook dropped the decrement during the rebase: a rejection record.
+    let rejections = a.replica.rejections().unwrap();
+    assert_eq!(rejections.len(), 1);
+    assert_eq!(rejections[0].event_type, counter::DECREMENTED);
+    assert!(rejections[0].reason.contains("do not survive"));
+    assert_eq!(a.replica.pending().len(), 0);
+    assert_eq!(value(&a.replica, "counter"), 11);
+    assert_eq!(value(&b.replica, "counter"), 11);
+
+    // The server refuses for good an event it can never take (here: too
+    // large for its limits): also a rejection.
+    let big = NewEvent::new(
+        counter::INCREMENTED,
+        format!("{{\"value\":1,\"pad\":\"{}\"}}", "x".repeat(2 << 20)),
+    );
+    a.replica
+        .append("counter", ExpectedVersion::Any, vec![big])
+        .unwrap_err();
+    let small_limits = strata::Limits {
+        event_data_bytes_max: 8,
+        ..strata::Limits::default()
+    };
+    server.core = ServerCore::new(ServerConfig {
+        limits: small_limits,
+        ..ServerConfig::default()
+    });
+    let mut a = connect(&mut server, a.replica, "a2");
+    a.replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    a.core
+        .handle_local_change(0, &mut a.replica.storage())
+        .unwrap();
+    pump(&mut server, &mut [&mut a]);
+    let rejections = a.replica.rejections().unwrap();
+    assert_eq!(rejections.len(), 2);
+    assert!(
+        rejections.iter().any(|r| r.reason.contains("event_data")),
+        "{rejections:?}"
+    );
+    assert_eq!(a.replica.pending().len(), 0, "the outbox moved on");
+}
+
+#[test]
+fn status_reports_pending_and_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    server
+        .store
+        .append("x", ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])
+        .unwrap();
+    let mut a = connect(&mut server, replica(&dir.path().join("a"), None), "a");
+    a.replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    let s = a.core.status(&a.replica.storage(), u64::MAX / 2);
+    assert_eq!((s.connected, s.pending, s.committed), (false, 1, 0));
+    assert!(s.oldest_pending_ms.is_some());
+    pump(&mut server, &mut [&mut a]);
+    let s = a.core.status(&a.replica.storage(), 0);
+    assert_eq!(
+        (s.connected, s.pending, s.committed, s.server_head),
+        (true, 0, 2, 2)
+    );
+}
+
+fn hello(core: &mut ServerCore, store: &mut Store, id: u64) {
+    core.connect(id, false);
+    let welcome = core.handle(
+        0,
+        id,
+        ClientMessage::Hello {
+            protocol: strata::sync::proto::PROTOCOL_VERSION,
+            store: "default".into(),
+            token: None,
+            client: format!("c{id}"),
+        },
+        store,
+    );
+    assert!(matches!(welcome[..], [ServerMessage::Welcome { .. }]));
+}
+
+fn proposal(id: u128, aggregate: &str, version: u64, physical_ms: u64) -> Proposal {
+    Proposal {
+        event_id: Uuid::from_u128(id),
+        aggregate_id: aggregate.into(),
+        version,
+        event_type: "T".into(),
+        data: b"{}".to_vec(),
+        timestamp: Timestamp::from_parts(physical_ms, 0, "client").unwrap(),
+        metadata: None,
+    }
+}
+
+fn push(core: &mut ServerCore, store: &mut Store, events: Vec<Proposal>) -> Vec<ServerMessage> {
+    let base = store.head();
+    core.handle(
+        0,
+        1,
+        ClientMessage::Push {
+            request: 7,
+            base,
+            events,
+        },
+        store,
+    )
+}
+
+#[test]
+fn a_push_gets_one_final_answer_when_the_store_refuses_single_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    let taken = Uuid::from_u128(1);
+    server
+        .store
+        .append(
+            "other",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("T", "{}").with_id(taken)],
+        )
+        .unwrap();
+    hello(&mut server.core, &mut server.store, 1);
+    let now = strata::hlc::WallClock::now_ms(&strata::hlc::SystemClock);
+    let valid = proposal(3, "c", 1, now);
+    let replies = push(
+        &mut server.core,
+        &mut server.store,
+        vec![
+            // An id another aggregate holds.
+            proposal(1, "a", 1, now),
+            // A clock an hour fast: beyond the allowed drift (H1).
+            proposal(2, "b", 1, now + 3_600_000),
+            valid.clone(),
+            // The same event twice is one event.
+            valid.clone(),
+        ],
+    );
+    let [
+        ServerMessage::Rejected { rejections, .. },
+        ServerMessage::Accepted { placed, .. },
+    ] = &replies[..]
+    else {
+        panic!("expected Rejected then Accepted, got {replies:?}");
+    };
+    let mut refused: Vec<Uuid> = rejections.iter().map(|(id, _)| *id).collect();
+    refused.sort();
+    assert_eq!(refused, [Uuid::from_u128(1), Uuid::from_u128(2)]);
+    assert!(
+        rejections.iter().any(|(_, why)| why.contains("drift")),
+        "{rejections:?}"
+    );
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].event_id, valid.event_id);
+    assert_eq!(server.store.head(), 2, "only the valid event was written");
+}
+
+#[test]
+fn a_refused_push_names_every_aggregate_that_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    for agg in ["a", "b"] {
+        server
+            .store
+            .append(agg, ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])
+            .unwrap();
+    }
+    hello(&mut server.core, &mut server.store, 1);
+    let now = strata::hlc::WallClock::now_ms(&strata::hlc::SystemClock);
+    let replies = push(
+        &mut server.core,
+        &mut server.store,
+        vec![
+            proposal(10, "a", 1, now),
+            proposal(11, "b", 1, now),
+            proposal(12, "fresh", 1, now),
+        ],
+    );
+    let [ServerMessage::PullRequired { conflicts, .. }] = &replies[..] else {
+        panic!("expected PullRequired, got {replies:?}");
+    };
+    assert_eq!(conflicts, &[("a".to_string(), 1), ("b".to_string(), 1)]);
+}
+
+#[test]
+fn a_push_over_the_byte_limit_is_refused_whole_and_the_replica_backs_off_smaller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    let limits = strata::Limits {
+        batch_bytes_max: 4_000,
+        ..strata::Limits::default()
+    };
+    server.core = ServerCore::new(ServerConfig {
+        limits,
+        ..ServerConfig::default()
+    });
+    let a = replica(&dir.path().join("a"), None);
+    for _ in 0..40 {
+        a.append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+            .unwrap();
+    }
+    let mut a = connect(&mut server, a, "a");
+    let mut now = 0;
+    let mut pushes = Vec::new();
+    let mut refusals = 0;
+    // Drive by hand to see each push and the waits between them.
+    for _ in 0..200 {
+        let mut moved = false;
+        while let Some(m) = a.core.poll_transmit() {
+            moved = true;
+            if let ClientMessage::Push { events, .. } = &m {
+                pushes.push((now, events.len()));
+            }
+            for r in server.core.handle(now, a.id, m, &mut server.store) {
+                if matches!(r, ServerMessage::Error { .. }) {
+                    refusals += 1;
+                }
+                a.core
+                    .handle_message(now, r, &mut a.replica.storage())
+                    .unwrap();
+            }
+        }
+        while let Some(m) = server.core.poll_events(a.id, &mut server.store).unwrap() {
+            moved = true;
+            a.core
+                .handle_message(now, m, &mut a.replica.storage())
+                .unwrap();
+        }
+        if moved {
+            continue;
+        }
+        if a.replica.pending().is_empty() {
+            break;
+        }
+        match a.core.poll_timeout() {
+            Some(t) => {
+                assert!(t > now, "a refused push is not retried at once");
+                now = t;
+                a.core
+                    .handle_timeout(now, &mut a.replica.storage())
+                    .unwrap();
+            }
+            None => a
+                .core
+                .handle_local_change(now, &mut a.replica.storage())
+                .unwrap(),
+        }
+    }
+    assert!(a.replica.pending().is_empty(), "pushes: {pushes:?}");
+    assert_eq!(server.store.head(), 40);
+    assert!(refusals > 0, "the first push of 40 events is too large");
+    // Each refusal halved the push: the first was all 40, a later one fit.
+    assert_eq!(pushes[0].1, 40);
+    assert!(pushes.iter().any(|&(_, n)| n < 40));
+    assert_eq!(value(&a.replica, "counter"), 40);
+}
+
+#[test]
+fn a_server_that_lost_events_is_refused_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    let mut a = connect(&mut server, replica(&dir.path().join("a"), None), "a");
+    a.replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    a.core
+        .handle_local_change(0, &mut a.replica.storage())
+        .unwrap();
+    pump(&mut server, &mut [&mut a]);
+    assert_eq!(a.replica.committed().head(), 1);
+    // The same store, restored from a backup taken before that event.
+    a.core.handle_connected(&a.replica.storage());
+    let err = a
+        .core
+        .handle_message(
+            0,
+            ServerMessage::Welcome {
+                protocol: strata::sync::proto::PROTOCOL_VERSION,
+                store_id: server.store.store_id(),
+                head: 0,
+            },
+            &mut a.replica.storage(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SyncError::ServerBehind {
+                server_head: 0,
+                local_head: 1
+            }
+        ),
+        "{err}"
+    );
+    // Malformed server messages are errors, not panics.
+    a.core.handle_connected(&a.replica.storage());
+    let err = a
+        .core
+        .handle_message(
+            0,
+            ServerMessage::Records {
+                first_position: 2,
+                count: 0,
+                records: Vec::new(),
+            },
+            &mut a.replica.storage(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, SyncError::Unexpected(_)), "{err}");
+}
+
+#[test]
+fn a_replicas_log_refuses_plain_appends_even_when_opened_as_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a");
+    let r = replica(&path, None);
+    let plain = r
+        .committed()
+        .append("x", ExpectedVersion::Any, vec![NewEvent::new("T", "{}")]);
+    assert!(
+        matches!(plain, Err(strata::Error::ReplicaLog { .. })),
+        "{plain:?}"
+    );
+    r.close().unwrap();
+    let store = Store::open(&path, Options::default()).unwrap();
+    let err = store
+        .append("x", ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])
+        .unwrap_err();
+    assert!(err.to_string().contains("sync replica"), "{err}");
+}

@@ -1,0 +1,998 @@
+//! The QUIC transport: replicas sync over one bidirectional stream per
+//! connection, carrying [`strata::sync::wire`] frames (a 4-byte
+//! little-endian length, then bincode) both ways. The shell only moves
+//! bytes; the protocol is the engine's [`strata::sync::ServerCore`].
+//!
+//! A connection goes like this:
+//!
+//! 1. TLS 1.3 handshake with ALPN `strata-sync/1` (see [`crate::tls`]);
+//!    a connection over the [`crate::Config::connections_max`] limit gets a
+//!    fatal `Unavailable` error instead.
+//! 2. The client opens a stream and sends `Hello`. The token is checked
+//!    before any store is opened (so unauthenticated clients cannot make
+//!    the server create stores), the store is picked by name, and the core
+//!    answers `Welcome` or a fatal error.
+//! 3. A reader task decodes the client's messages and hands each to the
+//!    core on a blocking thread (a push appends and syncs); replies go to a
+//!    bounded queue of [`OUTBOUND_MESSAGES_MAX`] messages. The writer sends
+//!    replies first, then, whenever the store's head moves, asks the core
+//!    for the next `Records` (raw log records, no re-encoding) or `Events`
+//!    message of the follow stream. The core is never locked while bytes
+//!    go to the network, and a client that does not take a message within
+//!    [`SEND_TIMEOUT`] is disconnected: a slow subscriber never stalls the
+//!    server or other clients.
+//! 4. When either side ends, the core forgets the client (its turn passes
+//!    on).
+//!
+//! A frame that cannot be decoded but whose length prefix was valid gets a
+//! non-fatal `Malformed` error (the stream is still in step); a length over
+//! the limit is fatal, since what follows cannot be framed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use serde::de::DeserializeOwned;
+use strata::sync::ClientId;
+use strata::sync::proto::{ClientMessage, ErrorCode, ServerMessage};
+use strata::sync::wire;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::registry::Hosted;
+use crate::tls::Identity;
+use crate::{AppState, DEFAULT_STORE, ServerError};
+
+/// Longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest from the handshake to the client's `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client whose stream does not take a message within this is
+/// disconnected.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages waiting for a client's writer (replies; the follow stream is
+/// pulled only when the writer is free, so it never queues).
+pub const OUTBOUND_MESSAGES_MAX: usize = 8;
+/// A connection without any packet for this long is dead (the server's
+/// setting; clients may choose a shorter one, and the shorter wins).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest idle timeout a client may ask for.
+pub const IDLE_TIMEOUT_MIN: Duration = Duration::from_millis(300);
+/// Longest idle timeout a client may ask for.
+pub const IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+/// Keep-alives go this many times per idle timeout.
+pub const KEEP_ALIVES_PER_IDLE_TIMEOUT: u32 = 3;
+/// Malformed messages tolerated per connection before it is closed.
+pub const MALFORMED_MESSAGES_MAX: u32 = 16;
+/// Bytes of client messages being read at once, all connections together
+/// (each message reserves its announced length before it is allocated).
+pub const INBOUND_BYTES_MAX: usize = 256 << 20;
+/// Connections being told "busy" at once; beyond it they are refused
+/// without a message.
+pub const REFUSALS_MAX: usize = 64;
+/// How long refusing a busy client may take.
+pub const REFUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing stream waits for the peer to acknowledge the last
+/// message.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long shutdown waits for connections to say goodbye.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Per-stream receive window and per-connection send window: large enough
+/// for bulk catch-up to keep several 1 MiB messages in flight.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+
+const _: () = assert!(
+    IDLE_TIMEOUT_MIN.as_millis() <= IDLE_TIMEOUT.as_millis()
+        && IDLE_TIMEOUT.as_millis() <= IDLE_TIMEOUT_MAX.as_millis()
+);
+const _: () = assert!(wire::MESSAGE_BYTES_MAX <= INBOUND_BYTES_MAX);
+const _: () = assert!(wire::MESSAGE_BYTES_MAX <= u32::MAX as usize);
+
+/// Largest UDP payload MTU discovery probes for. Probing is safe on any
+/// path (a lost probe only ends the search); paths with jumbo frames or
+/// loopback carry bulk catch-up in far fewer packets than the default 1452
+/// bytes allow.
+pub const UDP_PAYLOAD_BYTES_MAX: u16 = 65_527;
+
+/// QUIC application close codes.
+pub mod close {
+    /// Done: the client finished, or the server is shutting down.
+    pub const DONE: u32 = 0;
+    /// A fatal protocol error was sent (see the `Error` message).
+    pub const REFUSED: u32 = 1;
+    /// The client did not take messages fast enough.
+    pub const SLOW: u32 = 2;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 3;
+}
+
+/// Milliseconds since the Unix epoch: the shells own the clock the sync
+/// cores see.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Transport settings both sides use; `idle_timeout` is between
+/// [`IDLE_TIMEOUT_MIN`] and [`IDLE_TIMEOUT_MAX`].
+pub(crate) fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
+    assert!((IDLE_TIMEOUT_MIN..=IDLE_TIMEOUT_MAX).contains(&idle_timeout));
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(idle_timeout).expect("checked above: fits a varint"),
+    ))
+    .keep_alive_interval(Some(idle_timeout / KEEP_ALIVES_PER_IDLE_TIMEOUT))
+    .stream_receive_window(VarInt::from_u32(STREAM_WINDOW_BYTES))
+    .send_window(STREAM_WINDOW_BYTES as u64)
+    .mtu_discovery_config(Some({
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(UDP_PAYLOAD_BYTES_MAX);
+        mtu
+    }))
+    .max_concurrent_bidi_streams(VarInt::from_u32(1))
+    .max_concurrent_uni_streams(VarInt::from_u32(0));
+    t
+}
+
+// --- frames ------------------------------------------------------------------
+
+/// One frame read from a stream.
+#[derive(Debug)]
+pub(crate) enum Frame<T> {
+    Message(T),
+    /// The length prefix was valid but the payload is not a message: the
+    /// stream is still in step.
+    Malformed(String),
+}
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    #[error("the peer finished its stream")]
+    Finished,
+    #[error("the peer finished its stream inside a message")]
+    Truncated,
+    #[error(transparent)]
+    TooLarge(wire::WireError),
+    #[error("{0}")]
+    Stream(#[from] quinn::ReadError),
+}
+
+/// Reads one length-prefixed message. The length is checked before the
+/// payload is allocated; with `budget`, the payload's bytes are reserved
+/// from it while it is read and decoded.
+pub(crate) async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    budget: Option<&Semaphore>,
+) -> Result<Frame<T>, FrameError> {
+    let mut prefix = [0u8; wire::LENGTH_BYTES];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(FrameError::Finished),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Stream(e)),
+    }
+    let len = wire::payload_len(prefix).map_err(FrameError::TooLarge)?;
+    let _reserved = match budget {
+        // The budget is never closed and each message is at most
+        // MESSAGE_BYTES_MAX <= INBOUND_BYTES_MAX, so this always succeeds
+        // eventually.
+        Some(b) => Some(b.acquire_many(len as u32).await.ok()),
+        None => None,
+    };
+    let mut payload = vec![0u8; len];
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Stream(e)),
+    }
+    Ok(match wire::decode::<T>(&payload) {
+        Ok(msg) => Frame::Message(msg),
+        Err(e) => Frame::Malformed(e.to_string()),
+    })
+}
+
+/// Why a message could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    #[error("the peer did not take a message within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Stream(#[from] quinn::WriteError),
+    #[error("{0}")]
+    Encode(#[from] wire::WireError),
+}
+
+/// Encodes `msg` into `buf` and writes it within `timeout`.
+pub(crate) async fn write_frame<T: serde::Serialize>(
+    send: &mut SendStream,
+    buf: &mut Vec<u8>,
+    msg: &T,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    buf.clear();
+    wire::encode(msg, buf)?;
+    match tokio::time::timeout(timeout, send.write_all(buf)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SendError::Timeout(timeout)),
+    }
+}
+
+/// Finishes `send`, gives the peer [`CLOSE_LINGER`] to acknowledge what
+/// was sent, then closes the connection.
+pub(crate) async fn close_gracefully(
+    conn: &Connection,
+    send: &mut SendStream,
+    code: u32,
+    reason: &str,
+) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+    }
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message: message.into(),
+        fatal,
+    }
+}
+
+fn is_fatal(msg: &ServerMessage) -> bool {
+    matches!(msg, ServerMessage::Error { fatal: true, .. })
+}
+
+/// Compares tokens in time independent of where they differ.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The shell's own token check, before a store is opened (the core checks
+/// again when it handles `Hello`).
+fn token_ok(tokens: &[String], token: Option<&str>) -> bool {
+    tokens.is_empty() || token.is_some_and(|t| tokens.iter().any(|e| token_matches(t, e)))
+}
+
+// --- the server --------------------------------------------------------------
+
+/// The QUIC endpoint: accepts replicas and drives the sync core.
+#[derive(Debug)]
+pub struct QuicServer {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    fingerprint: String,
+    state: Arc<AppState>,
+    stop: watch::Receiver<bool>,
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    state: Arc<AppState>,
+    /// Reserves the bytes of client messages being read.
+    inbound: Semaphore,
+    /// Busy connections being told so.
+    refusals: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+impl QuicServer {
+    /// Binds the endpoint with the server's identity (created on first
+    /// start under `<data>/tls/`).
+    pub fn bind(
+        addr: SocketAddr,
+        state: Arc<AppState>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<QuicServer, ServerError> {
+        let tls_err = |e: crate::tls::TlsError| ServerError::Tls(e.to_string());
+        let identity =
+            Identity::load_or_create(&state.config.data_dir, Some(addr.ip())).map_err(tls_err)?;
+        let crypto = crate::tls::server_config(&identity).map_err(tls_err)?;
+        let crypto =
+            QuicServerConfig::try_from(crypto).map_err(|e| ServerError::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config
+            .transport_config(Arc::new(transport_config(IDLE_TIMEOUT)))
+            .max_incoming(state.config.connections_max + REFUSALS_MAX);
+        let endpoint = quinn::Endpoint::server(config, addr)
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let addr = endpoint.local_addr().map_err(|source| ServerError::Io {
+            action: "reading the QUIC address",
+            source,
+        })?;
+        tracing::info!(%addr, fingerprint = %identity.fingerprint, "QUIC sync endpoint bound");
+        Ok(QuicServer {
+            endpoint,
+            addr,
+            fingerprint: identity.fingerprint,
+            state,
+            stop,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// SHA-256 of the certificate, lowercase hex.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Serves until the stop signal, then says goodbye to every client
+    /// (a fatal `Unavailable`: retry later), waits briefly for them, and
+    /// closes the endpoint.
+    pub async fn run(self) {
+        let shared = Arc::new(Shared {
+            state: self.state.clone(),
+            inbound: Semaphore::new(INBOUND_BYTES_MAX),
+            refusals: Arc::new(Semaphore::new(REFUSALS_MAX)),
+            stop: self.stop.clone(),
+        });
+        let mut stop = self.stop.clone();
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    match shared.state.connections.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tasks.spawn(serve_connection(shared.clone(), incoming, permit));
+                        }
+                        Err(_) => match shared.refusals.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let max = shared.state.config.connections_max;
+                                tasks.spawn(refuse_busy(incoming, max, permit));
+                            }
+                            Err(_) => incoming.refuse(),
+                        },
+                    }
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        tracing::info!(connections = tasks.len(), "QUIC endpoint stopping");
+        // Connections see the stop signal themselves and say goodbye.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.endpoint
+            .close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
+        if drained.is_err() {
+            // With the endpoint closed every connection ends at once; a task
+            // only waits for a core call in progress to finish.
+            while tasks.join_next().await.is_some() {}
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+        tracing::info!("QUIC endpoint stopped");
+    }
+}
+
+/// Tells a client over the connection limit to come back later.
+async fn refuse_busy(incoming: quinn::Incoming, max: usize, _permit: OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    let refuse = async {
+        let conn = incoming.await.ok()?;
+        let (mut send, _recv) = conn.accept_bi().await.ok()?;
+        let msg = error(
+            ErrorCode::Unavailable,
+            format!("the server is at its limit of {max} sync connections; retry later"),
+            true,
+        );
+        let mut buf = Vec::new();
+        write_frame(&mut send, &mut buf, &msg, SEND_TIMEOUT)
+            .await
+            .ok()?;
+        close_gracefully(&conn, &mut send, close::REFUSED, "busy").await;
+        Some(())
+    };
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, refuse).await;
+    tracing::warn!(%remote, max, "refused a sync connection: at the connection limit");
+}
+
+/// How a connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    /// The client finished its stream.
+    ClientDone,
+    /// A fatal error was sent.
+    Refused,
+    Slow,
+    Shutdown,
+    Failed(String),
+}
+
+/// One connection, from handshake to goodbye.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    _permit: OwnedSemaphorePermit,
+) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "QUIC handshake timed out");
+            return;
+        }
+    };
+    let (mut send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "connection ended before a stream");
+            return;
+        }
+        Err(_) => {
+            conn.close(VarInt::from_u32(close::REFUSED), b"no stream opened");
+            return;
+        }
+    };
+    let mut buf = Vec::new();
+    let Some((hosted, id)) = hello(&shared, &conn, &mut send, &mut recv, &mut buf).await else {
+        return;
+    };
+    tracing::info!(%remote, store = %hosted.name, client = id, "replica connected");
+    let (tx, rx) = mpsc::channel(OUTBOUND_MESSAGES_MAX);
+    let wake = Arc::new(Notify::new());
+    let reader = tokio::spawn(read_loop(
+        recv,
+        shared.clone(),
+        hosted.clone(),
+        id,
+        tx,
+        wake.clone(),
+    ));
+    let end = write_loop(
+        &mut send,
+        &mut buf,
+        &hosted,
+        id,
+        rx,
+        &wake,
+        shared.stop.clone(),
+    )
+    .await;
+    match &end {
+        End::ClientDone => close_gracefully(&conn, &mut send, close::DONE, "done").await,
+        End::Refused => close_gracefully(&conn, &mut send, close::REFUSED, "refused").await,
+        End::Shutdown => {
+            close_gracefully(&conn, &mut send, close::SHUTDOWN, "server shutting down").await
+        }
+        End::Slow => conn.close(VarInt::from_u32(close::SLOW), b"too slow"),
+        End::Failed(_) => conn.close(VarInt::from_u32(close::REFUSED), b"failed"),
+    }
+    // The reader ends with the connection; a core call it started finishes
+    // first, so the core never sees this client after it forgot it.
+    let _ = reader.await;
+    let core_host = hosted.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        core_host.with_core(|core, _| core.disconnect(id, now_ms()))
+    })
+    .await;
+    match end {
+        End::Failed(reason) => {
+            tracing::warn!(%remote, store = %hosted.name, client = id, %reason, "replica disconnected")
+        }
+        End::Slow => {
+            tracing::warn!(%remote, store = %hosted.name, client = id, timeout = ?SEND_TIMEOUT, "replica too slow; disconnected")
+        }
+        other => {
+            tracing::info!(%remote, store = %hosted.name, client = id, end = ?other, "replica disconnected")
+        }
+    }
+}
+
+/// Reads `Hello`, checks the token, opens the store and lets the core
+/// welcome the client. `None` when the connection is over.
+async fn hello(
+    shared: &Shared,
+    conn: &Connection,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    buf: &mut Vec<u8>,
+) -> Option<(Arc<Hosted>, ClientId)> {
+    let remote = conn.remote_address();
+    let refuse = |code, message: String| error(code, message, true);
+    let first = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame::<ClientMessage>(recv, Some(&shared.inbound)),
+    )
+    .await;
+    let hello = match first {
+        Err(_) => Err(refuse(
+            ErrorCode::Unexpected,
+            format!("no Hello within {HELLO_TIMEOUT:?}"),
+        )),
+        Ok(Err(FrameError::TooLarge(e))) => Err(refuse(ErrorCode::TooLarge, e.to_string())),
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "connection ended before Hello");
+            return None;
+        }
+        Ok(Ok(Frame::Malformed(reason))) => Err(refuse(ErrorCode::Malformed, reason)),
+        Ok(Ok(Frame::Message(ClientMessage::Hello {
+            protocol,
+            store,
+            token,
+            client,
+        }))) => {
+            if token_ok(
+                &shared.state.registry.sync_config().tokens,
+                token.as_deref(),
+            ) {
+                Ok((protocol, store, token, client))
+            } else {
+                Err(refuse(
+                    ErrorCode::Unauthorized,
+                    "missing or wrong token; pass the server's token".into(),
+                ))
+            }
+        }
+        Ok(Ok(Frame::Message(_))) => Err(refuse(ErrorCode::Unexpected, "send Hello first".into())),
+    };
+    let (protocol, store, token, client) = match hello {
+        Ok(h) => h,
+        Err(msg) => {
+            tracing::info!(%remote, reply = ?msg, "sync connection refused");
+            let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
+            close_gracefully(conn, send, close::REFUSED, "refused").await;
+            return None;
+        }
+    };
+    let name = if store.is_empty() {
+        DEFAULT_STORE.to_owned()
+    } else {
+        store
+    };
+    let registry = shared.state.registry.clone();
+    let opened = {
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || registry.get(&name)).await
+    };
+    let hosted = match opened {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            let code = match e {
+                ServerError::BadStoreName { .. } => ErrorCode::Malformed,
+                _ => ErrorCode::Unavailable,
+            };
+            let msg = refuse(code, e.to_string());
+            tracing::info!(%remote, store = %name.chars().take(80).collect::<String>(), error = %e, "sync connection refused");
+            let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
+            close_gracefully(conn, send, close::REFUSED, "refused").await;
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "opening a store panicked");
+            conn.close(VarInt::from_u32(close::REFUSED), b"internal error");
+            return None;
+        }
+    };
+    let id = hosted.next_client_id();
+    let replies = {
+        let hosted = hosted.clone();
+        let msg = ClientMessage::Hello {
+            protocol,
+            store: name,
+            token,
+            client,
+        };
+        tokio::task::spawn_blocking(move || {
+            hosted.with_core(|core, store| {
+                core.connect(id, true);
+                core.handle(now_ms(), id, msg, store)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            vec![error(
+                ErrorCode::Internal,
+                format!("the server failed: {e}"),
+                true,
+            )]
+        })
+    };
+    let fatal = replies.iter().any(is_fatal);
+    let mut sent = true;
+    for r in &replies {
+        if write_frame(send, buf, r, SEND_TIMEOUT).await.is_err() {
+            sent = false;
+            break;
+        }
+    }
+    if fatal || !sent {
+        tracing::info!(%remote, store = %hosted.name, replies = ?replies, "sync connection refused");
+        if fatal {
+            close_gracefully(conn, send, close::REFUSED, "refused").await;
+        } else {
+            conn.close(VarInt::from_u32(close::REFUSED), b"failed");
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            hosted.with_core(|core, _| core.disconnect(id, now_ms()))
+        })
+        .await;
+        return None;
+    }
+    Some((hosted, id))
+}
+
+/// Decodes the client's messages and hands them to the core; replies go to
+/// the writer through `tx`. Ends when the client finishes or fails, after a
+/// fatal reply, or when the writer is gone.
+async fn read_loop(
+    mut recv: RecvStream,
+    shared: Arc<Shared>,
+    hosted: Arc<Hosted>,
+    id: ClientId,
+    tx: mpsc::Sender<ServerMessage>,
+    wake: Arc<Notify>,
+) {
+    let mut malformed = 0u32;
+    loop {
+        let replies = match read_frame::<ClientMessage>(&mut recv, Some(&shared.inbound)).await {
+            Ok(Frame::Message(msg)) => {
+                let hosted = hosted.clone();
+                let handled = tokio::task::spawn_blocking(move || {
+                    hosted.with_core(|core, store| core.handle(now_ms(), id, msg, store))
+                })
+                .await;
+                match handled {
+                    Ok(replies) => replies,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the sync core panicked");
+                        vec![error(
+                            ErrorCode::Internal,
+                            "the server failed; retry later",
+                            true,
+                        )]
+                    }
+                }
+            }
+            Ok(Frame::Malformed(reason)) => {
+                malformed += 1;
+                let fatal = malformed > MALFORMED_MESSAGES_MAX;
+                tracing::debug!(client = id, %reason, malformed, "malformed sync message");
+                vec![error(ErrorCode::Malformed, reason, fatal)]
+            }
+            Err(FrameError::TooLarge(e)) => vec![error(ErrorCode::TooLarge, e.to_string(), true)],
+            Err(FrameError::Finished) => return,
+            Err(e) => {
+                tracing::debug!(client = id, error = %e, "sync stream ended");
+                return;
+            }
+        };
+        let fatal = replies.iter().any(is_fatal);
+        for r in replies {
+            if tx.send(r).await.is_err() {
+                return;
+            }
+        }
+        if fatal {
+            return;
+        }
+        // The message may have started the follow stream or moved the
+        // head: let the writer look (after the replies, which go first).
+        wake.notify_one();
+    }
+}
+
+/// Sends replies first, then the follow stream, one message at a time.
+async fn write_loop(
+    send: &mut SendStream,
+    buf: &mut Vec<u8>,
+    hosted: &Arc<Hosted>,
+    id: ClientId,
+    mut rx: mpsc::Receiver<ServerMessage>,
+    wake: &Notify,
+    mut stop: watch::Receiver<bool>,
+) -> End {
+    let mut head = hosted.head.clone();
+    let failed = |e: SendError| match e {
+        SendError::Timeout(_) => End::Slow,
+        other => End::Failed(other.to_string()),
+    };
+    loop {
+        if *stop.borrow() {
+            let bye = error(
+                ErrorCode::Unavailable,
+                "the server is shutting down; retry later",
+                true,
+            );
+            let _ = write_frame(send, buf, &bye, SEND_TIMEOUT).await;
+            return End::Shutdown;
+        }
+        match rx.try_recv() {
+            Ok(msg) => {
+                if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                    return failed(e);
+                }
+                if is_fatal(&msg) {
+                    return End::Refused;
+                }
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return End::ClientDone,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        // Mark the head seen before looking, so a move after the look
+        // wakes us below.
+        head.borrow_and_update();
+        let polled = {
+            let hosted = hosted.clone();
+            tokio::task::spawn_blocking(move || {
+                hosted.with_core(|core, store| {
+                    if core.wants_events(id, store.head()) {
+                        core.poll_events(id, store)
+                    } else {
+                        Ok(None)
+                    }
+                })
+            })
+            .await
+        };
+        match polled {
+            Ok(Ok(Some(msg))) => {
+                if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                    return failed(e);
+                }
+                continue;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(store = %hosted.name, error = %e, "reading the log for a replica failed");
+                let msg = error(
+                    ErrorCode::Internal,
+                    format!("the server could not read its log: {e}"),
+                    true,
+                );
+                let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
+                return End::Refused;
+            }
+            Err(e) => return End::Failed(format!("reading the log panicked: {e}")),
+        }
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return End::Shutdown;
+                }
+            }
+            msg = rx.recv() => match msg {
+                Some(msg) => {
+                    if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                        return failed(e);
+                    }
+                    if is_fatal(&msg) {
+                        return End::Refused;
+                    }
+                }
+                None => return End::ClientDone,
+            },
+            moved = head.changed() => {
+                if moved.is_err() {
+                    // The store is closing.
+                    return End::Shutdown;
+                }
+            }
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata::sync::proto::{PROTOCOL_VERSION, Proposal};
+
+    struct TestServer {
+        addr: SocketAddr,
+        fingerprint: String,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<Result<(), ServerError>>,
+        _data: tempfile::TempDir,
+    }
+
+    async fn start(connections_max: usize) -> TestServer {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = crate::Config::new(
+            data.path().to_path_buf(),
+            "127.0.0.1:0".parse().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap()),
+        );
+        config.connections_max = connections_max;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::serve(
+            config,
+            move |b: &crate::Bound| {
+                let _ = ready_tx.send((b.quic.unwrap(), b.fingerprint.clone().unwrap()));
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let (addr, fingerprint) = ready_rx.await.unwrap();
+        TestServer {
+            addr,
+            fingerprint,
+            stop: Some(stop),
+            task,
+            _data: data,
+        }
+    }
+
+    impl TestServer {
+        async fn stop(mut self) {
+            self.stop.take().unwrap().send(()).unwrap();
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    async fn connect(s: &TestServer) -> (quinn::Endpoint, Connection, SendStream, RecvStream) {
+        let tls =
+            crate::tls::client_config(&crate::tls::Trust::Pin(s.fingerprint.clone())).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.config).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                s.addr,
+                "localhost",
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        (endpoint, conn, send, recv)
+    }
+
+    async fn send(send: &mut SendStream, msg: &ClientMessage) {
+        let mut buf = Vec::new();
+        write_frame(send, &mut buf, msg, SEND_TIMEOUT)
+            .await
+            .unwrap();
+    }
+
+    async fn recv(recv: &mut RecvStream) -> ServerMessage {
+        match tokio::time::timeout(Duration::from_secs(10), read_frame(recv, None)).await {
+            Ok(Ok(Frame::Message(m))) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn hello() -> ClientMessage {
+        ClientMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            store: String::new(),
+            token: None,
+            client: "t".into(),
+        }
+    }
+
+    /// Bounded input: a frame that does not decode gets a non-fatal
+    /// `Malformed` error and the stream goes on; a length over the limit is
+    /// fatal, before anything is allocated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_frames_are_answered_and_oversized_ones_end_the_connection() {
+        let server = start(16).await;
+        // Before Hello, anything else is refused for good.
+        let (_ep, _conn, mut tx, mut rx) = connect(&server).await;
+        send(&mut tx, &ClientMessage::Follow { from: 1 }).await;
+        assert!(matches!(
+            recv(&mut rx).await,
+            ServerMessage::Error {
+                code: ErrorCode::Unexpected,
+                fatal: true,
+                ..
+            }
+        ));
+
+        let (_ep, _conn, mut tx, mut rx) = connect(&server).await;
+        send(&mut tx, &hello()).await;
+        assert!(matches!(
+            recv(&mut rx).await,
+            ServerMessage::Welcome { head: 0, .. }
+        ));
+        tx.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(matches!(
+            recv(&mut rx).await,
+            ServerMessage::Error {
+                code: ErrorCode::Malformed,
+                fatal: false,
+                ..
+            }
+        ));
+        // Still in step: a push goes through and its event streams back.
+        send(&mut tx, &ClientMessage::Follow { from: 1 }).await;
+        let event = Proposal {
+            event_id: strata::Uuid::now_v7(),
+            aggregate_id: "a".into(),
+            version: 1,
+            event_type: "T".into(),
+            data: b"{}".to_vec(),
+            timestamp: strata::Timestamp::from_parts(now_ms(), 0, "t").unwrap(),
+            metadata: None,
+        };
+        send(
+            &mut tx,
+            &ClientMessage::Push {
+                request: 1,
+                base: 0,
+                events: vec![event],
+            },
+        )
+        .await;
+        let (mut accepted, mut records) = (false, false);
+        while !(accepted && records) {
+            match recv(&mut rx).await {
+                ServerMessage::Accepted {
+                    request: 1, placed, ..
+                } => {
+                    assert_eq!(placed[0].position, 1);
+                    accepted = true;
+                }
+                ServerMessage::Records {
+                    first_position: 1,
+                    count: 1,
+                    ..
+                } => records = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        tx.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        assert!(matches!(
+            recv(&mut rx).await,
+            ServerMessage::Error {
+                code: ErrorCode::TooLarge,
+                fatal: true,
+                ..
+            }
+        ));
+        server.stop().await;
+    }
+
+    /// Bounded connections: beyond `connections_max`, a client is told to
+    /// come back later instead of being served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_over_the_connection_limit_gets_unavailable() {
+        let server = start(1).await;
+        let (_ep1, _conn1, mut tx1, mut rx1) = connect(&server).await;
+        send(&mut tx1, &hello()).await;
+        assert!(matches!(
+            recv(&mut rx1).await,
+            ServerMessage::Welcome { .. }
+        ));
+        let (_ep2, _conn2, mut tx2, mut rx2) = connect(&server).await;
+        send(&mut tx2, &hello()).await;
+        assert!(matches!(
+            recv(&mut rx2).await,
+            ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                fatal: true,
+                ..
+            }
+        ));
+        // On shutdown, connected clients are told to retry later.
+        let stopping = tokio::spawn(server.stop());
+        assert!(matches!(
+            recv(&mut rx1).await,
+            ServerMessage::Error {
+                code: ErrorCode::Unavailable,
+                fatal: true,
+                ..
+            }
+        ));
+        stopping.await.unwrap();
+    }
+}

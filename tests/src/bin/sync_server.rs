@@ -1,0 +1,39 @@
+//! Child process for tests/sync_quic.rs: a sync server that runs until it
+//! is killed, so the test can crash it at any point.
+//!
+//! Usage: `sync_server <data-dir> <quic-addr>`. Prints
+//! `READY <quic-addr> <fingerprint>` once it listens.
+
+use std::io::Write;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let data = args.next().expect("data dir");
+    let quic: std::net::SocketAddr = args.next().expect("quic addr").parse().expect("an address");
+    let config = strata_server::Config::new(
+        data.into(),
+        "127.0.0.1:0".parse().expect("an address"),
+        Some(quic),
+    );
+    let result = strata_server::serve(
+        config,
+        |bound: &strata_server::Bound| {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "READY {} {}",
+                bound.quic.expect("QUIC is on"),
+                bound.fingerprint.as_deref().expect("QUIC is on")
+            )
+            .expect("stdout");
+            out.flush().expect("stdout");
+        },
+        std::future::pending(),
+    )
+    .await;
+    if let Err(e) = result {
+        eprintln!("sync_server: {e}");
+        std::process::exit(3);
+    }
+}

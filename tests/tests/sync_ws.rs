@@ -1,0 +1,1010 @@
+//! The WebSocket compatibility transport end to end: a real server
+//! (`strata_server::serve` on 127.0.0.1:0, HTTP only) and real WebSocket
+//! clients.
+//!
+//! [`SeedClient`] is written only from the seed document
+//! (../shared/seed/original-design.txt): its message shapes, its event
+//! object, its client flow (pull before push, rebase by renumbering and
+//! re-stamping). It knows nothing of Strata's cursor tokens or positions;
+//! it sends back the `new_server_hlc` it last received and ignores fields
+//! it does not know. The tests guard the seed's defects listed in the
+//! design brief: the 1 + 2 + 1 arithmetic (4, not 5), late events skipped
+//! by HLC cursors (Y6), silence on bad input, any origin and no
+//! authentication, and one slow subscriber stalling everyone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use strata::sync::seed::SEED_MESSAGE_BYTES_MAX;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any single expected message may take to arrive.
+const RECV_TIMEOUT: Duration = Duration::from_secs(20);
+
+// --- the server ------------------------------------------------------------
+
+struct Server {
+    addr: SocketAddr,
+    data: tempfile::TempDir,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), strata_server::ServerError>>,
+}
+
+async fn start(tweak: impl FnOnce(&mut strata_server::Config)) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = strata_server::Config::new(
+        data.path().to_path_buf(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    );
+    tweak(&mut config);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(strata_server::serve(
+        config,
+        move |bound: &strata_server::Bound| {
+            let _ = ready_tx.send(bound.http);
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let addr = tokio::time::timeout(RECV_TIMEOUT, ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    Server {
+        addr,
+        data,
+        stop,
+        task,
+    }
+}
+
+impl Server {
+    fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    /// Stops the server, waits for `serve` to return, and hands back its
+    /// data directory.
+    async fn stop(self) -> tempfile::TempDir {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("serve returns promptly after the stop signal")
+            .unwrap()
+            .unwrap();
+        self.data
+    }
+
+    /// `GET /events` of a store, as JSON.
+    async fn events(&self, store: &str) -> Vec<Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        let req = format!(
+            "GET /events?from=1&limit=10000&store={store} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let body = out.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(body).unwrap()
+    }
+}
+
+// --- raw WebSocket helpers ---------------------------------------------------
+
+async fn connect(url: &str) -> Ws {
+    connect_request(url, &[]).await.unwrap()
+}
+
+async fn connect_request(url: &str, headers: &[(&str, &str)]) -> Result<Ws, tungstenite::Error> {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("the handshake completes")
+        .map(|(ws, _)| ws)
+}
+
+/// The refusal of an upgrade: status and body.
+async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    match connect_request(url, headers).await {
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+    }
+}
+
+async fn send(ws: &mut Ws, v: &Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next JSON text message; panics on anything else.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .expect("a message arrives")
+            .expect("the connection is open")
+            .expect("the connection is healthy");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a JSON text message, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until a message of type `kind`, skipping `server_new_events`.
+async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let v = recv(ws).await;
+        if v["type"] == kind {
+            return v;
+        }
+        assert_eq!(
+            v["type"], "server_new_events",
+            "while waiting for {kind}: {v}"
+        );
+    }
+}
+
+async fn expect_error(ws: &mut Ws, code: &str) -> Value {
+    let v = recv_type(ws, "error").await;
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    v
+}
+
+/// Reads until the server closes; returns its close frame.
+async fn recv_close(ws: &mut Ws) -> Option<CloseFrame> {
+    loop {
+        match tokio::time::timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .expect("the server closes")
+        {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("expected a close frame, got {e}"),
+            None => return None,
+        }
+    }
+}
+
+/// A seed event object (what a client proposes).
+fn event(id: &str, aggregate: &str, version: u64, data: Value) -> Value {
+    json!({
+        "event_id": id, "aggregate_id": aggregate, "version": version,
+        "event_type": "CounterIncremented", "event_data": data,
+        "timestamp": format!("{}:0:tester", wall_ms()), "metadata": null,
+    })
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A random UUID (version 4), as the seed's clients make them.
+fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+// --- a client written from the seed document ---------------------------------
+
+/// What the client sends as `last_synced_hlc`.
+#[derive(Clone, Copy, PartialEq)]
+enum Cursor {
+    /// The seed's client flow: the `new_server_hlc` it last received.
+    LastReceived,
+    /// The largest event timestamp it has seen (a client that keeps its
+    /// own notion of "the HLC of the last event received").
+    MaxSeen,
+}
+
+/// The seed's client: an events table keyed by `event_id`, its own
+/// not-yet-synced events, an HLC `physical:counter:node`, and the sync flow
+/// of the seed's "Git-like Pull-Before-Push Logic".
+#[derive(Clone)]
+struct SeedClient {
+    node: String,
+    /// Added to the wall clock (a client whose clock is behind).
+    clock_offset_ms: i64,
+    hlc: (i64, u64),
+    /// The seed's `events` table.
+    events: BTreeMap<String, Value>,
+    /// Ids of local events not yet accepted by the server, oldest first.
+    local: Vec<String>,
+    last_synced_hlc: String,
+    cursor: Cursor,
+    max_seen: Option<((u64, u64, String), String)>,
+    /// Events received that the client already held.
+    duplicates: usize,
+}
+
+/// `physical:counter:node`, parsed like the seed's `%lld:%d:%s`.
+fn parse_hlc(s: &str) -> (u64, u64, String) {
+    let mut parts = s.splitn(3, ':');
+    let p = parts.next().unwrap().parse().unwrap();
+    let c = parts.next().unwrap().parse().unwrap();
+    (p, c, parts.next().unwrap().to_owned())
+}
+
+/// The seed's view of a session: the statuses of the responses it got.
+type Statuses = Vec<String>;
+
+impl SeedClient {
+    fn new(node: &str) -> SeedClient {
+        SeedClient {
+            node: node.to_owned(),
+            clock_offset_ms: 0,
+            hlc: (0, 0),
+            events: BTreeMap::new(),
+            local: Vec::new(),
+            last_synced_hlc: String::new(),
+            cursor: Cursor::LastReceived,
+            max_seen: None,
+            duplicates: 0,
+        }
+    }
+
+    /// The seed's `hlc_now`.
+    fn hlc_now(&mut self) -> String {
+        let now = wall_ms() as i64 + self.clock_offset_ms;
+        if now > self.hlc.0 {
+            self.hlc = (now, 0);
+        } else if now == self.hlc.0 {
+            self.hlc.1 += 1;
+        } else {
+            self.hlc = (self.hlc.0 + 1, 0);
+        }
+        format!("{}:{}:{}", self.hlc.0, self.hlc.1, self.node)
+    }
+
+    fn version_of(&self, aggregate: &str, skip_local: bool) -> u64 {
+        self.events
+            .iter()
+            .filter(|(id, e)| {
+                e["aggregate_id"] == aggregate && !(skip_local && self.local.contains(*id))
+            })
+            .map(|(_, e)| e["version"].as_u64().unwrap())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `increment_counter()`: a local event, applied at once.
+    fn increment(&mut self, aggregate: &str, n: i64) {
+        let id = uuid_v4();
+        let e = json!({
+            "event_id": id, "aggregate_id": aggregate,
+            "version": self.version_of(aggregate, false) + 1,
+            "event_type": "CounterIncremented", "event_data": {"value": n},
+            "timestamp": self.hlc_now(), "metadata": null,
+        });
+        self.events.insert(id.clone(), e);
+        self.local.push(id);
+    }
+
+    /// The materialised `current_count` of one counter.
+    fn count(&self, aggregate: &str) -> i64 {
+        self.events
+            .values()
+            .filter(|e| e["aggregate_id"] == aggregate)
+            .map(|e| {
+                let v = e["event_data"]["value"].as_i64().unwrap();
+                match e["event_type"].as_str().unwrap() {
+                    "CounterIncremented" => v,
+                    "CounterDecremented" => -v,
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+
+    /// Stores server events it does not hold (keeping only the seed's
+    /// fields); returns how many were new.
+    fn store(&mut self, events: &Value) -> usize {
+        let mut new = 0;
+        for e in events.as_array().expect("an array of events") {
+            let id = e["event_id"].as_str().unwrap().to_owned();
+            let ts = e["timestamp"].as_str().unwrap().to_owned();
+            let key = parse_hlc(&ts);
+            if self.max_seen.as_ref().is_none_or(|(m, _)| key > *m) {
+                self.max_seen = Some((key, ts));
+            }
+            if self.events.contains_key(&id) {
+                self.duplicates += 1;
+                continue;
+            }
+            let mut seed = serde_json::Map::new();
+            for f in [
+                "event_id",
+                "aggregate_id",
+                "version",
+                "event_type",
+                "event_data",
+                "timestamp",
+                "metadata",
+            ] {
+                seed.insert(f.to_owned(), e.get(f).cloned().unwrap_or(Value::Null));
+            }
+            self.events.insert(id, Value::Object(seed));
+            new += 1;
+        }
+        new
+    }
+
+    fn local_events(&self) -> Vec<Value> {
+        self.local
+            .iter()
+            .map(|id| self.events[id].clone())
+            .collect()
+    }
+
+    /// The sync flow: `client_sync_request`; on `PULL_REQUIRED` store the
+    /// missing events, rebase and `client_push_events`; done on `OK`.
+    async fn sync(&mut self, ws: &mut Ws) -> Result<Statuses, Value> {
+        let last_synced_hlc = match self.cursor {
+            Cursor::LastReceived => self.last_synced_hlc.clone(),
+            Cursor::MaxSeen => self
+                .max_seen
+                .as_ref()
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default(),
+        };
+        send(
+            ws,
+            &json!({"type": "client_sync_request", "last_synced_hlc": last_synced_hlc, "local_events": self.local_events()}),
+        )
+        .await;
+        let mut statuses = Vec::new();
+        loop {
+            let msg = recv(ws).await;
+            match msg["type"].as_str() {
+                Some("server_new_events") => {
+                    self.store(&msg["events"]);
+                }
+                Some("server_sync_response") => {
+                    self.store(&msg["missing_events"]);
+                    self.last_synced_hlc = msg["new_server_hlc"].as_str().unwrap().to_owned();
+                    let status = msg["status"].as_str().unwrap().to_owned();
+                    statuses.push(status.clone());
+                    if status == "OK" {
+                        self.local.clear();
+                        return Ok(statuses);
+                    }
+                    assert_eq!(status, "PULL_REQUIRED");
+                    assert!(
+                        statuses.len() < 10,
+                        "the client keeps being refused: {statuses:?}"
+                    );
+                    self.rebase();
+                    send(ws, &json!({"type": "client_push_events", "rebased_events": self.local_events()})).await;
+                }
+                Some("error") => return Err(msg),
+                _ => {} // a message this client does not know
+            }
+        }
+    }
+
+    /// The seed's rebase: local events follow the server's, renumbered
+    /// after its versions and re-stamped after its latest HLC.
+    fn rebase(&mut self) {
+        if let Some(((p, c, _), _)) = &self.max_seen {
+            let latest = (*p as i64, *c);
+            self.hlc = self.hlc.max(latest);
+        }
+        let local = self.local.clone();
+        let mut next: BTreeMap<String, u64> = BTreeMap::new();
+        for id in &local {
+            let aggregate = self.events[id]["aggregate_id"].as_str().unwrap().to_owned();
+            let base = self.version_of(&aggregate, true);
+            let v = next.entry(aggregate).or_insert(base);
+            *v += 1;
+            let version = *v;
+            let ts = self.hlc_now();
+            let e = self.events.get_mut(id).unwrap();
+            e["version"] = json!(version);
+            e["timestamp"] = json!(ts);
+        }
+    }
+
+    /// Handles `server_new_events` until `done` holds.
+    async fn listen_until(&mut self, ws: &mut Ws, done: impl Fn(&SeedClient) -> bool) {
+        while !done(self) {
+            let msg = recv(ws).await;
+            if msg["type"] == "server_new_events" {
+                self.store(&msg["events"]);
+            }
+        }
+    }
+}
+
+/// Versions of an aggregate in a client's table, sorted.
+fn versions(c: &SeedClient, aggregate: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = c
+        .events
+        .values()
+        .filter(|e| e["aggregate_id"] == aggregate)
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+// --- 1. the seed's counter flow ------------------------------------------------
+
+/// The seed's example flow with two clients written from the seed document:
+/// A +1, sync; B syncs and sees 1; A goes offline and adds 2; B adds 1 and
+/// syncs; A comes back, is told PULL_REQUIRED, rebases and pushes. Everyone
+/// ends at 4 (not the seed's 5): both clients, the server's log and its
+/// counter view (Y3, Y5). Stopping the server closes open sockets (1001).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_counter_flow_ends_at_four_everywhere() {
+    let server = start(|_| {}).await;
+    let url = server.url("");
+    let counter = "counter-1";
+    let (mut a, mut b) = (SeedClient::new("A"), SeedClient::new("B"));
+
+    let mut a_ws = connect(&url).await;
+    a.increment(counter, 1);
+    assert_eq!(a.sync(&mut a_ws).await.unwrap(), ["OK"]);
+    assert_eq!(a.count(counter), 1);
+
+    let mut b_ws = connect(&url).await;
+    assert_eq!(b.sync(&mut b_ws).await.unwrap(), ["OK"]);
+    assert_eq!(b.count(counter), 1);
+
+    // A goes offline (its socket closes) and increments twice.
+    a_ws.close(None).await.unwrap();
+    drop(a_ws);
+    a.increment(counter, 1);
+    a.increment(counter, 1);
+    assert_eq!(a.count(counter), 3);
+
+    b.increment(counter, 1);
+    assert_eq!(b.sync(&mut b_ws).await.unwrap(), ["OK"]);
+    assert_eq!(b.count(counter), 2);
+
+    // A comes back: pull before push.
+    let mut a_ws = connect(&url).await;
+    assert_eq!(a.sync(&mut a_ws).await.unwrap(), ["PULL_REQUIRED", "OK"]);
+    assert_eq!(a.count(counter), 4);
+    assert_eq!(versions(&a, counter), [1, 2, 3, 4]);
+
+    // B hears of A's rebased events without asking.
+    b.listen_until(&mut b_ws, |c| c.count(counter) == 4).await;
+    assert_eq!(versions(&b, counter), [1, 2, 3, 4]);
+    let ids = |c: &SeedClient| c.events.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b));
+    assert!(a.local.is_empty() && b.local.is_empty());
+
+    // The server's log: the same four events, in version order.
+    let log = server.events("default").await;
+    assert_eq!(log.len(), 4);
+    let log_ids: std::collections::BTreeSet<String> = log
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(log_ids.into_iter().collect::<Vec<_>>(), ids(&a));
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e["version"], i as u64 + 1);
+    }
+
+    // Graceful shutdown: open sockets get a close frame, serve returns.
+    let stopped = tokio::spawn(server.stop());
+    for ws in [&mut a_ws, &mut b_ws] {
+        let frame = recv_close(ws).await.expect("a close frame");
+        assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+    }
+    let data = stopped.await.unwrap();
+
+    // The server's counter view, from its store after shutdown.
+    let dir = data.path().join("default");
+    let (store_value, events) = tokio::task::spawn_blocking(move || {
+        let store = strata::Store::open(&dir, strata::Options::default()).unwrap();
+        let views = strata::projection::Views::open(
+            &store,
+            vec![Arc::new(strata::projection::counter::CounterProjection)],
+            strata::projection::ViewOptions::default(),
+        )
+        .unwrap();
+        let value = views
+            .read(|c| strata::projection::counter::value(c, "counter-1"))
+            .unwrap();
+        let events = store.read_events(1, 100, usize::MAX).unwrap().len();
+        views.close();
+        store.close().unwrap();
+        (value, events)
+    })
+    .await
+    .unwrap();
+    assert_eq!(store_value, Some(4));
+    assert_eq!(events, 4);
+}
+
+// --- 2. late events ------------------------------------------------------------
+
+/// Y6: an event accepted after newer ones, with an older HLC (its client's
+/// clock is a day behind), still reaches a client that synced before it:
+/// live (`server_new_events`) and on a fresh `client_sync_request` with the
+/// `new_server_hlc` it had. A client that sends the largest HLC it has seen
+/// instead of the token still gets it, plus a duplicate it ignores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn y6_late_event_with_older_hlc_is_never_skipped() {
+    let server = start(|_| {}).await;
+    let url = server.url("");
+
+    // X writes three events; X and Y (who keeps the max HLC it has seen)
+    // are synced and following.
+    let mut x = SeedClient::new("X");
+    let mut x_ws = connect(&url).await;
+    for _ in 0..3 {
+        x.increment("counter-x", 1);
+    }
+    assert_eq!(x.sync(&mut x_ws).await.unwrap(), ["OK"]);
+    let mut y = SeedClient::new("Y");
+    y.cursor = Cursor::MaxSeen;
+    let mut y_ws = connect(&url).await;
+    assert_eq!(y.sync(&mut y_ws).await.unwrap(), ["OK"]);
+    assert_eq!(y.count("counter-x"), 3);
+    let x_before = x.clone();
+    let y_before = y.clone();
+    let synced_hlc = parse_hlc(&x.last_synced_hlc);
+
+    // Z's clock is a day behind: its event is late.
+    let mut z = SeedClient::new("Z");
+    z.clock_offset_ms = -86_400_000;
+    z.increment("counter-z", 10);
+    let late_id = z.local[0].clone();
+    let late_hlc = parse_hlc(z.events[&late_id]["timestamp"].as_str().unwrap());
+    assert!(
+        late_hlc < synced_hlc,
+        "the late event's HLC is older than what X synced to"
+    );
+    assert!(late_hlc < y.max_seen.as_ref().unwrap().0);
+    let mut z_ws = connect(&url).await;
+    assert_eq!(z.sync(&mut z_ws).await.unwrap(), ["OK"]);
+
+    // Live: both following clients receive it.
+    x.listen_until(&mut x_ws, |c| c.events.contains_key(&late_id))
+        .await;
+    y.listen_until(&mut y_ws, |c| c.events.contains_key(&late_id))
+        .await;
+    assert_eq!(x.count("counter-z"), 10);
+
+    // Fresh sync from the state before the late event, on new sockets.
+    let mut x2 = x_before;
+    let dups = x2.duplicates;
+    let mut ws = connect(&url).await;
+    assert_eq!(x2.sync(&mut ws).await.unwrap(), ["OK"]);
+    assert!(
+        x2.events.contains_key(&late_id),
+        "the token resumes by position"
+    );
+    assert_eq!(
+        x2.duplicates, dups,
+        "the token resends nothing the client had"
+    );
+
+    let mut y2 = y_before;
+    let dups = y2.duplicates;
+    let mut ws = connect(&url).await;
+    assert_eq!(y2.sync(&mut ws).await.unwrap(), ["OK"]);
+    assert!(
+        y2.events.contains_key(&late_id),
+        "the max-HLC cursor is mapped conservatively"
+    );
+    assert!(
+        y2.duplicates > dups,
+        "the conservative mapping resends the event at the cursor"
+    );
+    assert_eq!(y2.events.len(), 4);
+    assert_eq!(y2.count("counter-x") + y2.count("counter-z"), 13);
+    server.stop().await;
+}
+
+// --- 3. errors -------------------------------------------------------------------
+
+/// A refused or malformed message gets an `error` message, not silence, and
+/// the connection and the server keep serving. Re-pushing a committed event
+/// is idempotent (S6, Y4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_get_errors_and_the_server_keeps_serving() {
+    let server = start(|_| {}).await;
+    let url = server.url("");
+    let mut ws = connect(&url).await;
+
+    ws.send(Message::text("{not json")).await.unwrap();
+    expect_error(&mut ws, "malformed").await;
+    send(&mut ws, &json!({"no": "type"})).await;
+    expect_error(&mut ws, "malformed").await;
+    send(&mut ws, &json!({"type": "client_pull_everything"})).await;
+    expect_error(&mut ws, "unexpected").await;
+    send(
+        &mut ws,
+        &json!({"type": "client_sync_request", "last_synced_hlc": ""}),
+    )
+    .await;
+    let e = expect_error(&mut ws, "malformed").await;
+    assert!(
+        e["message"].as_str().unwrap().contains("local_events"),
+        "{e}"
+    );
+    send(
+        &mut ws,
+        &json!({"type": "client_sync_request", "last_synced_hlc": "yesterday", "local_events": []}),
+    )
+    .await;
+    expect_error(&mut ws, "malformed").await;
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    expect_error(&mut ws, "malformed").await;
+
+    // Above the protocol's limit, below the transport's: a JSON error.
+    let pad = "x".repeat(SEED_MESSAGE_BYTES_MAX);
+    send(&mut ws, &json!({"type": "client_sync_request", "last_synced_hlc": "", "local_events": [], "pad": pad})).await;
+    expect_error(&mut ws, "too_large").await;
+
+    // A version gap, and the same event twice, in one message.
+    let (g1, g3) = (uuid_v4(), uuid_v4());
+    let gap = json!([
+        event(&g1, "gap", 1, json!({"value": 1})),
+        event(&g3, "gap", 3, json!({"value": 1}))
+    ]);
+    send(
+        &mut ws,
+        &json!({"type": "client_sync_request", "last_synced_hlc": "", "local_events": gap}),
+    )
+    .await;
+    let e = expect_error(&mut ws, "malformed").await;
+    assert_eq!(e["event_id"], g3.as_str());
+    let twice = event(&uuid_v4(), "twice", 1, json!({"value": 1}));
+    send(
+        &mut ws,
+        &json!({"type": "client_push_events", "rebased_events": [twice.clone(), twice]}),
+    )
+    .await;
+    expect_error(&mut ws, "malformed").await;
+    assert!(
+        server.events("default").await.is_empty(),
+        "nothing refused was written"
+    );
+
+    // The same connection still syncs; a committed event re-pushed is
+    // answered OK and not written twice.
+    let id = uuid_v4();
+    let e1 = event(&id, "idem", 1, json!({"value": 1}));
+    send(&mut ws, &json!({"type": "client_sync_request", "last_synced_hlc": "", "local_events": [e1.clone()]})).await;
+    let r = recv_type(&mut ws, "server_sync_response").await;
+    assert_eq!(r["status"], "OK", "{r}");
+    send(
+        &mut ws,
+        &json!({"type": "client_push_events", "rebased_events": [e1.clone()]}),
+    )
+    .await;
+    let r = recv_type(&mut ws, "server_sync_response").await;
+    assert_eq!(r["status"], "OK", "{r}");
+    send(
+        &mut ws,
+        &json!({"type": "client_sync_request", "last_synced_hlc": "", "local_events": [e1]}),
+    )
+    .await;
+    let r = recv_type(&mut ws, "server_sync_response").await;
+    assert_eq!(r["status"], "OK", "{r}");
+    let log = server.events("default").await;
+    assert_eq!(
+        log.iter().filter(|e| e["event_id"] == id.as_str()).count(),
+        1,
+        "{log:?}"
+    );
+    assert_eq!(log.len(), 1);
+
+    // Above the transport's limit: that connection ends (with 1009, unless
+    // the reset of the unread rest of the frame overtakes the close
+    // frame); the server does not.
+    let mut big = connect(&url).await;
+    let pad = "x".repeat(strata_server::ws::WS_MESSAGE_BYTES_MAX + 1);
+    let _ = big.send(Message::text(pad)).await;
+    let ended = tokio::time::timeout(RECV_TIMEOUT, big.next())
+        .await
+        .expect("the big connection ends");
+    match ended {
+        Some(Ok(Message::Close(frame))) => {
+            let frame = frame.expect("a close frame with a code");
+            assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+        }
+        Some(Ok(other)) => panic!("unexpected {other:?}"),
+        Some(Err(_)) | None => {}
+    }
+
+    // Another client on the same server syncs.
+    let mut other = SeedClient::new("other");
+    let mut other_ws = connect(&url).await;
+    other.increment("idem", 1);
+    assert_eq!(
+        other.sync(&mut other_ws).await.unwrap(),
+        ["PULL_REQUIRED", "OK"]
+    );
+    assert_eq!(other.count("idem"), 2);
+    server.stop().await;
+}
+
+// --- 4. security ---------------------------------------------------------------------
+
+const TOKEN: &str = "s3cret-token";
+
+/// A server with tokens refuses clients without one (an error message,
+/// then a close) and accepts the token as a bearer header, a query
+/// parameter or a first `auth` message. Origins other than loopback pages,
+/// the server's own and configured ones get 403 before any upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_origins_are_checked() {
+    let server = start(|c| {
+        c.tokens = vec![TOKEN.to_owned()];
+        c.allowed_origins = vec!["https://app.example.com".to_owned()];
+    })
+    .await;
+    let url = server.url("");
+    let hello = json!({"type": "client_sync_request", "last_synced_hlc": "", "local_events": []});
+
+    // No token: the first message is refused, then the socket closes.
+    let mut ws = connect(&url).await;
+    send(&mut ws, &hello).await;
+    expect_error(&mut ws, "unauthorized").await;
+    let frame = recv_close(&mut ws).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1008);
+    // A wrong token: refused at once.
+    let mut ws = connect(&server.url("?token=wrong")).await;
+    expect_error(&mut ws, "unauthorized").await;
+    recv_close(&mut ws).await;
+    // A wrong token in an auth message.
+    let mut ws = connect(&url).await;
+    send(&mut ws, &json!({"type": "auth", "token": "wrong"})).await;
+    expect_error(&mut ws, "unauthorized").await;
+    recv_close(&mut ws).await;
+
+    // The three ways to pass the right token.
+    let bearer = format!("Bearer {TOKEN}");
+    let ok = |mut ws: Ws| async move {
+        let mut c = SeedClient::new("T");
+        assert_eq!(c.sync(&mut ws).await.unwrap(), ["OK"]);
+    };
+    ok(connect_request(&url, &[("authorization", &bearer)])
+        .await
+        .unwrap())
+    .await;
+    ok(connect(&server.url(&format!("?token={TOKEN}"))).await).await;
+    let mut ws = connect(&url).await;
+    send(&mut ws, &json!({"type": "auth", "token": TOKEN})).await;
+    ok(ws).await;
+
+    // Origins.
+    let (status, body) = refused(&url, &[("origin", "https://evil.example")]).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("evil.example"), "{body}");
+    assert_eq!(refused(&url, &[("origin", "null")]).await.0, 403);
+    let port = server.addr.port();
+    let own = format!("strata.example:{port}");
+    assert_eq!(
+        refused(
+            &url,
+            &[
+                ("origin", &format!("http://strata.example:{}", port + 1)),
+                ("host", &own)
+            ]
+        )
+        .await
+        .0,
+        403,
+        "another port is another origin"
+    );
+    for headers in [
+        vec![("origin", "https://app.example.com".to_owned())],
+        vec![
+            ("origin", format!("http://strata.example:{port}")),
+            ("host", own.clone()),
+        ],
+        vec![("origin", format!("http://localhost:{port}"))],
+        vec![("origin", "http://127.0.0.1:5173".to_owned())],
+    ] {
+        let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        h.push(("authorization", &bearer));
+        let ws = connect_request(&url, &h)
+            .await
+            .unwrap_or_else(|e| panic!("{headers:?}: {e}"));
+        ok(ws).await;
+    }
+
+    // Without a valid token, naming a new store does not create it.
+    let (status, body) = refused(&server.url("?store=fresh"), &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(!server.data.path().join("fresh").exists());
+    ok(connect(&server.url(&format!("?store=fresh&token={TOKEN}"))).await).await;
+    assert_eq!(refused(&server.url("?store=../etc"), &[]).await.0, 400);
+    server.stop().await;
+
+    // A server without tokens (loopback only) does not take a page whose
+    // name points at it (DNS rebinding) for its own.
+    let open = start(|_| {}).await;
+    let port = open.addr.port();
+    let (host, origin) = (
+        format!("rebound.example:{port}"),
+        format!("http://rebound.example:{port}"),
+    );
+    assert_eq!(
+        refused(&open.url(""), &[("origin", &origin), ("host", &host)])
+            .await
+            .0,
+        403
+    );
+    ok(connect_request(
+        &open.url(""),
+        &[("origin", &format!("http://127.0.0.1:{port}"))],
+    )
+    .await
+    .unwrap())
+    .await;
+    open.stop().await;
+}
+
+// --- 5. bounds -------------------------------------------------------------------------
+
+/// A subscriber that stops reading while many events are appended is
+/// dropped after the send timeout, and never stalls the others: a second
+/// subscriber receives everything meanwhile. Connections are limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_is_dropped_and_others_keep_receiving() {
+    const EVENTS: usize = 40;
+    const PER_PUSH: usize = 4;
+    const PAD_BYTES: usize = 800 << 10;
+    // Short, so that the test is fast; long enough that a client that
+    // reads is never taken for a slow one on a busy machine.
+    const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+    let server = start(|c| {
+        c.ws_send_timeout = SEND_TIMEOUT;
+        c.connections_max = 3;
+    })
+    .await;
+    let url = server.url("");
+    let hello = json!({"type": "client_sync_request", "last_synced_hlc": "", "local_events": []});
+
+    let mut slow = connect(&url).await;
+    send(&mut slow, &hello).await;
+    assert_eq!(recv(&mut slow).await["status"], "OK");
+    let mut watcher = connect(&url).await;
+    send(&mut watcher, &hello).await;
+    assert_eq!(recv(&mut watcher).await["status"], "OK");
+    let watching = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < EVENTS {
+            let msg = recv(&mut watcher).await;
+            assert_eq!(msg["type"], "server_new_events", "{msg}");
+            for e in msg["events"].as_array().unwrap() {
+                assert!(
+                    seen.insert(e["event_id"].as_str().unwrap().to_owned()),
+                    "no duplicates"
+                );
+            }
+        }
+        watcher
+    });
+
+    // The limit: a fourth connection is refused while three are open.
+    let mut pusher = connect(&url).await;
+    let (status, body) = refused(&url, &[]).await;
+    assert_eq!(status, 503, "{body}");
+
+    // About 32 MiB of events, far more than the socket buffers hold.
+    let pad = "p".repeat(PAD_BYTES);
+    for chunk in 0..EVENTS / PER_PUSH {
+        let events: Vec<Value> = (0..PER_PUSH)
+            .map(|i| {
+                event(
+                    &uuid_v4(),
+                    "bulk",
+                    (chunk * PER_PUSH + i + 1) as u64,
+                    json!({"value": 1, "pad": pad}),
+                )
+            })
+            .collect();
+        send(
+            &mut pusher,
+            &json!({"type": "client_push_events", "rebased_events": events}),
+        )
+        .await;
+        let r = recv_type(&mut pusher, "server_sync_response").await;
+        assert_eq!(
+            r["status"],
+            "OK",
+            "{}",
+            r.to_string().chars().take(300).collect::<String>()
+        );
+    }
+
+    // The watcher got everything while the slow one was not reading.
+    let mut watcher = tokio::time::timeout(Duration::from_secs(30), watching)
+        .await
+        .expect("the watcher keeps receiving")
+        .unwrap();
+
+    // The slow subscriber: what the socket buffers held, then the end.
+    // Its blocked send has certainly timed out by now.
+    tokio::time::sleep(SEND_TIMEOUT + SEND_TIMEOUT / 2).await;
+    let mut got = 0;
+    let ended = loop {
+        match tokio::time::timeout(RECV_TIMEOUT, slow.next())
+            .await
+            .expect("the slow connection ends")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                got += v["events"].as_array().map_or(0, Vec::len);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break true,
+        }
+    };
+    assert!(ended);
+    assert!(
+        got < EVENTS,
+        "the slow subscriber was dropped before it got all {EVENTS} events (got {got})"
+    );
+
+    // The dropped connection gave its permit back; the others still work.
+    let mut again = None;
+    for _ in 0..50 {
+        match connect_request(&url, &[]).await {
+            Ok(ws) => {
+                again = Some(ws);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut again = again.expect("a permit is free again");
+    let mut late = SeedClient::new("late");
+    late.increment("after", 1);
+    assert_eq!(late.sync(&mut again).await.unwrap(), ["OK"]);
+    let msg = recv(&mut watcher).await;
+    assert_eq!(msg["type"], "server_new_events");
+    assert_eq!(msg["events"][0]["aggregate_id"], "after");
+    server.stop().await;
+}
