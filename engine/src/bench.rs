@@ -236,7 +236,7 @@ fn seed_open(path: &Path, create: bool) -> Result<Connection, BenchError> {
 
 /// The seed's HLC text: unpadded `physical:counter:node`.
 fn seed_hlc(hlc: &Hlc) -> String {
-    let t = hlc.now();
+    let t = hlc.now().expect("a bench clock starts at the wall clock");
     format!("{}:{}:{}", t.physical_ms(), t.counter(), t.node())
 }
 

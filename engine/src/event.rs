@@ -399,15 +399,24 @@ impl Limits {
     }
 
     pub(crate) fn check_event(&self, e: &NewEvent) -> Result<(), InvalidInput> {
-        check_text("event_type", &e.event_type, self.event_type_bytes_max)?;
-        if e.data.len() > self.event_data_bytes_max {
+        self.check_event_fields(&e.event_type, &e.data, e.metadata.as_deref())
+    }
+
+    pub(crate) fn check_event_fields(
+        &self,
+        event_type: &str,
+        data: &[u8],
+        metadata: Option<&[u8]>,
+    ) -> Result<(), InvalidInput> {
+        check_text("event_type", event_type, self.event_type_bytes_max)?;
+        if data.len() > self.event_data_bytes_max {
             return Err(InvalidInput::TooLong {
                 field: "event_data",
-                len: e.data.len(),
+                len: data.len(),
                 max: self.event_data_bytes_max,
             });
         }
-        if let Some(m) = &e.metadata
+        if let Some(m) = metadata
             && m.len() > self.metadata_bytes_max
         {
             return Err(InvalidInput::TooLong {

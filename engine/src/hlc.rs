@@ -72,6 +72,11 @@ pub enum HlcError {
         ahead_ms: u64,
         drift_ms_max: u64,
     },
+    #[error(
+        "the HLC is exhausted: it has reached physical time {PHYSICAL_MS_MAX} with counter {max}, so no later timestamp exists; a timestamp this large came from a remote node or an imported event, find and remove it",
+        max = u32::MAX
+    )]
+    Exhausted,
 }
 
 /// A node's identity inside timestamps: 1 to [`NODE_BYTES_MAX`] bytes of
@@ -335,7 +340,11 @@ impl Hlc {
 
     /// A timestamp for a local event: greater than every timestamp this clock
     /// has handed out or received.
-    pub fn now(&self) -> Timestamp {
+    ///
+    /// Fails only when the clock has reached its largest value
+    /// ([`HlcError::Exhausted`]), which takes a timestamp from elsewhere
+    /// at the very end of the range: the clock itself never gets there.
+    pub fn now(&self) -> Result<Timestamp, HlcError> {
         let wall = self.wall_ms();
         let mut last = self.lock();
         let next = if wall > last.0 {
@@ -343,10 +352,10 @@ impl Hlc {
         } else {
             // The wall clock has not moved on (or stepped back): keep the
             // physical part and count.
-            tick(*last)
+            tick(*last)?
         };
         *last = next;
-        self.stamp(next)
+        Ok(self.stamp(next))
     }
 
     /// Merges a remote timestamp (the receive rule) and returns a local
@@ -366,9 +375,9 @@ impl Hlc {
         let mut last = self.lock();
         let physical = wall.max(last.0).max(remote.physical_ms);
         let next = match (physical == last.0, physical == remote.physical_ms) {
-            (true, true) => tick((physical, last.1.max(remote.counter))),
-            (true, false) => tick(*last),
-            (false, true) => tick((physical, remote.counter)),
+            (true, true) => tick((physical, last.1.max(remote.counter)))?,
+            (true, false) => tick(*last)?,
+            (false, true) => tick((physical, remote.counter))?,
             (false, false) => (physical, 0),
         };
         *last = next;
@@ -407,16 +416,11 @@ impl Hlc {
 
 /// The next clock value after `(physical, counter)`: the counter plus one,
 /// carrying into the physical part when the counter is exhausted.
-fn tick((physical, counter): (u64, u32)) -> (u64, u32) {
+fn tick((physical, counter): (u64, u32)) -> Result<(u64, u32), HlcError> {
     match counter.checked_add(1) {
-        Some(counter) => (physical, counter),
-        None => {
-            assert!(
-                physical < PHYSICAL_MS_MAX,
-                "HLC exhausted: physical part and counter both at their maximum"
-            );
-            (physical + 1, 0)
-        }
+        Some(counter) => Ok((physical, counter)),
+        None if physical < PHYSICAL_MS_MAX => Ok((physical + 1, 0)),
+        None => Err(HlcError::Exhausted),
     }
 }
 
@@ -497,34 +501,34 @@ mod tests {
     #[test]
     fn h1_wall_clock_step_back_keeps_physical_and_bumps_counter() {
         let (wall, hlc) = clock_at(1_000);
-        let t1 = hlc.now();
+        let t1 = hlc.now().unwrap();
         wall.set(400); // NTP stepped the clock back
-        let t2 = hlc.now();
-        let t3 = hlc.now();
+        let t2 = hlc.now().unwrap();
+        let t3 = hlc.now().unwrap();
         assert_eq!((t2.physical_ms(), t2.counter()), (1_000, 1));
         assert_eq!((t3.physical_ms(), t3.counter()), (1_000, 2));
         assert!(t1 < t2 && t2 < t3);
         wall.set(1_001);
-        let t4 = hlc.now();
+        let t4 = hlc.now().unwrap();
         assert_eq!((t4.physical_ms(), t4.counter()), (1_001, 0));
     }
 
     #[test]
     fn h1_receive_follows_the_remote_when_it_is_ahead() {
         let (_wall, hlc) = clock_at(1_000);
-        hlc.now();
+        hlc.now().unwrap();
         let remote = Timestamp::from_parts(1_500, 3, "B").unwrap();
         let t = hlc.receive(&remote).unwrap();
         assert_eq!((t.physical_ms(), t.counter()), (1_500, 4));
         assert!(t > remote);
-        let t2 = hlc.now();
+        let t2 = hlc.now().unwrap();
         assert_eq!((t2.physical_ms(), t2.counter()), (1_500, 5));
     }
 
     #[test]
     fn h1_receive_of_an_older_remote_still_advances_the_local_clock() {
         let (_wall, hlc) = clock_at(2_000);
-        let before = hlc.now();
+        let before = hlc.now().unwrap();
         let remote = Timestamp::from_parts(100, 9, "B").unwrap();
         let t = hlc.receive(&remote).unwrap();
         assert!(t > before && t > remote);
@@ -534,7 +538,7 @@ mod tests {
     #[test]
     fn h1_receive_refuses_a_remote_beyond_the_drift_and_leaves_the_clock_alone() {
         let (_wall, hlc) = clock_at(1_000);
-        let before = hlc.now();
+        let before = hlc.now().unwrap();
         let remote = Timestamp::from_parts(1_000 + DRIFT_MS_MAX_DEFAULT + 1, 0, "B").unwrap();
         let err = hlc.receive(&remote).unwrap_err();
         assert!(
@@ -553,8 +557,26 @@ mod tests {
         let t = hlc.receive(&remote).unwrap();
         assert_eq!((t.physical_ms(), t.counter()), (1_001, 0));
         assert!(t > remote);
-        let t2 = hlc.now();
+        let t2 = hlc.now().unwrap();
         assert!(t2 > t);
+    }
+
+    #[test]
+    fn h1_an_exhausted_clock_is_an_error_and_stays_where_it_is() {
+        let (_wall, hlc) = clock_at(1_000);
+        hlc.restore(PHYSICAL_MS_MAX, u32::MAX);
+        let before = hlc.last();
+        assert!(matches!(hlc.now(), Err(HlcError::Exhausted)));
+        let remote = Timestamp::from_parts(1_000, 0, "B").unwrap();
+        let err = hlc.receive(&remote).unwrap_err();
+        assert!(matches!(err, HlcError::Exhausted));
+        assert!(err.to_string().contains("no later timestamp"));
+        assert_eq!(hlc.last(), before);
+        // One step short of the end still ticks, to the very last value.
+        let (_wall, hlc) = clock_at(1_000);
+        hlc.restore(PHYSICAL_MS_MAX, u32::MAX - 1);
+        let t = hlc.now().unwrap();
+        assert_eq!((t.physical_ms(), t.counter()), (PHYSICAL_MS_MAX, u32::MAX));
     }
 
     #[test]
@@ -621,7 +643,7 @@ mod tests {
             for step in steps {
                 let t = match step {
                     Step::SetWall(ms) => { wall.set(ms); wall_max = wall_max.max(ms); continue }
-                    Step::Now => hlc.now(),
+                    Step::Now => hlc.now().unwrap(),
                     Step::Receive(p, c, n) => {
                         let remote = Timestamp::from_parts(p, c, &n).unwrap();
                         match hlc.receive(&remote) {

@@ -20,6 +20,8 @@
 pub mod bench;
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hlc;
 pub mod index;
 pub mod json;

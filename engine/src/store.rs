@@ -685,7 +685,7 @@ impl Store {
                             })?;
                         ts.clone()
                     }
-                    None => inner.hlc.now(),
+                    None => inner.hlc.now().map_err(InvalidInput::Timestamp)?,
                 });
             }
             last_versions.insert(g.aggregate_id.as_str(), v);
@@ -1041,72 +1041,70 @@ impl Store {
     /// Appends a server's events exactly as the server's log holds them
     /// (a replica following its server): the first must be at this store's
     /// next position and the rest follow without gaps, each at the next
-    /// version of its aggregate. Ids, versions and timestamps are kept; a
-    /// timestamp beyond the drift limit is not refused (the server's log is
-    /// canonical) but moves this store's clock.
+    /// version of its aggregate, within this store's limits and with ids it
+    /// does not hold yet (see [`Store::check_copied`]). Ids, versions and
+    /// timestamps are kept; a timestamp beyond the drift limit is not
+    /// refused (the server's log is canonical) but moves this store's clock.
     pub fn append_replicated(&self, events: &[Event]) -> Result<()> {
         let inner = &*self.inner;
         let Some(first) = events.first() else {
             return Ok(());
         };
-        for (i, e) in events.iter().enumerate() {
-            if e.position != first.position + i as u64 {
-                return Err(diverged(format!(
-                    "replicated events are not contiguous at position {}",
-                    e.position
-                )));
-            }
-            inner.options.limits.check_aggregate_id(&e.aggregate_id)?;
-        }
         let mut guard = lock(&inner.writer);
         let writer = guard.as_mut().ok_or(if inner.options.read_only {
             Error::ReadOnly
         } else {
             Error::Closed
         })?;
+        let invalid = |reason: String| {
+            diverged(format!(
+                "events from the server at position {}: {reason}",
+                first.position
+            ))
+        };
+        let fields: Vec<RecordFields<'_>> = events
+            .iter()
+            .map(|e| RecordFields {
+                position: e.position,
+                event_id: e.event_id,
+                version: e.version,
+                hlc_physical_ms: e.timestamp.physical_ms(),
+                hlc_counter: e.timestamp.counter(),
+                hlc_node: e.timestamp.node().as_str(),
+                aggregate_id: &e.aggregate_id,
+                event_type: &e.event_type,
+                data: &e.data,
+                metadata: e.metadata.as_deref(),
+            })
+            .collect();
+        // The whole run is checked before any of it is written.
+        self.check_copied(writer, &fields).map_err(invalid)?;
+        for f in &fields {
+            inner.hlc.restore(f.hlc_physical_ms, f.hlc_counter);
+        }
+        // Whole frames: at most the format's count and payload per batch
+        // (a single event within the limits always fits).
+        let payload_max = crate::log::format::FRAME_PAYLOAD_BYTES_MAX as usize
+            - crate::log::format::BATCH_HEADER_BYTES;
         let mut last = 0;
-        for chunk in events.chunks(inner.options.limits.batch_events_max) {
-            if chunk[0].position != writer.log.next_position() {
-                return Err(diverged(format!(
-                    "the server sent position {}, this replica's next position is {}",
-                    chunk[0].position,
-                    writer.log.next_position()
-                )));
-            }
-            let mut versions: HashMap<&str, u64> = HashMap::new();
-            for e in chunk {
-                let current = match versions.get(e.aggregate_id.as_str()) {
-                    Some(v) => *v,
-                    None => self.current_version(writer, &e.aggregate_id)?,
-                };
-                if e.version != current + 1 {
-                    return Err(diverged(format!(
-                        "position {}: version {} of {:?} does not follow {current}",
-                        e.position, e.version, e.aggregate_id
-                    )));
+        let mut rest = &fields[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            for f in rest {
+                let len = f.encoded_len();
+                if n > 0
+                    && (n == inner.options.limits.batch_events_max || bytes + len > payload_max)
+                {
+                    break;
                 }
-                versions.insert(&e.aggregate_id, e.version);
-                inner
-                    .hlc
-                    .restore(e.timestamp.physical_ms(), e.timestamp.counter());
+                bytes += len;
+                n += 1;
             }
-            let fields: Vec<RecordFields<'_>> = chunk
-                .iter()
-                .map(|e| RecordFields {
-                    position: e.position,
-                    event_id: e.event_id,
-                    version: e.version,
-                    hlc_physical_ms: e.timestamp.physical_ms(),
-                    hlc_counter: e.timestamp.counter(),
-                    hlc_node: e.timestamp.node().as_str(),
-                    aggregate_id: &e.aggregate_id,
-                    event_type: &e.event_type,
-                    data: &e.data,
-                    metadata: e.metadata.as_deref(),
-                })
-                .collect();
-            let appended = writer.log.append(&inner.log, &fields)?;
-            self.record_tail(writer, &fields, &appended);
+            let (chunk, after) = rest.split_at(n);
+            rest = after;
+            let appended = writer.log.append(&inner.log, chunk)?;
+            self.record_tail(writer, chunk, &appended);
             last = appended.last_position;
         }
         drop(guard);
@@ -1114,9 +1112,74 @@ impl Store {
         Ok(())
     }
 
+    /// Checks records copied from a server's log before they are appended
+    /// (writer lock held): positions from this log's next one without
+    /// gaps, each version right after its aggregate's, every field within
+    /// this store's limits, a valid timestamp, and an event id this store
+    /// does not hold and the run does not repeat. A server that sends
+    /// anything else is broken or hostile, and what it sent must not reach
+    /// the log, where it would stop the index or a later read.
+    fn check_copied(
+        &self,
+        writer: &Writer,
+        fields: &[RecordFields<'_>],
+    ) -> std::result::Result<(), String> {
+        let limits = &self.inner.options.limits;
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut ids = HashSet::with_capacity(fields.len());
+        let mut expected = Some(writer.log.next_position());
+        for f in fields {
+            let at = |reason: String| format!("position {}: {reason}", f.position);
+            if expected != Some(f.position) {
+                return Err(match expected {
+                    Some(next) => at(format!("this replica's next position is {next}")),
+                    None => at("positions run past the largest one".into()),
+                });
+            }
+            expected = f.position.checked_add(1);
+            limits
+                .check_aggregate_id(f.aggregate_id)
+                .and_then(|()| limits.check_event_fields(f.event_type, f.data, f.metadata))
+                .map_err(|e| at(e.to_string()))?;
+            if f.hlc_physical_ms > crate::hlc::PHYSICAL_MS_MAX {
+                let e = crate::hlc::HlcError::PhysicalTooLarge {
+                    physical_ms: f.hlc_physical_ms,
+                };
+                return Err(at(e.to_string()));
+            }
+            crate::hlc::validate_node(f.hlc_node).map_err(|e| at(e.to_string()))?;
+            let current = match versions.get(f.aggregate_id) {
+                Some(v) => *v,
+                None => self
+                    .current_version(writer, f.aggregate_id)
+                    .map_err(|e| at(e.to_string()))?,
+            };
+            if current.checked_add(1) != Some(f.version) {
+                return Err(at(format!(
+                    "version {} of {:?} does not follow {current}",
+                    f.version, f.aggregate_id
+                )));
+            }
+            versions.insert(f.aggregate_id, f.version);
+            if !ids.insert(f.event_id) {
+                return Err(at(format!("event {} appears twice", f.event_id)));
+            }
+        }
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        let held = self.find_existing(&ids).map_err(|e| e.to_string())?;
+        if let Some(f) = fields.iter().find(|f| held.contains_key(&f.event_id)) {
+            let (ptr, _) = &held[&f.event_id];
+            return Err(format!(
+                "position {}: event {} is already held at position {}",
+                f.position, f.event_id, ptr.position
+            ));
+        }
+        Ok(())
+    }
+
     /// Appends raw records from a server's log (see
-    /// [`Store::read_raw_records`]), checking each record's CRC, their
-    /// positions and versions before framing them unchanged.
+    /// [`Store::read_raw_records`]), checking each record's CRC and
+    /// [`Store::check_copied`] before framing them unchanged.
     pub fn append_raw_records(
         &self,
         first_position: u64,
@@ -1147,35 +1210,10 @@ impl Store {
         }
         let batch = BatchRef::parse(&payload).map_err(|e| invalid(e.to_string()))?;
         batch.validate().map_err(|e| invalid(e.to_string()))?;
-        let mut guard = lock(&inner.writer);
-        let writer = guard.as_mut().ok_or(if inner.options.read_only {
-            Error::ReadOnly
-        } else {
-            Error::Closed
-        })?;
-        if first_position != writer.log.next_position() {
-            return Err(invalid(format!(
-                "this replica's next position is {}",
-                writer.log.next_position()
-            )));
-        }
-        let mut versions: HashMap<&str, u64> = HashMap::new();
         let mut fields = Vec::with_capacity(count as usize);
         for r in batch.iter() {
             let (offset, rec) = r.map_err(|e| invalid(e.to_string()))?;
             format::decode_record(&records[offset..], true).map_err(|e| invalid(e.to_string()))?;
-            let current = match versions.get(rec.aggregate_id) {
-                Some(v) => *v,
-                None => self.current_version(writer, rec.aggregate_id)?,
-            };
-            if rec.version != current + 1 {
-                return Err(invalid(format!(
-                    "version {} of {:?} does not follow {current}",
-                    rec.version, rec.aggregate_id
-                )));
-            }
-            versions.insert(rec.aggregate_id, rec.version);
-            inner.hlc.restore(rec.hlc_physical_ms, rec.hlc_counter);
             fields.push(RecordFields {
                 position: rec.position,
                 event_id: rec.event_id,
@@ -1188,6 +1226,16 @@ impl Store {
                 data: rec.data,
                 metadata: rec.metadata,
             });
+        }
+        let mut guard = lock(&inner.writer);
+        let writer = guard.as_mut().ok_or(if inner.options.read_only {
+            Error::ReadOnly
+        } else {
+            Error::Closed
+        })?;
+        self.check_copied(writer, &fields).map_err(invalid)?;
+        for f in &fields {
+            inner.hlc.restore(f.hlc_physical_ms, f.hlc_counter);
         }
         let appended = writer
             .log

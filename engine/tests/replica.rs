@@ -600,3 +600,70 @@ fn a_replicas_log_refuses_plain_appends_even_when_opened_as_a_store() {
         .unwrap_err();
     assert!(err.to_string().contains("sync replica"), "{err}");
 }
+
+/// What a broken or hostile server sends must not reach a replica's log,
+/// where it would stop the index (a repeated event id), the log encoder
+/// (an event type past the format's limit) or every later read (a clock
+/// past the largest): each is refused with the position named, nothing
+/// is written, and the log still takes the server's real events after.
+/// (The fuzz target `replica_core` found these; its corpus keeps the
+/// raw-record forms, `fuzz/corpus/replica_core/crash-*`.)
+#[test]
+fn events_a_replica_log_cannot_hold_are_refused_before_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options {
+        durability: Durability::None,
+        ..Options::default()
+    };
+    let server = Store::open(dir.path().join("server"), options()).unwrap();
+    for agg in ["a", "b", "a"] {
+        server
+            .append(agg, ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])
+            .unwrap();
+    }
+    let events = server.read_events(1, 100, usize::MAX).unwrap();
+    let local = Store::open(dir.path().join("replica"), options()).unwrap();
+    local.append_replicated(&events[..1]).unwrap();
+
+    let mut repeated = events[1].clone();
+    repeated.event_id = events[0].event_id;
+    let mut long_type = events[1].clone();
+    long_type.event_type = "T".repeat(strata::log::format::EVENT_TYPE_BYTES_MAX + 1);
+    let mut past_the_end = events[1].clone();
+    past_the_end.position = u64::MAX;
+    let twice = vec![events[1].clone(), {
+        let mut e = events[2].clone();
+        e.event_id = events[1].event_id;
+        e
+    }];
+    let good_then_held = vec![events[1].clone(), {
+        let mut e = events[2].clone();
+        e.event_id = events[0].event_id;
+        e
+    }];
+    for (what, bad, expected) in [
+        ("a held id", vec![repeated], "already held at position 1"),
+        ("a long type", vec![long_type], "event_type is 65536 bytes"),
+        ("a position gap", vec![past_the_end], "next position is 2"),
+        ("an id twice", twice, "appears twice"),
+        (
+            "a good event, then a held id",
+            good_then_held,
+            "already held",
+        ),
+    ] {
+        let err = local.append_replicated(&bad).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, strata::Error::Replica { .. }) && text.contains(expected),
+            "{what}: {text}"
+        );
+        assert_eq!(local.head(), 1, "{what}");
+    }
+    local.append_replicated(&events[1..]).unwrap();
+    assert_eq!(local.head(), 3);
+    local.close().unwrap();
+    let local = Store::open(dir.path().join("replica"), options()).unwrap();
+    let copied = local.read_events(1, 100, usize::MAX).unwrap();
+    assert_eq!(copied, events);
+}

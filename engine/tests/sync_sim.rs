@@ -212,7 +212,10 @@ impl MemReplica {
                         "Set".into()
                     },
                     data: rng.random_range(1..10u32).to_string().into_bytes(),
-                    timestamp: self.hlc.now(),
+                    timestamp: self
+                        .hlc
+                        .now()
+                        .expect("the simulated clock is far from its end"),
                     metadata: None,
                 },
                 created_ms: now_ms,
@@ -271,7 +274,10 @@ impl ReplicaStorage for MemReplica {
                 .or_insert_with(|| self.version(&agg));
             if self.outbox[i].p.version != committed + 1 {
                 self.outbox[i].p.version = committed + 1;
-                self.outbox[i].p.timestamp = self.hlc.now();
+                self.outbox[i].p.timestamp = self
+                    .hlc
+                    .now()
+                    .expect("the simulated clock is far from its end");
             }
             versions.insert(agg, committed + 1);
         }

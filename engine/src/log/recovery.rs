@@ -473,6 +473,14 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
                     "seal names a last position before the first",
                 ));
             }
+            // The next segment starts right after this one's last position.
+            let Some(next_first) = seal.last_position.checked_add(1) else {
+                return Err(LogError::inconsistent(
+                    &path,
+                    seal_offset,
+                    "seal names the last possible position, yet another segment follows",
+                ));
+            };
             let len = seal_offset + SEAL_FRAME_BYTES as u64;
             segments.push(Arc::new(Segment::new(
                 first,
@@ -483,7 +491,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
                 true,
                 0,
             )));
-            expected_first = Some(seal.last_position + 1);
+            expected_first = Some(next_first);
             continue;
         }
         // The last segment is scanned whole, sealed or not: the bytes at its
@@ -593,5 +601,44 @@ mod tests {
     fn classify_finds_no_proof_in_zeros() {
         let bytes = vec![0u8; 4096];
         assert_eq!(classify_tail(&bytes, 100), TailVerdict::Torn);
+    }
+
+    /// L5: a segment followed by another must end before the last possible
+    /// position, since the next one starts right after it. A crafted seal
+    /// naming `u64::MAX` used to overflow `last_position + 1` (a panic in
+    /// debug builds) instead of being refused.
+    #[test]
+    fn l5_seal_at_the_last_position_followed_by_a_segment_is_refused() {
+        use super::super::segment::segment_file_name;
+        let dir = tempfile::tempdir().unwrap();
+        let store_id = Uuid::from_u128(7);
+        let header = |first_position| {
+            SegmentHeader {
+                store_id,
+                first_position,
+            }
+            .encode()
+        };
+        let mut sealed = header(1).to_vec();
+        let seal = Seal {
+            last_position: u64::MAX,
+            body_crc: crc32fast::hash(&sealed),
+        };
+        seal.encode_frame(&mut sealed, SEGMENT_HEADER_BYTES as u64);
+        std::fs::write(dir.path().join(segment_file_name(1)), &sealed).unwrap();
+        std::fs::write(dir.path().join(segment_file_name(2)), header(2)).unwrap();
+        let config = LogConfig {
+            vfs: Arc::new(super::super::vfs::OsVfs),
+            segment_bytes_max: super::super::SEGMENT_BYTES_MIN,
+            durability: super::super::Durability::None,
+            read_only: true,
+            create_if_missing: false,
+        };
+        let err = recover(dir.path(), &config).err().expect("refused");
+        assert!(
+            matches!(&err, LogError::Inconsistent { path, offset, .. }
+                if path.ends_with(segment_file_name(1)) && *offset == SEGMENT_HEADER_BYTES as u64),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,9 @@ pub fn register_hlc_functions(conn: &Connection, hlc: Arc<Hlc>) -> rusqlite::Res
     for n_arg in [0, 1] {
         let hlc = hlc.clone();
         conn.create_scalar_function("hlc_now", n_arg, FunctionFlags::SQLITE_UTF8, move |_ctx| {
-            Ok(hlc.now().to_text())
+            hlc.now()
+                .map(|t| t.to_text())
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
         })?;
     }
     conn.create_scalar_function(

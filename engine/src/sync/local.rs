@@ -354,7 +354,11 @@ impl Replica {
                         .map_err(crate::event::InvalidInput::from)?;
                     ts
                 }
-                None => self.store.hlc().now(),
+                None => self
+                    .store
+                    .hlc()
+                    .now()
+                    .map_err(crate::event::InvalidInput::from)?,
             };
             let p = PendingEvent {
                 event_id: e.event_id,
@@ -725,7 +729,11 @@ impl ReplicaStorage for ReplicaRef<'_> {
                 e.version = next;
                 // After the events it now follows, by the receive rule (the
                 // clock has seen them as they were applied).
-                e.timestamp = replica.store.hlc().now();
+                e.timestamp = replica
+                    .store
+                    .hlc()
+                    .now()
+                    .map_err(crate::event::InvalidInput::from)?;
                 changed.push(i);
             }
             versions.insert(agg, next);

@@ -24,4 +24,4 @@ pub use local::{
     ReplicaOptions,
 };
 pub use replica::{ReplicaConfig, ReplicaCore, ReplicaStorage, SyncError, SyncStatus};
-pub use server::{CanonicalLog, ClientId, PushPolicy, ServerConfig, ServerCore};
+pub use server::{CanonicalLog, ClientId, PushPolicy, ServerConfig, ServerCore, token_accepted};

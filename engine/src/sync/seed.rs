@@ -398,7 +398,7 @@ fn check_events(events: &[EventJson]) -> Result<(), String> {
             ));
         }
         if let Some(prev) = last.insert(&e.aggregate_id, e.version)
-            && e.version != prev + 1
+            && prev.checked_add(1) != Some(e.version)
         {
             return Err(error_json(
                 "malformed",

@@ -221,9 +221,15 @@ fn conflicts(events: &[Proposal], log: &mut dyn CanonicalLog) -> Result<Vec<(Str
     Ok(out)
 }
 
-/// Compares tokens in time independent of where they differ.
-/// and of the expected token's length (the given token sets the number of
-/// steps).
+/// Whether `token` opens a server configured with `tokens`: any token
+/// does when the list is empty (open mode), otherwise it must equal one of
+/// them. Every transport checks with this, so none leaks more than another.
+pub fn token_accepted(tokens: &[String], token: Option<&str>) -> bool {
+    tokens.is_empty() || token.is_some_and(|t| tokens.iter().any(|e| token_matches(t, e)))
+}
+
+/// Compares tokens in time independent of where they differ and of the
+/// expected token's length (the given token sets the number of steps).
 fn token_matches(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
     let mut diff = u8::from(a.len() != b.len());
@@ -293,9 +299,7 @@ impl ServerCore {
                 true,
             );
         }
-        if !self.config.tokens.is_empty()
-            && !token.is_some_and(|t| self.config.tokens.iter().any(|e| token_matches(t, e)))
-        {
+        if !token_accepted(&self.config.tokens, token) {
             return error(
                 ErrorCode::Unauthorized,
                 "missing or wrong token; pass the server's token",
