@@ -98,7 +98,7 @@ pub const UDP_PAYLOAD_BYTES_MAX: u16 = 65_527;
 
 /// QUIC application close codes.
 pub mod close {
-    /// Done: the client finished, or the server is shutting down.
+    /// Done: the client finished.
     pub const DONE: u32 = 0;
     /// A fatal protocol error was sent (see the `Error` message).
     pub const REFUSED: u32 = 1;
@@ -246,18 +246,6 @@ fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> ServerMess
 
 fn is_fatal(msg: &ServerMessage) -> bool {
     matches!(msg, ServerMessage::Error { fatal: true, .. })
-}
-
-/// Compares tokens in time independent of where they differ.
-fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The shell's own token check, before a store is opened (the core checks
-/// again when it handles `Hello`).
-fn token_ok(tokens: &[String], token: Option<&str>) -> bool {
-    tokens.is_empty() || token.is_some_and(|t| tokens.iter().any(|e| token_matches(t, e)))
 }
 
 // --- the server --------------------------------------------------------------
@@ -528,7 +516,17 @@ async fn hello(
             token,
             client,
         }))) => {
-            if token_ok(
+            // Checked before a store is opened (or created) for a client
+            // that could not use it anyway.
+            if protocol != strata::sync::proto::PROTOCOL_VERSION {
+                Err(refuse(
+                    ErrorCode::Version,
+                    format!(
+                        "this server speaks sync protocol {}, not {protocol}; upgrade the client or the server",
+                        strata::sync::proto::PROTOCOL_VERSION
+                    ),
+                ))
+            } else if strata::sync::token_accepted(
                 &shared.state.registry.sync_config().tokens,
                 token.as_deref(),
             ) {
@@ -878,6 +876,34 @@ mod tests {
             token: None,
             client: "t".into(),
         }
+    }
+
+    /// A client of another protocol version is refused before its store
+    /// is opened: it cannot create one it could not use.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_protocol_version_is_refused_before_any_store_is_made() {
+        let server = start(16).await;
+        let (_ep, _conn, mut tx, mut rx) = connect(&server).await;
+        send(
+            &mut tx,
+            &ClientMessage::Hello {
+                protocol: PROTOCOL_VERSION + 1,
+                store: "newer".into(),
+                token: None,
+                client: "t".into(),
+            },
+        )
+        .await;
+        match recv(&mut rx).await {
+            ServerMessage::Error {
+                code: ErrorCode::Version,
+                fatal: true,
+                message,
+            } => assert!(message.contains("upgrade"), "{message}"),
+            other => panic!("expected a Version error, got {other:?}"),
+        }
+        assert!(!server._data.path().join("newer").exists());
+        server.stop().await;
     }
 
     /// Bounded input: a frame that does not decode gets a non-fatal

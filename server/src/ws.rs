@@ -130,10 +130,7 @@ async fn upgrade(
     };
     // A client that has not shown a valid token yet may use stores that
     // exist, not create new ones (each is a directory and open files).
-    let may_create = state.config.tokens.is_empty()
-        || token
-            .as_deref()
-            .is_some_and(|t| state.config.tokens.iter().any(|e| token_matches(t, e)));
+    let may_create = strata::sync::token_accepted(&state.config.tokens, token.as_deref());
     let (registry, data_dir) = (state.registry.clone(), state.config.data_dir.clone());
     let name = store.clone();
     let opened = tokio::task::spawn_blocking(move || -> Result<Option<Arc<Hosted>>, String> {
@@ -188,12 +185,6 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
-}
-
-/// Compares tokens in time independent of where they differ.
-fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn echo(s: &str) -> String {

@@ -16,7 +16,9 @@
 //   rule; counter events are always kept), push again.
 // * Events the server refuses for good (`error` with code `rejected` and an
 //   `event_id`) move from the outbox to `rejections`: kept, never silently
-//   dropped, and never pushed again. Other refusals retry with backoff.
+//   dropped, and never pushed again. `too_large` halves the push (as the
+//   Rust replica does); a single event still too large is rejected that
+//   way. Other refusals retry with backoff.
 // * Reconnects by itself with exponential backoff and jitter; the outbox
 //   drains without waiting for a new click.
 
@@ -81,6 +83,8 @@ let wantOnline = true;
 let conn = 'offline';
 let inFlight = false;
 let backoff = BACKOFF_MIN_MS;
+// Events per push: halved on `too_large`, back to the most on reconnect.
+let pushLimit = PUSH_EVENTS_MAX;
 let reconnectTimer = null;
 let retryTimer = null;
 let retryBackoff = BACKOFF_MIN_MS;
@@ -215,7 +219,7 @@ function rebase() {
 function outboxEvents() {
   return db
     .selectObjects(`SELECT event_id, aggregate_id, version, event_type, event_data, timestamp, metadata
-                    FROM outbox ORDER BY seq LIMIT ${PUSH_EVENTS_MAX}`)
+                    FROM outbox ORDER BY seq LIMIT ${pushLimit}`)
     .map((e) => ({ ...e, event_data: JSON.parse(e.event_data), metadata: e.metadata == null ? null : JSON.parse(e.metadata) }));
 }
 
@@ -302,6 +306,16 @@ function handle(msg) {
       if (msg.code === 'rejected' && msg.event_id) {
         // The answer to the push follows: stay in flight.
         reject(msg.event_id, msg.message);
+      } else if (msg.code === 'too_large' && pushLimit > 1) {
+        pushLimit = Math.floor(pushLimit / 2);
+        inFlight = false;
+        push();
+      } else if (msg.code === 'too_large') {
+        // One event alone is over the server's limit: it can never pass.
+        const first = outboxEvents()[0];
+        if (first) reject(first.event_id, msg.message);
+        inFlight = false;
+        push();
       } else {
         inFlight = false;
         retryLater(retryBackoff);
@@ -327,6 +341,7 @@ function connect() {
   ws = socket;
   socket.onopen = () => {
     backoff = BACKOFF_MIN_MS;
+    pushLimit = PUSH_EVENTS_MAX;
     lastError = null;
     syncRequest();
   };
