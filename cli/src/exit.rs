@@ -58,7 +58,7 @@ impl From<strata::Error> for Failure {
             E::Locked { .. } | E::NotFound { .. } | E::Io { .. } | E::Closed | E::ReadOnly => {
                 Code::Unavailable
             }
-            E::Invalid(_) => Code::Usage,
+            E::Invalid(_) | E::NotAReplica { .. } => Code::Usage,
             E::Conflict { .. } | E::EventIdReused { .. } => Code::Damage,
             E::Log(strata::log::LogError::Io { .. } | strata::log::LogError::NotFound { .. }) => {
                 Code::Unavailable

@@ -60,6 +60,10 @@ pub enum Error {
         "this replica's log no longer follows its server: {reason}; start a new replica from the server"
     )]
     Replica { reason: String },
+    #[error(
+        "{path} is a store with {events} events of its own, not a sync replica: a replica's log holds only its server's events; sync into an empty directory instead (or serve this store with `strata serve`)"
+    )]
+    NotAReplica { path: PathBuf, events: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -667,3 +667,48 @@ fn events_a_replica_log_cannot_hold_are_refused_before_they_are_written() {
     let copied = local.read_events(1, 100, usize::MAX).unwrap();
     assert_eq!(copied, events);
 }
+
+/// A plain store with events of its own cannot become a replica (its log
+/// is no prefix of a server's): opening it as one is refused and leaves
+/// it a plain store. An empty store (`strata init`) can become one.
+#[test]
+fn a_store_with_events_of_its_own_does_not_become_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || ReplicaOptions {
+        store: Options {
+            durability: Durability::None,
+            ..Options::default()
+        },
+        ..ReplicaOptions::default()
+    };
+    let plain = Store::open(dir.path(), options().store).unwrap();
+    plain
+        .append("x", ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])
+        .unwrap();
+    plain.close().unwrap();
+    let err = Replica::open(dir.path(), options()).unwrap_err();
+    assert!(
+        matches!(err, strata::Error::NotAReplica { events: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("sync into an empty directory"),
+        "{err}"
+    );
+    assert!(!dir.path().join(strata::sync::local::OUTBOX_FILE).exists());
+    let plain = Store::open(dir.path(), options().store).unwrap();
+    plain
+        .append("x", ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])
+        .unwrap();
+    plain.close().unwrap();
+
+    let empty = tempfile::tempdir().unwrap();
+    Store::open(empty.path(), options().store)
+        .unwrap()
+        .close()
+        .unwrap();
+    Replica::open(empty.path(), options())
+        .unwrap()
+        .close()
+        .unwrap();
+}

@@ -230,9 +230,17 @@ impl Replica {
     /// Opens (or creates) a replica in `dir`.
     pub fn open(dir: impl AsRef<Path>, options: ReplicaOptions) -> Result<Replica, Error> {
         let dir = dir.as_ref().to_path_buf();
-        let store = Store::open(&dir, options.store.clone())?;
-        store.mark_replica_log();
         let path = dir.join(OUTBOX_FILE);
+        let was_replica = path.exists();
+        let store = Store::open(&dir, options.store.clone())?;
+        if !was_replica && store.head() > 0 {
+            // Its log is not a prefix of any server's: following one would
+            // mix the two histories.
+            let events = store.head();
+            store.close()?;
+            return Err(Error::NotAReplica { path: dir, events });
+        }
+        store.mark_replica_log();
         let conn = Connection::open(&path).map_err(sql_err(&path, "opening the outbox"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
