@@ -471,6 +471,10 @@ fn a_push_over_the_byte_limit_is_refused_whole_and_the_replica_backs_off_smaller
         a.append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
             .unwrap();
     }
+    // Alone over the server's limit: it can never pass.
+    let huge = NewEvent::new("Note", vec![b'x'; 5_000]);
+    let huge_id = huge.event_id;
+    a.append("notes", ExpectedVersion::Any, vec![huge]).unwrap();
     let mut a = connect(&mut server, a, "a");
     let mut now = 0;
     let mut pushes = Vec::new();
@@ -520,11 +524,20 @@ fn a_push_over_the_byte_limit_is_refused_whole_and_the_replica_backs_off_smaller
     }
     assert!(a.replica.pending().is_empty(), "pushes: {pushes:?}");
     assert_eq!(server.store.head(), 40);
-    assert!(refusals > 0, "the first push of 40 events is too large");
-    // Each refusal halved the push: the first was all 40, a later one fit.
-    assert_eq!(pushes[0].1, 40);
-    assert!(pushes.iter().any(|&(_, n)| n < 40));
+    assert!(refusals > 0, "the first push of 41 events is too large");
+    // Each refusal halved the push: the first was all 41, a later one fit.
+    assert_eq!(pushes[0].1, 41);
+    assert!(pushes.iter().any(|&(_, n)| n < 41));
     assert_eq!(value(&a.replica, "counter"), 40);
+    // The event too large alone became a rejection, not a retry forever.
+    let rejections = a.replica.rejections().unwrap();
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    assert_eq!(rejections[0].event_id, huge_id);
+    assert!(
+        rejections[0].reason.contains("too large"),
+        "{}",
+        rejections[0].reason
+    );
 }
 
 #[test]

@@ -139,6 +139,7 @@ impl Config {
         if open && !exposed.is_empty() {
             return Err(ServerError::OpenAndExposed { addrs: exposed });
         }
+        self.sync.validate().map_err(ServerError::Setting)?;
         Ok(())
     }
 }
@@ -151,6 +152,8 @@ pub enum ServerError {
         "refusing to serve without a token on {addrs:?}: pass --token (or STRATA_TOKENS), or listen on 127.0.0.1"
     )]
     OpenAndExposed { addrs: Vec<SocketAddr> },
+    #[error("sync setting: {0}")]
+    Setting(strata::InvalidInput),
     #[error("store name {name:?} is invalid: use 1 to 64 characters of a-z, 0-9, _ and -")]
     BadStoreName { name: String },
     #[error("opening store {name}: {source}")]

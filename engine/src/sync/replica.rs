@@ -80,7 +80,8 @@ pub struct ReplicaConfig {
     /// A push without an answer for this long means the connection is dead.
     pub request_timeout_ms: u64,
     /// Most events in one push (halved, down to one, each time the server
-    /// says a push is too large).
+    /// says a push is too large, and back to this on each new connection;
+    /// a single event the server finds too large becomes a rejection).
     pub push_events_max: usize,
     /// Most bytes of events in one push.
     pub push_bytes_max: usize,
@@ -146,6 +147,8 @@ pub enum SyncError {
 struct InFlight {
     request: u64,
     sent_ms: u64,
+    /// The pushed events' ids.
+    events: Vec<Uuid>,
 }
 
 /// The replica's sync state machine.
@@ -197,6 +200,9 @@ impl ReplicaCore {
         self.in_flight = None;
         self.wait_for = None;
         self.retry_at = None;
+        // A new connection may reach a server with other limits: start
+        // from the configured push size again.
+        self.push_events_max = self.config.push_events_max.max(1);
         self.outgoing.push_back(ClientMessage::Hello {
             protocol: PROTOCOL_VERSION,
             store: self.config.store.clone(),
@@ -332,10 +338,16 @@ impl ReplicaCore {
                 }
                 tracing::warn!(code = code.as_str(), %message, "server refused a message");
                 // A refused push is not in flight any more. Push again
-                // later, and smaller if it was too large.
-                self.in_flight = None;
+                // later, and smaller if it was too large; a single event
+                // too large can never pass, so it becomes a rejection.
+                let pushed = self.in_flight.take().map(|f| f.events).unwrap_or_default();
                 if code == ErrorCode::TooLarge {
-                    self.push_events_max = (self.push_events_max / 2).max(1);
+                    if let [id] = pushed[..] {
+                        let reason = format!("the server refused it as too large: {message}");
+                        storage.reject(&[(id, reason)], now_ms)?;
+                    } else {
+                        self.push_events_max = (self.push_events_max / 2).max(1);
+                    }
                 }
                 self.retry_at = Some(now_ms.saturating_add(self.error_backoff_ms));
                 self.error_backoff_ms = (self.error_backoff_ms * 2).min(ERROR_BACKOFF_MS_MAX);
@@ -384,6 +396,7 @@ impl ReplicaCore {
         }
         let request = self.next_request;
         self.next_request += 1;
+        let ids = events.iter().map(|e| e.event_id).collect();
         self.outgoing.push_back(ClientMessage::Push {
             request,
             base: storage.committed_head(),
@@ -392,6 +405,7 @@ impl ReplicaCore {
         self.in_flight = Some(InFlight {
             request,
             sent_ms: now_ms,
+            events: ids,
         });
         Ok(())
     }

@@ -109,6 +109,49 @@ impl std::fmt::Debug for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Checks the settings against each other and the wire format; names
+    /// the first that does not fit. A follow message holds whole batches
+    /// and may pass `message_bytes_max` by one batch of
+    /// `limits.batch_bytes_max`, and must still fit the wire's
+    /// [`MESSAGE_BYTES_MAX`](super::wire::MESSAGE_BYTES_MAX) with room for
+    /// the encoding's own bytes.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        self.limits.validate()?;
+        for (name, value) in [
+            ("push_events_max", self.push_events_max),
+            ("message_events_max", self.message_events_max),
+            ("message_bytes_max", self.message_bytes_max),
+        ] {
+            if value == 0 {
+                return Err(InvalidInput::Setting {
+                    name,
+                    reason: "is 0, must be at least 1".into(),
+                });
+            }
+        }
+        let room = super::wire::MESSAGE_BYTES_MAX
+            .saturating_sub(self.limits.batch_bytes_max)
+            .saturating_sub(ENCODING_SLACK_BYTES);
+        if self.message_bytes_max > room {
+            return Err(InvalidInput::Setting {
+                name: "message_bytes_max",
+                reason: format!(
+                    "is {}, but with batches of up to {} bytes (limits.batch_bytes_max) a follow message must stay within {room} to fit the wire's {} bytes; lower one of them",
+                    self.message_bytes_max,
+                    self.limits.batch_bytes_max,
+                    super::wire::MESSAGE_BYTES_MAX
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Room [`ServerConfig::validate`] leaves in a wire message for the
+/// encoding's own bytes (tags, lengths, and per-event fields).
+pub const ENCODING_SLACK_BYTES: usize = 2 << 20;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -731,5 +774,42 @@ impl CanonicalLog for crate::Store {
 
     fn aggregate_version(&mut self, aggregate_id: &str) -> Result<u64, Error> {
         crate::Store::aggregate_version(self, aggregate_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_would_overflow_a_wire_message_are_refused_by_name() {
+        ServerConfig::default().validate().unwrap();
+        let config = ServerConfig {
+            message_bytes_max: super::super::wire::MESSAGE_BYTES_MAX,
+            ..ServerConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                InvalidInput::Setting {
+                    name: "message_bytes_max",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("lower one of them"), "{err}");
+        let config = ServerConfig {
+            push_events_max: 0,
+            ..ServerConfig::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("push_events_max")
+        );
     }
 }

@@ -18,7 +18,7 @@ const _: () = assert!(
     MESSAGE_BYTES_MAX
         >= crate::sync::server::MESSAGE_BYTES_MAX_DEFAULT
             + crate::event::BATCH_BYTES_MAX_DEFAULT
-            + (2 << 20)
+            + crate::sync::server::ENCODING_SLACK_BYTES
 );
 /// Size of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
