@@ -292,6 +292,34 @@ fn a_bad_json_line_exits_2_with_its_line_number_and_writes_nothing_of_its_batch(
     );
 }
 
+/// A missing index is not damage (a read-write open rebuilds it), but
+/// verify must not claim it agrees with the log: it says what is missing
+/// and how it comes back.
+#[test]
+fn verify_says_when_the_index_is_missing_instead_of_calling_it_in_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    small_store(&store, 50);
+    let out = strata(&store).arg("verify").assert().success();
+    assert!(stdout(&out).contains("index agrees with the log"));
+    for name in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = std::fs::remove_file(store.join(name));
+    }
+    let out = strata(&store).arg("verify").assert().success();
+    let text = stdout(&out);
+    assert!(!text.contains("agrees"), "{text}");
+    assert!(text.contains("index.sqlite is missing"), "{text}");
+    assert!(text.contains("strata reindex"), "{text}");
+    let out = strata(&store).args(["--json", "verify"]).assert().success();
+    let last: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim().lines().last().unwrap()).unwrap();
+    assert_eq!(last["index_position"], 0);
+    assert!(last["index_note"].as_str().unwrap().contains("missing"));
+    strata(&store).arg("reindex").assert().success();
+    let out = strata(&store).arg("verify").assert().success();
+    assert!(stdout(&out).contains("index agrees with the log"));
+}
+
 #[test]
 fn a_flipped_byte_in_a_sealed_segment_makes_verify_exit_1_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -133,6 +133,16 @@ fn sync_pulls_reports_and_refuses_a_wrong_pin() {
     assert_eq!(v["connected"], false);
     assert_eq!(v["committed"], 4);
     assert_eq!(v["pending"], 0);
+    // What the last sync saw outlives it.
+    assert_eq!(v["server_head"], 4);
+    assert!(v["last_sync_ms"].as_u64().is_some(), "{v}");
+    let out = strata(&replica)
+        .args(["sync", "--status"])
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("server head 4 at the last sync"), "{text}");
+    assert!(text.contains(" s ago"), "{text}");
     let out = strata(&replica)
         .args(["counter", "show", "counter-1"])
         .assert()

@@ -578,6 +578,41 @@ impl Store {
     ///   [`Error::Conflict`] naming the current version, writing nothing.
     /// * In `Sync` durability this returns once the batch is on stable
     ///   storage (S2).
+    ///
+    /// ```
+    /// use strata::{AggregateEvents, Error, ExpectedVersion, NewEvent, Options, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default())?;
+    /// let debit = NewEvent::new("Debited", br#"{"amount":5}"#.to_vec());
+    /// let debit_id = debit.event_id;
+    /// let credit = NewEvent::new("Credited", br#"{"amount":5}"#.to_vec());
+    /// // Both or neither, each aggregate checked against its version.
+    /// let batch = [
+    ///     AggregateEvents {
+    ///         aggregate_id: "account-a".into(),
+    ///         expected: ExpectedVersion::NoStream,
+    ///         events: vec![debit.clone()],
+    ///     },
+    ///     AggregateEvents {
+    ///         aggregate_id: "account-b".into(),
+    ///         expected: ExpectedVersion::NoStream,
+    ///         events: vec![credit],
+    ///     },
+    /// ];
+    /// let committed = store.append_batch(&batch)?;
+    /// assert_eq!(committed.len(), 2);
+    /// // A retry writes nothing and answers with the first positions.
+    /// let again = store.append_batch(&batch)?;
+    /// assert!(again.iter().all(|c| c.existed));
+    /// // A stale expectation fails, naming the current version.
+    /// let stale = store.append("account-a", ExpectedVersion::NoStream, vec![
+    ///     NewEvent::new("Debited", br#"{"amount":1}"#.to_vec()),
+    /// ]);
+    /// assert!(matches!(stale, Err(Error::Conflict { current: 1, .. })));
+    /// assert_eq!(store.get(debit_id)?.unwrap().position, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn append_batch(&self, groups: &[AggregateEvents]) -> Result<Vec<Committed>> {
         let inner = &*self.inner;
         if inner.replica_log.load(Ordering::Relaxed) {
@@ -1274,6 +1309,22 @@ impl Store {
 
     /// Every event from `from_position` up to the head at the time of the
     /// call, in position order, one batch in memory at a time.
+    ///
+    /// ```
+    /// use strata::{ExpectedVersion, NewEvent, Options, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default())?;
+    /// for agg in ["a", "b", "a"] {
+    ///     store.append(agg, ExpectedVersion::Any, vec![NewEvent::new("T", b"{}".to_vec())])?;
+    /// }
+    /// let from_2: Vec<(u64, String)> = store
+    ///     .read_all(2)
+    ///     .map(|e| e.map(|e| (e.position, e.aggregate_id)))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(from_2, [(2, "b".to_owned()), (3, "a".to_owned())]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_all(&self, from_position: u64) -> ReadAll {
         ReadAll {
             cursor: self.inner.log.cursor(from_position),
@@ -1315,6 +1366,26 @@ impl Store {
     /// Every event from `from_position` on: first those already there, then
     /// new ones as they become visible. Never skips an event; blocks in
     /// `next` while caught up; ends when the store closes.
+    ///
+    /// ```
+    /// use strata::{ExpectedVersion, NewEvent, Options, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default())?;
+    /// store.append("a", ExpectedVersion::Any, vec![NewEvent::new("T", b"{}".to_vec())])?;
+    /// let mut events = store.subscribe(1);
+    /// let writer = {
+    ///     let store = store.clone();
+    ///     std::thread::spawn(move || {
+    ///         store.append("b", ExpectedVersion::Any, vec![NewEvent::new("T", b"{}".to_vec())])
+    ///     })
+    /// };
+    /// // Catch-up, then live: the event appended by the other thread.
+    /// assert_eq!(events.next().unwrap()?.position, 1);
+    /// assert_eq!(events.next().unwrap()?.aggregate_id, "b");
+    /// writer.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscribe(&self, from_position: u64) -> Subscription {
         Subscription {
             log: self.inner.log.clone(),
@@ -1354,6 +1425,12 @@ impl Store {
     /// The index's checkpoint: the last position written to SQLite.
     pub fn indexed_position(&self) -> u64 {
         self.inner.progress.get().0
+    }
+
+    /// Whether `index.sqlite` exists. A read-only store without it
+    /// answers reads from the log alone; a read-write open rebuilds it.
+    pub fn index_present(&self) -> bool {
+        self.inner.index.is_present()
     }
 
     /// Compares the index with the log, row by row, up to the index's

@@ -53,7 +53,8 @@ const _: () = assert!(BACKOFF_MIN.as_millis() <= BACKOFF_MAX_DEFAULT.as_millis()
 /// Where and how to sync.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// `host:port` or `ip:port` of the server's QUIC endpoint.
+    /// `host:port` or `ip:port` of the server's QUIC endpoint (a `quic://`
+    /// prefix, as the server prints it, is accepted).
     pub server: String,
     /// Name checked against the certificate with [`Trust::CaFile`] (and
     /// sent as SNI). Default `localhost`.
@@ -437,10 +438,16 @@ impl SyncClient {
             server: server.clone(),
             reason,
         };
-        if let Ok(addr) = server.parse::<SocketAddr>() {
+        // The server prints its endpoint as `quic://host:port`; take that
+        // form too.
+        let bare = server
+            .strip_prefix("quic://")
+            .unwrap_or(server)
+            .trim_end_matches('/');
+        if let Ok(addr) = bare.parse::<SocketAddr>() {
             return Ok(addr);
         }
-        let mut addrs = tokio::net::lookup_host(server.as_str())
+        let mut addrs = tokio::net::lookup_host(bare)
             .await
             .map_err(|e| resolve_err(format!("{e}; use host:port")))?;
         addrs.next().ok_or_else(|| resolve_err("no address".into()))

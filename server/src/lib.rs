@@ -73,6 +73,44 @@ impl ServeArgs {
     }
 }
 
+/// Logs to stderr at `info` (or as `RUST_LOG` says), in colour only on a
+/// terminal. For the binaries; an embedding application sets up its own.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM (what systemd and
+/// container runtimes send): the shutdown future for [`serve`], so that
+/// connections drain and stores close cleanly either way.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// Prints where the server listens (the lines the README's first command
 /// shows).
 pub fn print_ready(bound: &Bound) {

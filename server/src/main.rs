@@ -14,17 +14,15 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    strata_server::init_logging();
     let config = Cli::parse().args.into_config();
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    match strata_server::serve(config, strata_server::print_ready, shutdown).await {
+    match strata_server::serve(
+        config,
+        strata_server::print_ready,
+        strata_server::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strata-server: {e}");

@@ -447,6 +447,8 @@ async fn refused_without_the_token_and_with_a_wrong_pin() {
     let mut opts = server.options();
     opts.token = Some("s3cret".into());
     opts.trust = Trust::CaFile(data.path().join("tls").join("cert.pem"));
+    // The address as the server prints it.
+    opts.server = format!("quic://{}/", server.addr);
     let report = sync(&r, &opts).await;
     assert_eq!(report.accepted_events, 1);
     assert!(r.pending().is_empty());
@@ -525,6 +527,55 @@ fn spawn_client_process(
 fn kill(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// SIGTERM (what systemd and container runtimes send) is a graceful
+/// shutdown: the server exits 0, releases its stores, and keeps every
+/// event it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_gracefully_and_keeps_what_it_acknowledged() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn_server_process(data.path(), "127.0.0.1:0".parse().unwrap());
+    let r = open_replica(dir.path());
+    let id = incr(&r, "counter-1");
+    let mut opts = ClientOptions::new(
+        server.addr.to_string(),
+        Trust::Pin(server.fingerprint.clone()),
+    );
+    opts.request_timeout = Duration::from_secs(20);
+    let report = sync(&r, &opts).await;
+    assert_eq!(report.accepted_events, 1);
+    close_replica(r);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    // The lock is free and the event is there.
+    let (store, views) = open_server_store(data.path());
+    assert_eq!(
+        log_of(&store)
+            .iter()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>(),
+        [id]
+    );
+    views.close();
+    store.close().unwrap();
 }
 
 /// Y4 across crashes: the server process and replica processes are killed

@@ -13,13 +13,31 @@ use crate::exit::{CmdResult, Code, Failure};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Add N (default 1) to a counter; prints the new value.
+    #[command(
+        long_about = "Append CounterIncremented {\"value\": N} (default 1) to a counter and print its new value. \
+        On a sync replica the event waits in the outbox until `strata sync` pushes it, and the value \
+        printed includes it.\n\n\
+        Examples:\n  strata counter incr counter-1\n  strata counter incr counter-1 --by 5 --json"
+    )]
     Incr(Change),
     /// Subtract N (default 1) from a counter; prints the new value.
+    #[command(
+        long_about = "Append CounterDecremented {\"value\": N} (default 1) to a counter and print its new value \
+        (on a replica, with pending events on top).\n\n\
+        Examples:\n  strata counter decr counter-1\n  strata counter decr counter-1 --by 2"
+    )]
     Decr(Change),
     /// Print a counter's value (0 if it has no events). Reads only: works
     /// beside a server or application that holds the store. On a sync
     /// replica this is the committed value; `incr`/`decr` print it with
     /// pending events on top.
+    #[command(
+        long_about = "Print a counter's value alone on stdout (0 if it has no events); --json prints \
+        {\"id\": ..., \"value\": ...}. Reads only: works beside a server or application that holds the \
+        store. On a sync replica this is the committed value; `incr`/`decr` print it with pending events \
+        on top.\n\n\
+        Examples:\n  strata counter show counter-1\n  strata --store ./strata-server-data/default counter show counter --json"
+    )]
     Show {
         /// Counter (aggregate id).
         id: String,

@@ -4,6 +4,7 @@ use crate::Cli;
 use crate::exit::{CmdResult, Code, Failure};
 
 pub fn run(_cli: &Cli, args: &strata_server::ServeArgs) -> CmdResult {
+    strata_server::init_logging();
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::usage(format!("starting the runtime: {e}")))?;
     let config = args.clone().into_config();
@@ -11,9 +12,7 @@ pub fn run(_cli: &Cli, args: &strata_server::ServeArgs) -> CmdResult {
         .block_on(strata_server::serve(
             config,
             strata_server::print_ready,
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
+            strata_server::shutdown_signal(),
         ))
         .map_err(|e| Failure {
             code: Code::Unavailable,

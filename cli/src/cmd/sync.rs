@@ -129,9 +129,15 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
     if args.status {
         let replica = open_replica(cli, false)?;
         let core = ReplicaCore::new(ReplicaConfig::new(args.remote_store.clone(), ""));
-        let status = core.status(&replica.storage(), strata_server::quic::now_ms());
+        let mut status = core.status(&replica.storage(), strata_server::quic::now_ms());
+        // What the last `strata sync` saw, if any.
+        let last = replica.last_sync()?;
+        if let Some((head, at)) = last {
+            status.server_head = status.server_head.max(head);
+            status.last_sync_ms = Some(at);
+        }
         let rejections = replica.rejections()?.len();
-        print_summary(cli, None, &status, rejections, None);
+        print_summary(cli, None, &status, rejections, None, last.is_some());
         close_replica(replica)?;
         return Ok(Code::Ok);
     }
@@ -151,12 +157,15 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
     };
     let status = client.status();
     let report = client.report();
+    if let Some(at) = status.last_sync_ms {
+        replica.record_last_sync(status.server_head, at)?;
+    }
     let rejections = replica.rejections()?.len();
     drop(client);
     drop(runtime);
     close_replica(replica)?;
     result.map_err(failure)?;
-    print_summary(cli, Some(&server), &status, rejections, Some(&report));
+    print_summary(cli, Some(&server), &status, rejections, Some(&report), true);
     Ok(Code::Ok)
 }
 
@@ -207,7 +216,9 @@ fn print_summary(
     s: &SyncStatus,
     rejections: usize,
     report: Option<&SyncReport>,
+    head_known: bool,
 ) {
+    let now = strata_server::quic::now_ms();
     if cli.json {
         crate::out::json_line(&serde_json::json!({
             "server": server,
@@ -215,7 +226,7 @@ fn print_summary(
             "pending": s.pending,
             "oldest_pending_ms": s.oldest_pending_ms,
             "committed": s.committed,
-            "server_head": server.map(|_| s.server_head),
+            "server_head": head_known.then_some(s.server_head),
             "last_sync_ms": s.last_sync_ms,
             "rejections": rejections,
             "report": report,
@@ -231,11 +242,21 @@ fn print_summary(
         .map_or("-".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
     let connected = s.connected || report.is_some_and(|r| r.connections > 0);
     println!("  connected:      {}", if connected { "yes" } else { "no" });
-    let head = match server {
-        Some(_) => s.server_head.to_string(),
-        None => "unknown".to_owned(),
+    let head = if head_known {
+        let then = if server.is_some() {
+            ""
+        } else {
+            " at the last sync"
+        };
+        format!("{}{then}", s.server_head)
+    } else {
+        "unknown".to_owned()
     };
     println!("  committed:      {} (server head {head})", s.committed);
+    let last = s.last_sync_ms.map_or("never".to_owned(), |at| {
+        format!("{:.1} s ago", now.saturating_sub(at) as f64 / 1000.0)
+    });
+    println!("  last sync:      {last}");
     println!("  pending:        {}", s.pending);
     println!("  oldest pending: {age}");
     println!("  rejections:     {rejections}");

@@ -30,12 +30,28 @@ pub fn run(cli: &Cli, _args: &Args) -> CmdResult {
         .collect();
     // The index can only be compared with a log that opens.
     bar.set_message("index");
+    let mut index_note = None;
+    let mut index_position = None;
     let (index_checked, index_total) = if report.has_damage() {
         (false, 0)
     } else {
         match strata::Store::open_read_only(&cli.store) {
             Ok(store) => {
                 let (problems, total) = store.verify_index(INDEX_PROBLEMS_SHOWN_MAX)?;
+                // A derived index that is missing or behind is not damage
+                // (a read-write open brings it up to date), but it is not
+                // "agreeing" with what it does not hold either.
+                let (indexed, head) = (store.indexed_position(), store.head());
+                index_position = Some(indexed);
+                if !store.index_present() {
+                    index_note = Some(
+                        "index.sqlite is missing; it is rebuilt when the store is next opened read-write (or run `strata reindex`)".to_owned(),
+                    );
+                } else if indexed < head {
+                    index_note = Some(format!(
+                        "the index holds positions 1 to {indexed} of {head}; the rest is indexed when the store is next opened read-write"
+                    ));
+                }
                 let file = cli
                     .store
                     .join(strata::index::INDEX_FILE)
@@ -67,6 +83,7 @@ pub fn run(cli: &Cli, _args: &Args) -> CmdResult {
         crate::out::json_line(&serde_json::json!({
             "clean": clean, "segments": report.segments, "frames": report.frames, "events": report.events,
             "bytes": report.bytes, "index_checked": index_checked,
+            "index_position": index_position, "index_note": index_note,
             "truncate_after": report.last_good_position,
         }));
     } else {
@@ -82,8 +99,13 @@ pub fn run(cli: &Cli, _args: &Args) -> CmdResult {
             );
         }
         if clean {
+            let index = match &index_note {
+                None => "index agrees with the log".to_owned(),
+                Some(note) if index_position == Some(0) => note.clone(),
+                Some(note) => format!("index agrees with the log as far as it goes: {note}"),
+            };
             println!(
-                "{}: {} segments, {} batches, {} events, {} bytes; index agrees with the log",
+                "{}: {} segments, {} batches, {} events, {} bytes; {index}",
                 crate::out::green("clean"),
                 report.segments,
                 report.frames,

@@ -13,9 +13,20 @@ use crate::exit::{CmdResult, Code, Failure};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Each projection's version, checkpoint, lag behind the log, and state.
+    #[command(
+        long_about = "Each projection's version, checkpoint (a log position), lag behind the log, and state \
+        (a failed projection names the position, event and error). Reads only.\n\n\
+        Examples:\n  strata views status\n  strata views status --json"
+    )]
     Status,
     /// Rebuild views by replaying the whole log (readers keep the old view
     /// until the swap). Without NAME, every projection this command knows.
+    #[command(
+        long_about = "Rebuild views by replaying the whole log into a shadow database, then swap it in: \
+        readers keep the old view until the swap, and a crash leaves the old view. Without NAME, every \
+        projection this command knows (counter, todo). Shows a progress bar on a terminal.\n\n\
+        Examples:\n  strata views rebuild\n  strata views rebuild counter"
+    )]
     Rebuild {
         /// Projection to rebuild (`counter` or `todo`).
         name: Option<String>,

@@ -185,6 +185,34 @@ struct Outbox {
 type ChangeHook = Box<dyn Fn() + Send + Sync>;
 
 /// A local-first replica. See the module documentation.
+///
+/// Local appends are durable and visible at once, before any sync; views
+/// show them on top of the committed state. A sync shell (over QUIC:
+/// `strata_server::client`) pushes them and brings the server's events.
+///
+/// ```
+/// use std::sync::Arc;
+/// use strata::projection::counter::{self, CounterProjection};
+/// use strata::sync::{Replica, ReplicaOptions};
+/// use strata::ExpectedVersion;
+///
+/// let dir = tempfile::tempdir()?;
+/// let replica = Replica::open(
+///     dir.path(),
+///     ReplicaOptions {
+///         projections: vec![Arc::new(CounterProjection)],
+///         ..ReplicaOptions::default()
+///     },
+/// )?;
+/// // Offline: the event waits in the outbox, and the view counts it.
+/// replica.append("counter-1", ExpectedVersion::Any, vec![counter::increment(2)])?;
+/// assert_eq!(replica.pending().len(), 1);
+/// assert_eq!(replica.committed().head(), 0);
+/// let value = replica.read_views(|conn| counter::value(conn, "counter-1"))?;
+/// assert_eq!(value, Some(2));
+/// replica.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Replica {
     store: Store,
     dir: PathBuf,
@@ -416,6 +444,47 @@ impl Replica {
     /// Pending events, in push order.
     pub fn pending(&self) -> Vec<PendingEvent> {
         self.outbox().events.clone()
+    }
+
+    /// Records the outcome of a sync (the server's head as last heard, and
+    /// when), so that a later process can report it: the sync shells call
+    /// this when a sync run ends. Not needed for correctness.
+    pub fn record_last_sync(&self, server_head: u64, at_ms: u64) -> Result<(), Error> {
+        let path = self.outbox_path();
+        let outbox = self.outbox();
+        for (key, value) in [("last_sync_ms", at_ms), ("last_server_head", server_head)] {
+            outbox
+                .conn
+                .execute(
+                    "INSERT OR REPLACE INTO replica_meta (key, value) VALUES (?1, ?2)",
+                    rusqlite::params![key, value.to_string()],
+                )
+                .map_err(sql_err(&path, "recording the last sync"))?;
+        }
+        Ok(())
+    }
+
+    /// The last sync [`Replica::record_last_sync`] recorded: the server's
+    /// head then, and when (ms since the Unix epoch).
+    pub fn last_sync(&self) -> Result<Option<(u64, u64)>, Error> {
+        let path = self.outbox_path();
+        let outbox = self.outbox();
+        let get = |key: &str| -> Result<Option<u64>, Error> {
+            outbox
+                .conn
+                .query_row(
+                    "SELECT value FROM replica_meta WHERE key = ?1",
+                    [key],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(sql_err(&path, "reading the last sync"))
+                .map(|v| v.and_then(|v| v.parse().ok()))
+        };
+        Ok(match (get("last_server_head")?, get("last_sync_ms")?) {
+            (Some(head), Some(at)) => Some((head, at)),
+            _ => None,
+        })
     }
 
     /// Events refused for good, newest last.

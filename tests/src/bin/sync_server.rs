@@ -1,5 +1,6 @@
 //! Child process for tests/sync_quic.rs: a sync server that runs until it
-//! is killed, so the test can crash it at any point.
+//! is killed (so the test can crash it at any point) or stopped with
+//! SIGTERM or Ctrl-C (a graceful shutdown, as `strata-server`'s).
 //!
 //! Usage: `sync_server <data-dir> <quic-addr>`. Prints
 //! `READY <quic-addr> <fingerprint>` once it listens.
@@ -29,7 +30,7 @@ async fn main() {
             .expect("stdout");
             out.flush().expect("stdout");
         },
-        std::future::pending(),
+        strata_server::shutdown_signal(),
     )
     .await;
     if let Err(e) = result {
