@@ -108,6 +108,16 @@ fn sync_pulls_reports_and_refuses_a_wrong_pin() {
         "5\n",
         "the pending event counts at once"
     );
+    // `show` reads without opening the replica, and counts it too.
+    let out = strata(&replica)
+        .args(["counter", "show", "counter-1"])
+        .assert()
+        .success();
+    assert_eq!(
+        String::from_utf8(out.get_output().stdout.clone()).unwrap(),
+        "5\n",
+        "show agrees with incr before the sync"
+    );
     let out = strata(&replica)
         .args(["--json", "sync", "--status"])
         .assert()

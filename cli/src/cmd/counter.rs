@@ -29,13 +29,11 @@ pub enum Command {
     Decr(Change),
     /// Print a counter's value (0 if it has no events). Reads only: works
     /// beside a server or application that holds the store. On a sync
-    /// replica this is the committed value; `incr`/`decr` print it with
-    /// pending events on top.
+    /// replica, pending local events count, as in `incr`/`decr`.
     #[command(
         long_about = "Print a counter's value alone on stdout (0 if it has no events); --json prints \
         {\"id\": ..., \"value\": ...}. Reads only: works beside a server or application that holds the \
-        store. On a sync replica this is the committed value; `incr`/`decr` print it with pending events \
-        on top.\n\n\
+        store. On a sync replica, pending local events (not yet pushed) count, as in `incr`/`decr`.\n\n\
         Examples:\n  strata counter show counter-1\n  strata --store ./strata-server-data/default counter show counter --json"
     )]
     Show {
@@ -137,6 +135,19 @@ fn show(cli: &Cli, id: &str) -> Result<i64, Failure> {
             value += counter::delta(&e.as_ref())
                 .map_err(|err| Failure::damage(format!("event {}: {err}", e.event_id)))?
                 .unwrap_or(0);
+        }
+    }
+    if super::is_replica(&cli.store) {
+        // Pending local events on top, as `incr`/`decr` print it.
+        let head = store.head();
+        let pending = strata::sync::local::read_pending(&cli.store)?;
+        for (i, p) in pending.iter().enumerate() {
+            if p.aggregate_id == id {
+                let e = p.as_event_ref(head + 1 + i as u64);
+                value += counter::delta(&e)
+                    .map_err(|err| Failure::damage(format!("event {}: {err}", p.event_id)))?
+                    .unwrap_or(0);
+            }
         }
     }
     Ok(value)

@@ -69,7 +69,33 @@ pub struct PendingEvent {
     pub created_ms: u64,
 }
 
+/// The pending events of the replica in `dir`, in push order, read from
+/// its outbox without opening the replica: no lock, no writes, so it works
+/// beside the process that holds the replica (inspection tools use it).
+pub fn read_pending(dir: &Path) -> Result<Vec<PendingEvent>, Error> {
+    let path = dir.join(OUTBOX_FILE);
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql_err(&path, "opening the outbox read-only"))?;
+    load_outbox(&conn, &path)
+}
+
 impl PendingEvent {
+    /// This event as the projections see it, at a provisional `position`.
+    pub fn as_event_ref(&self, position: u64) -> EventRef<'_> {
+        EventRef {
+            position,
+            event_id: self.event_id,
+            aggregate_id: &self.aggregate_id,
+            version: self.version,
+            event_type: &self.event_type,
+            data: &self.data,
+            hlc_physical_ms: self.timestamp.physical_ms(),
+            hlc_counter: self.timestamp.counter(),
+            hlc_node: self.timestamp.node().as_str(),
+            metadata: self.metadata.as_deref(),
+        }
+    }
+
     fn proposal(&self) -> Proposal {
         Proposal {
             event_id: self.event_id,
