@@ -96,6 +96,25 @@ impl<'a> From<RecordRef<'a>> for EventRef<'a> {
     }
 }
 
+/// The fields to encode an event's record again, exactly as it is (a
+/// replica copying its server's log).
+impl<'a> From<EventRef<'a>> for crate::log::format::RecordFields<'a> {
+    fn from(e: EventRef<'a>) -> Self {
+        crate::log::format::RecordFields {
+            position: e.position,
+            event_id: e.event_id,
+            version: e.version,
+            hlc_physical_ms: e.hlc_physical_ms,
+            hlc_counter: e.hlc_counter,
+            hlc_node: e.hlc_node,
+            aggregate_id: e.aggregate_id,
+            event_type: e.event_type,
+            data: e.data,
+            metadata: e.metadata,
+        }
+    }
+}
+
 impl EventRef<'_> {
     /// The timestamp as an owned value (allocates the node).
     pub fn timestamp(&self) -> Result<Timestamp, HlcError> {

@@ -1615,21 +1615,7 @@ impl ReplicaSide {
 
     /// `events` as a `Records` message, damaged as `damage % 8` says.
     fn records(events: &[Event], damage: u8) -> ServerMessage {
-        let mut fields: Vec<RecordFields<'_>> = events
-            .iter()
-            .map(|e| RecordFields {
-                position: e.position,
-                event_id: e.event_id,
-                version: e.version,
-                hlc_physical_ms: e.timestamp.physical_ms(),
-                hlc_counter: e.timestamp.counter(),
-                hlc_node: e.timestamp.node().as_str(),
-                aggregate_id: &e.aggregate_id,
-                event_type: &e.event_type,
-                data: &e.data,
-                metadata: e.metadata.as_deref(),
-            })
-            .collect();
+        let mut fields: Vec<RecordFields<'_>> = events.iter().map(|e| e.as_ref().into()).collect();
         if let Some(f) = fields.first_mut() {
             match damage % 8 {
                 6 => f.hlc_physical_ms = hlc::PHYSICAL_MS_MAX + 1,

@@ -1097,21 +1097,7 @@ impl Store {
                 first.position
             ))
         };
-        let fields: Vec<RecordFields<'_>> = events
-            .iter()
-            .map(|e| RecordFields {
-                position: e.position,
-                event_id: e.event_id,
-                version: e.version,
-                hlc_physical_ms: e.timestamp.physical_ms(),
-                hlc_counter: e.timestamp.counter(),
-                hlc_node: e.timestamp.node().as_str(),
-                aggregate_id: &e.aggregate_id,
-                event_type: &e.event_type,
-                data: &e.data,
-                metadata: e.metadata.as_deref(),
-            })
-            .collect();
+        let fields: Vec<RecordFields<'_>> = events.iter().map(|e| e.as_ref().into()).collect();
         // The whole run is checked before any of it is written.
         self.check_copied(writer, &fields).map_err(invalid)?;
         for f in &fields {
@@ -1249,18 +1235,7 @@ impl Store {
         for r in batch.iter() {
             let (offset, rec) = r.map_err(|e| invalid(e.to_string()))?;
             format::decode_record(&records[offset..], true).map_err(|e| invalid(e.to_string()))?;
-            fields.push(RecordFields {
-                position: rec.position,
-                event_id: rec.event_id,
-                version: rec.version,
-                hlc_physical_ms: rec.hlc_physical_ms,
-                hlc_counter: rec.hlc_counter,
-                hlc_node: rec.hlc_node,
-                aggregate_id: rec.aggregate_id,
-                event_type: rec.event_type,
-                data: rec.data,
-                metadata: rec.metadata,
-            });
+            fields.push(RecordFields::from(EventRef::from(rec)));
         }
         let mut guard = lock(&inner.writer);
         let writer = guard.as_mut().ok_or(if inner.options.read_only {

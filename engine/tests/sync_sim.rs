@@ -703,34 +703,7 @@ fn y1_to_y6_hold_under_delays_duplicates_disconnects_crashes_and_skew() {
 
 #[test]
 fn y5_the_first_refused_client_gets_the_turn_and_others_wait_in_order() {
-    let mut log = MemLog::new(Arc::new(ManualClock::new(1_000_000)));
-    let mut core = ServerCore::new(ServerConfig {
-        lease_ms: 100,
-        ..ServerConfig::default()
-    });
-    for c in 1..=3 {
-        core.connect(c, false);
-        core.handle(
-            0,
-            c,
-            ClientMessage::Hello {
-                protocol: 1,
-                store: "s".into(),
-                token: None,
-                client: format!("c{c}"),
-            },
-            &mut log,
-        );
-    }
-    let ev = |agg: &str, v, n: u32| Proposal {
-        event_id: Uuid::from_u128(n as u128),
-        aggregate_id: agg.into(),
-        version: v,
-        event_type: "T".into(),
-        data: vec![],
-        timestamp: Timestamp::from_parts(1_000_000, n, "c").unwrap(),
-        metadata: None,
-    };
+    let (mut core, mut log) = core_with_clients(3, 100);
     let mut push = |now, c, events: Vec<Proposal>| core_push(&mut core, &mut log, now, c, events);
     // Client 1 wins version 1; client 2, also at version 1, is refused and
     // gets the turn on "hot".
@@ -780,34 +753,7 @@ fn y5_the_first_refused_client_gets_the_turn_and_others_wait_in_order() {
 
 #[test]
 fn y5_a_holder_that_keeps_failing_loses_the_turn_when_its_time_is_up() {
-    let mut log = MemLog::new(Arc::new(ManualClock::new(1_000_000)));
-    let mut core = ServerCore::new(ServerConfig {
-        lease_ms: 100,
-        ..ServerConfig::default()
-    });
-    for c in 1..=3 {
-        core.connect(c, false);
-        core.handle(
-            0,
-            c,
-            ClientMessage::Hello {
-                protocol: 1,
-                store: "s".into(),
-                token: None,
-                client: format!("c{c}"),
-            },
-            &mut log,
-        );
-    }
-    let ev = |agg: &str, v, n: u32| Proposal {
-        event_id: Uuid::from_u128(n as u128),
-        aggregate_id: agg.into(),
-        version: v,
-        event_type: "T".into(),
-        data: vec![],
-        timestamp: Timestamp::from_parts(1_000_000, n, "c").unwrap(),
-        metadata: None,
-    };
+    let (mut core, mut log) = core_with_clients(3, 100);
     let mut push = |now, c, events: Vec<Proposal>| core_push(&mut core, &mut log, now, c, events);
     assert!(matches!(
         push(0, 1, vec![ev("hot", 1, 1)]),
@@ -838,6 +784,43 @@ fn y5_a_holder_that_keeps_failing_loses_the_turn_when_its_time_is_up() {
     ));
 }
 
+/// A server core over a `MemLog` with clients 1 to `clients` welcomed.
+fn core_with_clients(clients: u64, lease_ms: u64) -> (ServerCore, MemLog) {
+    let mut log = MemLog::new(Arc::new(ManualClock::new(1_000_000)));
+    let mut core = ServerCore::new(ServerConfig {
+        lease_ms,
+        ..ServerConfig::default()
+    });
+    for c in 1..=clients {
+        core.connect(c, false);
+        core.handle(
+            0,
+            c,
+            ClientMessage::Hello {
+                protocol: 1,
+                store: "s".into(),
+                token: None,
+                client: format!("c{c}"),
+            },
+            &mut log,
+        );
+    }
+    (core, log)
+}
+
+/// Event `n` (its id and its clock's counter) at `version` of `agg`.
+fn ev(agg: &str, version: u64, n: u32) -> Proposal {
+    Proposal {
+        event_id: Uuid::from_u128(n as u128),
+        aggregate_id: agg.into(),
+        version,
+        event_type: "T".into(),
+        data: vec![],
+        timestamp: Timestamp::from_parts(1_000_000, n, "c").unwrap(),
+        metadata: None,
+    }
+}
+
 fn core_push(
     core: &mut ServerCore,
     log: &mut MemLog,
@@ -861,29 +844,7 @@ fn core_push(
 
 #[test]
 fn y5_a_push_from_a_client_that_is_behind_is_accepted_when_it_conflicts_with_nothing() {
-    let mut log = MemLog::new(Arc::new(ManualClock::new(1_000_000)));
-    let mut core = ServerCore::new(ServerConfig::default());
-    core.connect(1, false);
-    core.handle(
-        0,
-        1,
-        ClientMessage::Hello {
-            protocol: 1,
-            store: "s".into(),
-            token: None,
-            client: "c".into(),
-        },
-        &mut log,
-    );
-    let ev = |agg: &str, v, n| Proposal {
-        event_id: Uuid::from_u128(n),
-        aggregate_id: agg.into(),
-        version: v,
-        event_type: "T".into(),
-        data: vec![],
-        timestamp: Timestamp::from_parts(1_000_000, n as u32, "c").unwrap(),
-        metadata: None,
-    };
+    let (mut core, mut log) = core_with_clients(1, strata::sync::server::LEASE_MS_DEFAULT);
     for n in 1..=5 {
         core.handle(
             0,

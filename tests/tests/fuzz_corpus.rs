@@ -202,15 +202,8 @@ struct SeedStore {
 
 /// Builds a store from appends of `(aggregate, events)` groups, with the
 /// fuzz targets' deterministic options, so that regenerating gives the same
-/// bytes.
-fn build(
-    name: &'static str,
-    durability: Durability,
-    appends: Vec<Vec<(&str, Vec<NewEvent>)>>,
-) -> SeedStore {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(fuzzing::CLOCK_START_MS));
-    let store = Store::open(dir.path(), fuzzing::seed_options(durability, clock)).unwrap();
+/// Appends each entry as one batch of groups, any expected version.
+fn append_all(store: &Store, appends: Vec<Vec<(&str, Vec<NewEvent>)>>) {
     for groups in appends {
         let groups: Vec<AggregateEvents> = groups
             .into_iter()
@@ -222,6 +215,18 @@ fn build(
             .collect();
         store.append_batch(&groups).unwrap();
     }
+}
+
+/// bytes.
+fn build(
+    name: &'static str,
+    durability: Durability,
+    appends: Vec<Vec<(&str, Vec<NewEvent>)>>,
+) -> SeedStore {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(fuzzing::CLOCK_START_MS));
+    let store = Store::open(dir.path(), fuzzing::seed_options(durability, clock)).unwrap();
+    append_all(&store, appends);
     store.close().unwrap();
     SeedStore {
         name,
@@ -625,17 +630,7 @@ impl SyncLog {
                 ],
             )],
         ];
-        for groups in appends {
-            let groups: Vec<AggregateEvents> = groups
-                .into_iter()
-                .map(|(aggregate, events)| AggregateEvents {
-                    aggregate_id: aggregate.to_owned(),
-                    expected: ExpectedVersion::Any,
-                    events,
-                })
-                .collect();
-            store.append_batch(&groups).unwrap();
-        }
+        append_all(&store, appends);
         let events = store.read_all(1).collect::<Result<Vec<_>, _>>().unwrap();
         let records = store.read_raw_records(1, usize::MAX).unwrap().unwrap();
         store.close().unwrap();

@@ -547,13 +547,25 @@ impl Views {
     /// the head at the time of the call is applied.
     fn ready_state(&self) -> Result<MutexGuard<'_, State>, ProjectionError> {
         let head = self.inner.log.visible_position();
-        let mut state = lock(&self.inner.state);
         // First builds: there is no old view to read.
-        while state
-            .slots
-            .iter()
-            .any(|s| s.view.is_none() && s.failed.is_none())
-        {
+        let mut state = self.wait_while(|state| {
+            state
+                .slots
+                .iter()
+                .any(|s| s.view.is_none() && s.failed.is_none())
+        })?;
+        self.inner.apply_upto(&mut state, head)?;
+        Ok(state)
+    }
+
+    /// The views lock, once `busy` is false: rebuilds run here without a
+    /// background thread, and are waited for with one.
+    fn wait_while(
+        &self,
+        busy: impl Fn(&State) -> bool,
+    ) -> Result<MutexGuard<'_, State>, ProjectionError> {
+        let mut state = lock(&self.inner.state);
+        while busy(&state) {
             if !self.inner.options.background {
                 drop(state);
                 self.rebuild_pending()?;
@@ -567,7 +579,6 @@ impl Views {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        self.inner.apply_upto(&mut state, head)?;
         Ok(state)
     }
 
@@ -625,29 +636,12 @@ impl Views {
     /// Waits until no projection is rebuilding or pending; returns the first
     /// failure, if any.
     pub fn wait_ready(&self) -> Result<(), ProjectionError> {
-        let mut state = lock(&self.inner.state);
-        loop {
-            let busy = state
+        drop(self.wait_while(|state| {
+            state
                 .slots
                 .iter()
-                .any(|s| s.failed.is_none() && (s.rebuilding.is_some() || !s.runnable()));
-            if !busy {
-                break;
-            }
-            if !self.inner.options.background {
-                drop(state);
-                self.rebuild_pending()?;
-                state = lock(&self.inner.state);
-                continue;
-            }
-            state = self
-                .inner
-                .changed
-                .wait_timeout(state, FOLLOW_WAKE)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(state);
+                .any(|s| s.failed.is_none() && (s.rebuilding.is_some() || !s.runnable()))
+        })?);
         self.check()
     }
 

@@ -478,15 +478,15 @@ impl Replica {
     pub fn record_last_sync(&self, server_head: u64, at_ms: u64) -> Result<(), Error> {
         let path = self.outbox_path();
         let outbox = self.outbox();
-        for (key, value) in [("last_sync_ms", at_ms), ("last_server_head", server_head)] {
-            outbox
-                .conn
-                .execute(
-                    "INSERT OR REPLACE INTO replica_meta (key, value) VALUES (?1, ?2)",
-                    rusqlite::params![key, value.to_string()],
-                )
-                .map_err(sql_err(&path, "recording the last sync"))?;
-        }
+        // One statement: one synced transaction, and both or neither.
+        outbox
+            .conn
+            .execute(
+                "INSERT OR REPLACE INTO replica_meta (key, value)
+                 VALUES ('last_sync_ms', ?1), ('last_server_head', ?2)",
+                [at_ms.to_string(), server_head.to_string()],
+            )
+            .map_err(sql_err(&path, "recording the last sync"))?;
         Ok(())
     }
 
