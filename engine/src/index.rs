@@ -277,25 +277,14 @@ pub fn open_rw(
 }
 
 /// Opens the index read-only. Never writes, never takes locks beyond
-/// SQLite's own; a missing or foreign index is reported as absent.
-pub fn open_ro(
-    store_dir: &Path,
-    store_id: Uuid,
-    log_head: u64,
-) -> Result<(Index, IndexMeta), IndexError> {
+/// SQLite's own; a missing index, or one of another store or schema, is
+/// reported as absent. The caller compares the checkpoint with its log: the
+/// index may be ahead of a read-only view of the log (a writer keeps
+/// extending it), or claim positions the log no longer has (after a repair).
+pub fn open_ro(store_dir: &Path, store_id: Uuid) -> Result<(Index, IndexMeta), IndexError> {
     let path = store_dir.join(INDEX_FILE);
-    let absent = |path: PathBuf| {
-        (
-            Index {
-                path,
-                present: false,
-                pool: Mutex::new(Vec::new()),
-            },
-            IndexMeta::default(),
-        )
-    };
     if !path.exists() {
-        return Ok(absent(path));
+        return Ok((Index::absent(store_dir), IndexMeta::default()));
     }
     let conn = Connection::open_with_flags(
         &path,
@@ -305,10 +294,9 @@ pub fn open_ro(
     configure(&conn, &path, false)?;
     let meta = read_meta(&conn, &path)?;
     let usable = meta.store_id.as_deref() == Some(&store_id.to_string())
-        && meta.schema_version == Some(INDEX_SCHEMA_VERSION)
-        && meta.indexed_position <= log_head;
+        && meta.schema_version == Some(INDEX_SCHEMA_VERSION);
     if !usable {
-        return Ok(absent(path));
+        return Ok((Index::absent(store_dir), IndexMeta::default()));
     }
     let index = Index {
         path,
@@ -342,6 +330,16 @@ impl Drop for Pooled<'_> {
 }
 
 impl Index {
+    /// No usable index: every query answers "not indexed", and a read-only
+    /// store reads the log instead.
+    pub fn absent(store_dir: &Path) -> Index {
+        Index {
+            path: store_dir.join(INDEX_FILE),
+            present: false,
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -380,43 +378,69 @@ impl Index {
 
     /// Pointers of those `ids` the index holds.
     pub fn lookup_ids(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Pointer, String)>, IndexError> {
-        let mut found = HashMap::new();
         if !self.present || ids.is_empty() {
-            return Ok(found);
+            return Ok(HashMap::new());
+        }
+        self.reader(Some(&*self.conn()?)).lookup_ids(ids)
+    }
+
+    /// Pointers of an aggregate's events with version ≥ `from_version` and
+    /// position ≤ `upto` (ascending) or, backward, the latest ones
+    /// (descending).
+    pub fn aggregate_pointers(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        backward: bool,
+        limit: usize,
+        upto: u64,
+    ) -> Result<Vec<Pointer>, IndexError> {
+        if !self.present {
+            return Ok(Vec::new());
+        }
+        self.reader(Some(&*self.conn()?)).aggregate_pointers(
+            aggregate_id,
+            from_version,
+            backward,
+            limit,
+            upto,
+        )
+    }
+
+    /// Runs `f` inside one read transaction, so that everything it reads
+    /// comes from one state of the index, and gives it (and returns with
+    /// its result) the checkpoint (`indexed_position`) of that state. A read-only store
+    /// uses this beside a writer that keeps extending the index: the
+    /// checkpoint says which positions the answer is complete for.
+    pub fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Reader<'_>, u64) -> Result<T, IndexError>,
+    ) -> Result<(T, u64), IndexError> {
+        if !self.present {
+            return Ok((f(&self.reader(None), 0)?, 0));
         }
         let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT event_id, position, version, log_segment, log_offset, aggregate_id
-                 FROM events WHERE event_id IN rarray(?1)",
-            )
-            .map_err(sqlite_err(&self.path, "looking up event ids"))?;
-        let values: Vec<rusqlite::types::Value> = ids
-            .iter()
-            .map(|id| rusqlite::types::Value::Text(id.hyphenated().to_string()))
-            .collect();
-        let array = std::rc::Rc::new(values);
-        let rows = stmt
-            .query_map([array], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Pointer {
-                        position: r.get(1)?,
-                        version: r.get(2)?,
-                        segment: r.get(3)?,
-                        offset: r.get(4)?,
-                    },
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .map_err(sqlite_err(&self.path, "looking up event ids"))?;
-        for row in rows {
-            let (id, ptr, agg) = row.map_err(sqlite_err(&self.path, "looking up event ids"))?;
-            if let Ok(id) = Uuid::parse_str(&id) {
-                found.insert(id, (ptr, agg));
-            }
+        conn.execute_batch("BEGIN")
+            .map_err(sqlite_err(&self.path, "starting a read"))?;
+        let result = read_meta(&conn, &self.path).and_then(|meta| {
+            let value = f(&self.reader(Some(&*conn)), meta.indexed_position)?;
+            Ok((value, meta.indexed_position))
+        });
+        // A read transaction has nothing to undo: ending it only releases
+        // the snapshot.
+        let end = conn
+            .execute_batch("COMMIT")
+            .map_err(sqlite_err(&self.path, "ending a read"));
+        let out = result?;
+        end?;
+        Ok(out)
+    }
+
+    fn reader<'a>(&'a self, conn: Option<&'a Connection>) -> Reader<'a> {
+        Reader {
+            path: &self.path,
+            conn: conn.filter(|_| self.present),
         }
-        Ok(found)
     }
 
     /// The largest event id in the index, in byte order (the hyphenated
@@ -447,44 +471,6 @@ impl Index {
         Ok(v.unwrap_or(0))
     }
 
-    /// Pointers of an aggregate's events with version ≥ `from_version`
-    /// (ascending) or, backward, the latest ones (descending).
-    pub fn aggregate_pointers(
-        &self,
-        aggregate_id: &str,
-        from_version: u64,
-        backward: bool,
-        limit: usize,
-    ) -> Result<Vec<Pointer>, IndexError> {
-        if !self.present {
-            return Ok(Vec::new());
-        }
-        let conn = self.conn()?;
-        let sql = if backward {
-            "SELECT position, version, log_segment, log_offset FROM events
-             WHERE aggregate_id = ?1 AND version >= ?2 ORDER BY version DESC LIMIT ?3"
-        } else {
-            "SELECT position, version, log_segment, log_offset FROM events
-             WHERE aggregate_id = ?1 AND version >= ?2 ORDER BY version ASC LIMIT ?3"
-        };
-        let mut stmt = conn
-            .prepare_cached(sql)
-            .map_err(sqlite_err(&self.path, "reading an aggregate"))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(params![aggregate_id, from_version, limit], |r| {
-                Ok(Pointer {
-                    position: r.get(0)?,
-                    version: r.get(1)?,
-                    segment: r.get(2)?,
-                    offset: r.get(3)?,
-                })
-            })
-            .map_err(sqlite_err(&self.path, "reading an aggregate"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite_err(&self.path, "reading an aggregate"))
-    }
-
     /// Number of distinct aggregates and of events indexed.
     pub fn counts(&self) -> Result<(u64, u64), IndexError> {
         if !self.present {
@@ -498,26 +484,116 @@ impl Index {
         )
         .map_err(sqlite_err(&self.path, "counting"))
     }
+}
+
+/// Queries over one connection of the index (see [`Index::snapshot`]).
+#[derive(Debug)]
+pub struct Reader<'a> {
+    path: &'a Path,
+    /// `None` when there is no usable index: every query answers "not
+    /// indexed".
+    conn: Option<&'a Connection>,
+}
+
+impl Reader<'_> {
+    /// Pointers of those `ids` the index holds.
+    pub fn lookup_ids(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Pointer, String)>, IndexError> {
+        let mut found = HashMap::new();
+        let Some(conn) = self.conn.filter(|_| !ids.is_empty()) else {
+            return Ok(found);
+        };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT event_id, position, version, log_segment, log_offset, aggregate_id
+                 FROM events WHERE event_id IN rarray(?1)",
+            )
+            .map_err(sqlite_err(self.path, "looking up event ids"))?;
+        let values: Vec<rusqlite::types::Value> = ids
+            .iter()
+            .map(|id| rusqlite::types::Value::Text(id.hyphenated().to_string()))
+            .collect();
+        let array = std::rc::Rc::new(values);
+        let rows = stmt
+            .query_map([array], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Pointer {
+                        position: r.get(1)?,
+                        version: r.get(2)?,
+                        segment: r.get(3)?,
+                        offset: r.get(4)?,
+                    },
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(sqlite_err(self.path, "looking up event ids"))?;
+        for row in rows {
+            let (id, ptr, agg) = row.map_err(sqlite_err(self.path, "looking up event ids"))?;
+            if let Ok(id) = Uuid::parse_str(&id) {
+                found.insert(id, (ptr, agg));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Pointers of an aggregate's events with version ≥ `from_version`
+    /// and position ≤ `upto` (ascending) or, backward, the latest ones
+    /// (descending).
+    pub fn aggregate_pointers(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        backward: bool,
+        limit: usize,
+        upto: u64,
+    ) -> Result<Vec<Pointer>, IndexError> {
+        let Some(conn) = self.conn else {
+            return Ok(Vec::new());
+        };
+        // `position <= ?4`: a reader's view of the log may end before the
+        // index does (a read-only store beside a writer).
+        let sql = if backward {
+            "SELECT position, version, log_segment, log_offset FROM events
+             WHERE aggregate_id = ?1 AND version >= ?2 AND position <= ?4
+             ORDER BY version DESC LIMIT ?3"
+        } else {
+            "SELECT position, version, log_segment, log_offset FROM events
+             WHERE aggregate_id = ?1 AND version >= ?2 AND position <= ?4
+             ORDER BY version ASC LIMIT ?3"
+        };
+        let mut stmt = conn
+            .prepare_cached(sql)
+            .map_err(sqlite_err(self.path, "reading an aggregate"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![aggregate_id, from_version, limit, upto], |r| {
+                Ok(Pointer {
+                    position: r.get(0)?,
+                    version: r.get(1)?,
+                    segment: r.get(2)?,
+                    offset: r.get(3)?,
+                })
+            })
+            .map_err(sqlite_err(self.path, "reading an aggregate"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite_err(self.path, "reading an aggregate"))
+    }
 
     /// Every row in position order, for verification.
     pub fn for_each_row(&self, mut f: impl FnMut(IndexRow) -> bool) -> Result<(), IndexError> {
-        if !self.present {
+        let Some(conn) = self.conn else {
             return Ok(());
-        }
-        let conn = self.conn()?;
+        };
         let mut stmt = conn
             .prepare(
                 "SELECT position, event_id, aggregate_id, version, event_type, timestamp, log_segment, log_offset
                  FROM events ORDER BY position",
             )
-            .map_err(sqlite_err(&self.path, "reading rows"))?;
+            .map_err(sqlite_err(self.path, "reading rows"))?;
         let mut rows = stmt
             .query([])
-            .map_err(sqlite_err(&self.path, "reading rows"))?;
-        while let Some(r) = rows
-            .next()
-            .map_err(sqlite_err(&self.path, "reading rows"))?
-        {
+            .map_err(sqlite_err(self.path, "reading rows"))?;
+        while let Some(r) = rows.next().map_err(sqlite_err(self.path, "reading rows"))? {
             let row = (|| -> rusqlite::Result<IndexRow> {
                 Ok(IndexRow {
                     position: r.get(0)?,
@@ -530,7 +606,7 @@ impl Index {
                     offset: r.get(7)?,
                 })
             })()
-            .map_err(sqlite_err(&self.path, "reading rows"))?;
+            .map_err(sqlite_err(self.path, "reading rows"))?;
             if !f(row) {
                 break;
             }

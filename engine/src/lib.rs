@@ -37,5 +37,5 @@ pub use event::{
 };
 pub use hlc::{Hlc, HlcError, ManualClock, NodeId, SystemClock, Timestamp, WallClock};
 pub use log::{Durability, RecoveryReport, TornTail};
-pub use store::{Options, ProgressHook, ReadAll, Store, Subscription};
+pub use store::{FOLLOW_POLL, Options, ProgressHook, ReadAll, Store, Subscription};
 pub use uuid::Uuid;

@@ -50,6 +50,9 @@ const INDEXER_GATHER: Duration = Duration::from_millis(2);
 const INDEXER_RETRY: Duration = Duration::from_secs(1);
 /// How often idle background threads look at the shutdown flag.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
+/// How often a subscription of a read-only store, caught up, looks for
+/// what another process has appended.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
 /// How to open a store. Defaults: durability `Sync`, 64 MiB segments,
 /// default [`Limits`], create if missing, read-write, node id derived from
@@ -169,6 +172,16 @@ struct Tail {
     /// by creation time, so appends of new events never query SQLite.
     /// Raised by the indexer before it trims, under the same lock.
     index_max_id: Option<Uuid>,
+    /// Positions at or below this one have left the tail (the index holds
+    /// them).
+    from: u64,
+    /// Read-only stores: the end of this handle's view of the log. The tail
+    /// holds every event in `(from, head]`, and every read answers from the
+    /// view up to `head`, never past it, although the index may already
+    /// hold more (another process writes it). [`Store::refresh`] moves it.
+    /// Unused by a read-write store, whose view ends at the log's visible
+    /// position and whose tail holds everything not yet indexed.
+    head: u64,
 }
 
 impl Tail {
@@ -189,11 +202,15 @@ impl Tail {
     /// its largest id is at least `max_id`.
     fn trim(&mut self, indexed: u64, max_id: Option<Uuid>) {
         self.index_max_id = self.index_max_id.max(max_id);
+        self.from = self.from.max(indexed);
         while let Some((position, _, _)) = self.order.front() {
             if *position > indexed {
                 break;
             }
             let (_, id, agg) = self.order.pop_front().expect("front exists");
+            // What leaves the tail is in the index: its id must be looked
+            // up there from now on.
+            self.index_max_id = self.index_max_id.max(Some(id));
             self.by_id.remove(&id);
             if let Some(q) = self.by_aggregate.get_mut(&agg) {
                 while q.front().is_some_and(|p| p.position <= indexed) {
@@ -286,6 +303,8 @@ struct Inner {
     /// Cursors left where sequential readers (sync followers) stopped, so
     /// the next read continues without seeking. At most `CURSOR_CACHE_MAX`.
     cursors: Mutex<Vec<Cursor>>,
+    /// Serialises [`Store::refresh`] of a read-only store.
+    refresh: Mutex<()>,
     /// The committed log of a sync replica: only the server's events go
     /// in, through [`Store::append_replicated`] and
     /// [`Store::append_raw_records`]; plain appends are refused.
@@ -370,32 +389,29 @@ impl Store {
         let mut threads = Vec::new();
 
         let index = if options.read_only {
-            let (index, meta) = index::open_ro(&dir, log.store_id(), head)?;
+            let (mut index, mut meta) = index::open_ro(&dir, log.store_id())?;
+            let mut head = head;
+            if meta.indexed_position > head {
+                // Beside a writer the index may already hold positions past
+                // the head this open read: read the log on once more before
+                // calling the index stale.
+                head = log.refresh()?;
+            }
+            if meta.indexed_position > head {
+                // It claims positions the log no longer has (a repair cut
+                // them): answer from the log alone.
+                index = Index::absent(&dir);
+                meta = index::IndexMeta::default();
+            }
             // Events after the index's checkpoint are read from the log into
             // the in-memory tail; a read-only store never writes the index.
-            let mut hlc_max = meta.hlc_max;
             let mut t = Tail {
                 index_max_id: index.max_event_id()?,
+                from: meta.indexed_position,
+                head: meta.indexed_position,
                 ..Tail::default()
             };
-            let mut cursor = log.cursor(meta.indexed_position + 1);
-            while let Some(view) = cursor.next_batch(head)? {
-                for r in view.records() {
-                    let (offset, rec) =
-                        r.map_err(|e| corrupt_at(&log, view.segment_first, view.frame_offset, e))?;
-                    hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
-                    t.insert(
-                        rec.aggregate_id,
-                        rec.event_id,
-                        Pointer {
-                            position: rec.position,
-                            version: rec.version,
-                            segment: view.segment_first,
-                            offset,
-                        },
-                    );
-                }
-            }
+            let hlc_max = extend_tail(&log, &mut t, head)?.max(meta.hlc_max);
             *tail.write().unwrap_or_else(|e| e.into_inner()) = t;
             progress.set(meta.indexed_position, None);
             hlc.restore(hlc_max.0, hlc_max.1);
@@ -493,6 +509,7 @@ impl Store {
                 shutdown,
                 threads: Mutex::new(threads),
                 cursors: Mutex::new(Vec::new()),
+                refresh: Mutex::new(()),
                 replica_log: AtomicBool::new(replica_log),
                 report,
                 _lock: lock_file,
@@ -538,9 +555,77 @@ impl Store {
     }
 
     /// The last visible position: every event at or below it can be read
-    /// (0 for an empty store).
+    /// (0 for an empty store). For a read-only store, the end of its view
+    /// of the log, which [`Store::refresh`] moves.
     pub fn head(&self) -> u64 {
-        self.inner.log.visible_position()
+        let inner = &*self.inner;
+        if inner.options.read_only {
+            inner.tail.read().unwrap_or_else(|e| e.into_inner()).head
+        } else {
+            inner.log.visible_position()
+        }
+    }
+
+    /// Brings a read-only store's view up to what its writer (in this or
+    /// another process) has appended since it was opened or last
+    /// refreshed, and returns the new head. Every read answers from one
+    /// view: all events up to the head, whole batches only, never beyond
+    /// it, whatever the writer does meanwhile; only this call moves it. A
+    /// [`Store::subscribe`] of a read-only store calls it by itself while
+    /// it waits. A read-write store is always current: this returns its
+    /// head.
+    pub fn refresh(&self) -> Result<u64> {
+        let inner = &*self.inner;
+        if !inner.options.read_only {
+            return Ok(self.head());
+        }
+        let _serial = lock(&inner.refresh);
+        let visible = inner.log.refresh()?;
+        let after = self.head();
+        // Read the new events outside the tail's lock, so readers carry on
+        // meanwhile; only this call (under `refresh`) moves the head.
+        let mut fresh = Tail {
+            head: after,
+            ..Tail::default()
+        };
+        let hlc_max = extend_tail(&inner.log, &mut fresh, visible)?;
+        // Events the index has committed meanwhile leave the tail.
+        let indexed = inner.index.meta()?.indexed_position;
+        let mut tail = inner.tail.write().unwrap_or_else(|e| e.into_inner());
+        for (position, id, agg) in &fresh.order {
+            let ptr = fresh.by_id[id].0;
+            debug_assert_eq!(ptr.position, *position);
+            tail.insert(agg, *id, ptr);
+        }
+        tail.head = visible;
+        tail.trim(indexed.min(visible), None);
+        drop(tail);
+        inner.hlc.restore(hlc_max.0, hlc_max.1);
+        Ok(visible)
+    }
+
+    /// A read-only store whose index went back below its tail (the index
+    /// was deleted and is being rebuilt by a writer): reads the log from
+    /// `indexed` on into a fresh tail, so the tail and the index together
+    /// cover the view again.
+    fn refill_tail(&self, indexed: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let _serial = lock(&inner.refresh);
+        let head = self.head();
+        let mut fresh = Tail {
+            index_max_id: inner.index.max_event_id()?,
+            from: indexed.min(head),
+            head: indexed.min(head),
+            ..Tail::default()
+        };
+        extend_tail(&inner.log, &mut fresh, head)?;
+        tracing::warn!(
+            indexed,
+            head,
+            "the index went back below this read-only store's tail (rebuilt by a writer?); reading the log instead"
+        );
+        *inner.tail.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
     }
 
     /// Why writes are refused after a failed sync, if they are.
@@ -815,26 +900,57 @@ impl Store {
     /// Event ids of `ids` already in the log, with where they are.
     fn find_existing(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Pointer, Arc<str>)>> {
         let inner = &*self.inner;
-        let mut found = HashMap::new();
-        let mut ask_index = Vec::new();
-        {
-            let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
-                match tail.by_id.get(id) {
-                    Some(hit) => {
-                        found.insert(*id, hit.clone());
+        for attempt in 0.. {
+            let mut found = HashMap::new();
+            let mut ask_index = Vec::new();
+            let tail_from = {
+                let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
+                for id in ids {
+                    match tail.by_id.get(id) {
+                        Some(hit) => {
+                            found.insert(*id, hit.clone());
+                        }
+                        None if tail.index_max_id.is_some_and(|max| *id <= max) => {
+                            ask_index.push(*id)
+                        }
+                        None => {}
                     }
-                    None if tail.index_max_id.is_some_and(|max| *id <= max) => ask_index.push(*id),
-                    None => {}
+                }
+                tail.from
+            };
+            // Ask the index second: anything trimmed from the tail meanwhile
+            // was committed to the index (and counted in its largest id)
+            // first.
+            if !inner.options.read_only {
+                for (id, (ptr, agg)) in inner.index.lookup_ids(&ask_index)? {
+                    found.insert(id, (ptr, Arc::from(agg)));
+                }
+                return Ok(found);
+            }
+            if ask_index.is_empty() {
+                return Ok(found);
+            }
+            let (hits, indexed) = inner.index.snapshot(|r, _| r.lookup_ids(&ask_index))?;
+            if indexed < tail_from {
+                self.index_went_back(indexed, attempt)?;
+                continue;
+            }
+            let head = self.head();
+            for (id, (ptr, agg)) in hits {
+                if ptr.position <= head {
+                    found.insert(id, (ptr, Arc::from(agg)));
                 }
             }
+            return Ok(found);
         }
-        // Ask the index second: anything trimmed from the tail meanwhile
-        // was committed to the index (and counted in its largest id) first.
-        for (id, (ptr, agg)) in inner.index.lookup_ids(&ask_index)? {
-            found.insert(id, (ptr, Arc::from(agg)));
-        }
-        Ok(found)
+        unreachable!("the loop returns")
+    }
+
+    /// A read-only store's index answered from a state older than its
+    /// tail: refill the tail from there (the first time) or from the start
+    /// of the log (if it happens again), so the next attempt is complete.
+    fn index_went_back(&self, indexed: u64, attempt: u32) -> Result<()> {
+        self.refill_tail(if attempt == 0 { indexed } else { 0 })
     }
 
     /// The aggregate's latest version including unsynced appends (writer
@@ -889,25 +1005,50 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Pointer>> {
         let inner = &*self.inner;
-        let visible = inner.log.visible_position();
-        // Tail first, then index: see `find_existing`.
-        let mut by_version: BTreeMap<u64, Pointer> = inner
-            .tail
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_aggregate
-            .get(aggregate_id)
-            .map(|q| {
-                q.iter()
-                    .filter(|p| p.position <= visible && p.version >= from_version)
-                    .map(|p| (p.version, *p))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let indexed =
-            inner
-                .index
-                .aggregate_pointers(aggregate_id, from_version, backward, limit)?;
+        let mut attempt = 0;
+        let (mut by_version, indexed) = loop {
+            // Tail first, then index: see `find_existing`.
+            let (by_version, tail_from, upto) = {
+                let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
+                let upto = if inner.options.read_only {
+                    tail.head
+                } else {
+                    inner.log.visible_position()
+                };
+                let by_version: BTreeMap<u64, Pointer> = tail
+                    .by_aggregate
+                    .get(aggregate_id)
+                    .map(|q| {
+                        q.iter()
+                            .filter(|p| p.position <= upto && p.version >= from_version)
+                            .map(|p| (p.version, *p))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (by_version, tail.from, upto)
+            };
+            if !inner.options.read_only {
+                let indexed = inner.index.aggregate_pointers(
+                    aggregate_id,
+                    from_version,
+                    backward,
+                    limit,
+                    upto,
+                )?;
+                break (by_version, indexed);
+            }
+            // A read-only store's index is written by another handle: read
+            // it in one snapshot, and check that snapshot reaches the tail.
+            let (indexed, checkpoint) = inner.index.snapshot(|r, _| {
+                r.aggregate_pointers(aggregate_id, from_version, backward, limit, upto)
+            })?;
+            if checkpoint < tail_from {
+                self.index_went_back(checkpoint, attempt)?;
+                attempt += 1;
+                continue;
+            }
+            break (by_version, indexed);
+        };
         if by_version.is_empty() {
             // Nothing for this aggregate waits for the indexer: the index's
             // answer is the whole answer, already in order.
@@ -994,7 +1135,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Vec<Event>> {
         let log = &self.inner.log;
-        let upto = log.visible_position();
+        let upto = self.head();
         let mut cursor = self.take_cursor(from.max(1));
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -1037,7 +1178,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Option<(u64, u32, Vec<u8>)>> {
         let log = &self.inner.log;
-        let upto = log.visible_position();
+        let upto = self.head();
         let from = from.max(1);
         let mut cursor = self.take_cursor(from);
         let mut records = Vec::new();
@@ -1319,7 +1460,7 @@ impl Store {
         mut f: impl FnMut(EventRef<'_>) -> ControlFlow<()>,
     ) -> Result<u64> {
         let log = &self.inner.log;
-        let upto = upto.unwrap_or(u64::MAX).min(log.visible_position());
+        let upto = upto.unwrap_or(u64::MAX).min(self.head());
         let mut cursor = log.cursor(from_position);
         let mut seen = 0;
         while let Some(view) = cursor.next_batch(upto)? {
@@ -1366,6 +1507,11 @@ impl Store {
             log: self.inner.log.clone(),
             cursor: self.inner.log.cursor(from_position),
             pending: VecDeque::new(),
+            follow: self
+                .inner
+                .options
+                .read_only
+                .then(|| Arc::downgrade(&self.inner)),
         }
     }
 
@@ -1425,51 +1571,70 @@ impl Store {
                 problems.push(p);
             }
         };
+        let head = self.head();
         let mut log_rows = LogRows {
             log: &inner.log,
             cursor: inner.log.cursor(1),
-            upto: self.indexed_position(),
+            upto: 0,
             pending: VecDeque::new(),
             done: false,
         };
         let mut failure = None;
-        // Merge join on position: both sides are in position order.
-        inner.index.for_each_row(|row| {
-            loop {
-                let next = match log_rows.peek() {
-                    Ok(next) => next.cloned(),
-                    Err(e) => {
-                        failure = Some(e);
-                        return false;
-                    }
-                };
-                match next {
-                    Some(l) if l.position < row.position => {
-                        report(format!(
-                            "position {}: in the log but not in the index",
-                            l.position
-                        ));
-                        log_rows.pending.pop_front();
-                    }
-                    Some(l) if l.position == row.position => {
-                        if l != row {
+        // One snapshot of the index, compared up to its checkpoint, or up
+        // to this handle's head if the index is ahead of it (another
+        // process writes it meanwhile). Rows past the checkpoint commit
+        // with it, so they are never right. Merge join on position: both
+        // sides are in position order.
+        inner.index.snapshot(|r, indexed| {
+            log_rows.upto = indexed.min(head);
+            r.for_each_row(|row| {
+                if row.position > indexed {
+                    report(format!(
+                        "position {}: in the index past its checkpoint {indexed}",
+                        row.position
+                    ));
+                    return true;
+                }
+                if row.position > log_rows.upto {
+                    // Beyond this handle's view of the log.
+                    return true;
+                }
+                loop {
+                    let next = match log_rows.peek() {
+                        Ok(next) => next.cloned(),
+                        Err(e) => {
+                            failure = Some(e);
+                            return false;
+                        }
+                    };
+                    match next {
+                        Some(l) if l.position < row.position => {
                             report(format!(
-                                "position {}: index has {row:?}, log has {l:?}",
+                                "position {}: in the log but not in the index",
                                 l.position
                             ));
+                            log_rows.pending.pop_front();
                         }
-                        log_rows.pending.pop_front();
-                        return true;
-                    }
-                    _ => {
-                        report(format!(
-                            "position {}: in the index but not in the log",
-                            row.position
-                        ));
-                        return true;
+                        Some(l) if l.position == row.position => {
+                            if l != row {
+                                report(format!(
+                                    "position {}: index has {row:?}, log has {l:?}",
+                                    l.position
+                                ));
+                            }
+                            log_rows.pending.pop_front();
+                            return true;
+                        }
+                        _ => {
+                            report(format!(
+                                "position {}: in the index but not in the log",
+                                row.position
+                            ));
+                            return true;
+                        }
                     }
                 }
-            }
+            })
         })?;
         if let Some(e) = failure {
             return Err(e);
@@ -1528,6 +1693,33 @@ impl Drop for Inner {
             tracing::error!(error = %e, "closing the store");
         }
     }
+}
+
+/// Reads the log's events in `(tail.head, upto]` into a read-only store's
+/// tail and moves its head to `upto`. Returns the largest HLC (physical,
+/// counter) among them.
+fn extend_tail(log: &Log, tail: &mut Tail, upto: u64) -> Result<(u64, u32)> {
+    let mut hlc_max = (0, 0);
+    let mut cursor = log.cursor(tail.head + 1);
+    while let Some(view) = cursor.next_batch(upto)? {
+        for r in view.records() {
+            let (offset, rec) =
+                r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+            hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
+            tail.insert(
+                rec.aggregate_id,
+                rec.event_id,
+                Pointer {
+                    position: rec.position,
+                    version: rec.version,
+                    segment: view.segment_first,
+                    offset,
+                },
+            );
+        }
+    }
+    tail.head = tail.head.max(upto);
+    Ok(hlc_max)
 }
 
 fn diverged(reason: String) -> Error {
@@ -1789,6 +1981,10 @@ pub struct Subscription {
     log: Log,
     cursor: Cursor,
     pending: VecDeque<Event>,
+    /// A read-only store's subscription follows the log itself: while it
+    /// waits it calls [`Store::refresh`] every [`FOLLOW_POLL`]. Weak, so
+    /// that a subscription does not keep its store open.
+    follow: Option<std::sync::Weak<Inner>>,
 }
 
 impl Subscription {
@@ -1807,7 +2003,20 @@ impl Subscription {
             if left.is_zero() || self.log.is_closed() {
                 return Ok(None);
             }
-            self.log.wait_beyond(self.cursor.next_position() - 1, left);
+            match &self.follow {
+                None => {
+                    self.log.wait_beyond(self.cursor.next_position() - 1, left);
+                }
+                Some(weak) => {
+                    let Some(inner) = weak.upgrade() else {
+                        return Ok(None);
+                    };
+                    let head = Store { inner }.refresh()?;
+                    if head < self.cursor.next_position() {
+                        std::thread::sleep(left.min(FOLLOW_POLL));
+                    }
+                }
+            }
         }
     }
 

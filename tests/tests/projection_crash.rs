@@ -82,6 +82,12 @@ fn s7_s8_sigkill_mid_batch_and_mid_rebuild_applies_every_event_exactly_once() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
+    // Create the store first: under load the first child may be killed
+    // before it gets to create it.
+    Store::open(&store_dir, Options::default())
+        .unwrap()
+        .close()
+        .unwrap();
     let (mut checked, mut rebuild_kills) = (0, 0);
     for iteration in 0..iterations {
         // Now and then, delete the views so the child rebuilds them from

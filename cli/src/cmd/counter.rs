@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use strata::projection::counter::{self, CounterProjection};
-use strata::projection::rusqlite::{Connection, OpenFlags, OptionalExtension};
+use strata::projection::rusqlite::OptionalExtension;
 use strata::projection::{Projection, ViewOptions, Views};
 use strata::{ExpectedVersion, Options, Store};
 
@@ -106,30 +106,22 @@ fn change(cli: &Cli, id: &str, event: strata::NewEvent) -> CmdResult {
 /// view has not applied yet: exact, without writing anything.
 fn show(cli: &Cli, id: &str) -> Result<i64, Failure> {
     let store = super::open_read_only(&cli.store)?;
-    let path = cli.store.join(strata::projection::VIEWS_FILE);
-    let (mut value, checkpoint) = if path.exists() {
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| Failure::damage(format!("{}: {e}", path.display())))?;
+    // The view's value and its checkpoint from one state of views.sqlite:
+    // an application may commit a batch between two separate reads.
+    let view = super::views::read_snapshot(cli, |conn| {
         let checkpoint: Option<u64> = conn
             .query_row(
                 "SELECT position FROM strata_projections WHERE name = 'counter' AND version = ?1",
                 [CounterProjection.version()],
                 |r| r.get(0),
             )
-            .optional()
-            .map_err(|e| Failure::damage(format!("{}: {e}", path.display())))?;
+            .optional()?;
         match checkpoint {
-            Some(p) => (
-                counter::value(&conn, id)
-                    .map_err(|e| Failure::damage(e.to_string()))?
-                    .unwrap_or(0),
-                p,
-            ),
-            None => (0, 0),
+            Some(p) => Ok(Some((counter::value(conn, id)?.unwrap_or(0), p))),
+            None => Ok(None),
         }
-    } else {
-        (0, 0)
-    };
+    })?;
+    let (mut value, checkpoint) = view.flatten().unwrap_or((0, 0));
     for e in store.read_aggregate(id, 1, usize::MAX)? {
         if e.position > checkpoint {
             value += counter::delta(&e.as_ref())

@@ -8,9 +8,6 @@ use strata::json::EventJson;
 use crate::Cli;
 use crate::exit::{CmdResult, Code};
 
-/// How often `--follow` looks for new events.
-const FOLLOW_POLL: Duration = Duration::from_millis(100);
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Keep printing events as they are appended (across segment rolls).
@@ -59,17 +56,20 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
             .as_deref()
             .is_none_or(|a| a == e.aggregate_id)
     };
+    // A read-only store's subscription follows the log by itself while it
+    // waits (every `strata::FOLLOW_POLL`), across segment rolls.
     let mut sub = store.subscribe(from);
+    let wait = if args.follow {
+        Duration::from_secs(3600)
+    } else {
+        Duration::ZERO
+    };
     loop {
-        while let Some(e) = sub.next_timeout(Duration::ZERO)? {
-            if matches(&e) {
-                print(cli, &e);
-            }
+        match sub.next_timeout(wait)? {
+            Some(e) if matches(&e) => print(cli, &e),
+            Some(_) => {}
+            None if args.follow => {}
+            None => return Ok(Code::Ok),
         }
-        if !args.follow {
-            return Ok(Code::Ok);
-        }
-        std::thread::sleep(FOLLOW_POLL);
-        store.log().refresh()?;
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use strata::projection::counter::CounterProjection;
-use strata::projection::rusqlite::{Connection, OpenFlags};
+use strata::projection::rusqlite::{self, Connection, OpenFlags};
 use strata::projection::todo::TodoProjection;
 use strata::projection::{Projection, ViewOptions, Views};
 
@@ -56,20 +56,72 @@ pub struct ViewRow {
     pub failed: Option<String>,
 }
 
+/// Runs `f` on `views.sqlite` opened read-only (it works beside a running
+/// application) inside one read transaction, so that everything `f` reads
+/// comes from one state of the views. `None` when there are no views yet:
+/// no file, or an application is creating it.
+pub fn read_snapshot<T>(
+    cli: &Cli,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<Option<T>, Failure> {
+    let path = cli.store.join(strata::projection::VIEWS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let failure = |e: rusqlite::Error| views_failure(&path, e);
+    let conn =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(failure)?;
+    conn.busy_timeout(VIEWS_BUSY_TIMEOUT).map_err(failure)?;
+    conn.execute_batch("BEGIN").map_err(failure)?;
+    let created: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'strata_projections'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(failure)?;
+    if !created {
+        return Ok(None);
+    }
+    let value = f(&conn).map_err(failure)?;
+    conn.execute_batch("COMMIT").map_err(failure)?;
+    Ok(Some(value))
+}
+
+/// How long a read of `views.sqlite` waits for an application's write.
+const VIEWS_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A failed read of `views.sqlite`: damage only when SQLite says the file
+/// is damaged (views are derived, so rebuilding them repairs it); a busy or
+/// unreadable file is unavailable, not damaged.
+pub fn views_failure(path: &std::path::Path, e: rusqlite::Error) -> Failure {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseCorrupt | C::NotADatabase) => Failure::damage(format!(
+            "{}: {e}; views are derived from the log: `strata views rebuild` (or deleting the file while no process holds it) rebuilds them",
+            path.display()
+        )),
+        Some(C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen | C::PermissionDenied) => {
+            Failure {
+                code: Code::Unavailable,
+                message: format!(
+                    "{}: {e}; try again, or check its permissions",
+                    path.display()
+                ),
+            }
+        }
+        _ => Failure::damage(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Reads the projections' checkpoints without opening the views for
 /// writing (works beside a running application).
 pub fn read_rows(cli: &Cli, head: u64) -> Result<Vec<ViewRow>, Failure> {
-    let path = cli.store.join(strata::projection::VIEWS_FILE);
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Failure::damage(format!("{}: {e}", path.display())))?;
-    let mut stmt = conn
-        .prepare("SELECT name, version, position, failed_position, failed_event_id, failed_message FROM strata_projections ORDER BY name")
-        .map_err(|e| Failure::damage(format!("{}: {e}", path.display())))?;
-    let rows = stmt
-        .query_map([], |r| {
+    let rows = read_snapshot(cli, |conn| {
+        let mut stmt = conn.prepare(
+            "SELECT name, version, position, failed_position, failed_event_id, failed_message FROM strata_projections ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
             let position: u64 = r.get(2)?;
             let failed_position: Option<u64> = r.get(3)?;
             let failed = match failed_position {
@@ -87,10 +139,10 @@ pub fn read_rows(cli: &Cli, head: u64) -> Result<Vec<ViewRow>, Failure> {
                 lag: head.saturating_sub(position),
                 failed,
             })
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Failure::damage(format!("{}: {e}", path.display())))?;
-    Ok(rows)
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(rows.unwrap_or_default())
 }
 
 fn status(cli: &Cli) -> CmdResult {

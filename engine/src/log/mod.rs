@@ -112,6 +112,10 @@ pub enum LogError {
     NotFound { dir: PathBuf },
     #[error("the store is open read-only; open it read-write to append")]
     ReadOnly,
+    #[error(
+        "position {position} is past the end of this handle's view of the log (position {visible}); nothing is damaged: a read-only store sees newer appends after `Store::refresh`"
+    )]
+    BeyondView { position: u64, visible: u64 },
 }
 
 /// What to do about an I/O error, when that is clear from its kind.
@@ -559,11 +563,7 @@ impl Log {
         let mut buf = Vec::new();
         for (segment_first, offset, position) in pointers {
             if position > visible {
-                return Err(LogError::Inconsistent {
-                    path: self.shared.dir.clone(),
-                    offset,
-                    reason: format!("position {position} is not visible yet"),
-                });
+                return Err(LogError::BeyondView { position, visible });
             }
             let holds = |s: &Segment| {
                 s.first_position() == segment_first
