@@ -300,6 +300,124 @@ fn s7_a_panicking_handler_is_a_failure_not_a_crash() {
     assert_eq!(views.read(|c| counter::value(c, "c")).unwrap(), Some(1));
 }
 
+/// Panics on any event whose payload is `"boom"`, and records the others.
+struct PanicsOnBoom;
+
+impl Projection for PanicsOnBoom {
+    fn name(&self) -> &str {
+        "boom"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn schema(&self) -> &str {
+        "CREATE TABLE boom_seen (position INTEGER PRIMARY KEY);"
+    }
+    fn apply(&self, conn: &Connection, event: &EventRef<'_>) -> Result<(), HandlerError> {
+        assert!(event.data != b"\"boom\"", "boom at {}", event.position);
+        conn.execute("INSERT INTO boom_seen VALUES (?1)", [event.position])?;
+        Ok(())
+    }
+}
+
+/// Appends `count` events in one batch, the one at `boom_at` (a position)
+/// with the payload `PanicsOnBoom` panics on. Returns that event's id.
+fn append_batch_with_boom(store: &Store, count: u64, boom_at: u64) -> strata::Uuid {
+    let first = store.head() + 1;
+    let events: Vec<NewEvent> = (first..first + count)
+        .map(|p| {
+            let data: &[u8] = if p == boom_at { b"\"boom\"" } else { b"1" };
+            NewEvent::new("T", data.to_vec())
+        })
+        .collect();
+    let id = events[(boom_at - first) as usize].event_id;
+    let committed = store.append("b", ExpectedVersion::Any, events).unwrap();
+    assert_eq!(committed[0].position, first);
+    id
+}
+
+fn assert_blamed(views: &Views, position: u64, event_id: strata::Uuid, checkpoint: u64) {
+    let err = views.check().unwrap_err();
+    match &err {
+        ProjectionError::Handler {
+            projection,
+            position: p,
+            event_id: id,
+            message,
+        } => {
+            assert_eq!(projection, "boom");
+            assert_eq!((*p, *id), (position, event_id), "{err}");
+            assert!(message.contains("panicked: boom at"), "{message}");
+        }
+        other => panic!("expected a handler failure, got {other}"),
+    }
+    let status = views
+        .status()
+        .into_iter()
+        .find(|s| s.name == "boom")
+        .unwrap();
+    assert_eq!(
+        status.position, checkpoint,
+        "the checkpoint stays before the batch"
+    );
+    assert!(
+        matches!(
+            status.state,
+            ProjectionState::Failed { position: Some(p), event_id: Some(id), .. }
+                if p == position && id == event_id
+        ),
+        "{:?}",
+        status.state
+    );
+}
+
+/// A panic does not say which event caused it: the views apply the batch
+/// again event by event to name the one that panics, not the batch's
+/// first, both while following the log and during a first build.
+#[test]
+fn s7_a_panicking_handler_is_blamed_on_the_event_that_panicked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    for _ in 0..40 {
+        store
+            .append("c", ExpectedVersion::Any, vec![counter::increment(1)])
+            .unwrap();
+    }
+    let views = sync_views(
+        &store,
+        vec![Arc::new(PanicsOnBoom), Arc::new(CounterProjection)],
+        1_000,
+    );
+    views.wait_ready().unwrap();
+    // Positions 41..=50 in one log batch; 42 panics.
+    let boom_id = append_batch_with_boom(&store, 10, 42);
+    views.catch_up().unwrap();
+    assert_blamed(&views, 42, boom_id, 40);
+    // The other projection took the whole batch.
+    assert_eq!(views.read(|c| counter::value(c, "c")).unwrap(), Some(40));
+    let seen: u64 = views
+        .read(|c| c.query_row("SELECT count(*) FROM boom_seen", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(seen, 40, "nothing of the failing batch is kept");
+    views.close();
+
+    // A first build (replay into a shadow) names the same event.
+    std::fs::remove_file(dir.path().join(strata::projection::VIEWS_FILE)).unwrap();
+    let err = Views::open(
+        &store,
+        vec![Arc::new(PanicsOnBoom)],
+        ViewOptions {
+            background: false,
+            ..ViewOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ProjectionError::Handler { position: 42, event_id, .. } if event_id == boom_id),
+        "{err}"
+    );
+}
+
 /// The counter, with another version number and an extra column: a schema
 /// change.
 struct CounterV2 {

@@ -196,8 +196,10 @@ fn open_connection(
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
         } else {
-            // A shadow database is thrown away after a crash: no journal.
-            conn.pragma_update(None, "journal_mode", "OFF")?;
+            // A shadow database is thrown away after a crash: its journal
+            // stays in memory, never synced. (Not OFF: a savepoint must
+            // still roll back, to undo a failing batch and name its event.)
+            conn.pragma_update(None, "journal_mode", "MEMORY")?;
             conn.pragma_update(None, "synchronous", "OFF")?;
         }
         conn.pragma_update(None, "cache_size", -(64 << 10))?;
@@ -244,28 +246,73 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// How a handler call failed.
+enum HandlerFailure {
+    /// It returned an error naming the failing event.
+    Failed(BatchFailure),
+    /// It panicked: the panic does not say on which event.
+    Panicked(String),
+}
+
 /// Calls the handler, turning a panic into an error.
-fn apply_batch(
+fn call_handler(
     projection: &dyn Projection,
     conn: &Connection,
     events: &[EventRef<'_>],
-) -> Result<(), BatchFailure> {
+) -> Result<(), HandlerFailure> {
     match catch_unwind(AssertUnwindSafe(|| projection.apply_batch(conn, events))) {
-        Ok(r) => r,
-        Err(panic) => {
-            let msg = panic
+        Ok(r) => r.map_err(HandlerFailure::Failed),
+        Err(panic) => Err(HandlerFailure::Panicked(
+            panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".into());
-            Err(BatchFailure {
-                // A panic cannot be pinned to one event: blame the batch's
-                // first, so the checkpoint before it is where it resumes.
-                index: 0,
-                error: format!("handler panicked: {msg}").into(),
-            })
+                .unwrap_or_else(|| "handler panicked".into()),
+        )),
+    }
+}
+
+/// Applies `events` under the savepoint `projection` (opened by the
+/// caller). On failure, returns the index of the failing event and why,
+/// with the savepoint's changes possibly still in place (the caller rolls
+/// back to it).
+fn apply_and_blame(
+    projection: &dyn Projection,
+    conn: &Connection,
+    path: &Path,
+    events: &[EventRef<'_>],
+) -> Result<Option<(usize, String)>, ProjectionError> {
+    let msg = match call_handler(projection, conn, events) {
+        Ok(()) => return Ok(None),
+        Err(HandlerFailure::Failed(f)) => {
+            return Ok(Some((f.index.min(events.len() - 1), f.error.to_string())));
+        }
+        Err(HandlerFailure::Panicked(msg)) => msg,
+    };
+    // A panic does not say which event caused it. Undo the batch and apply
+    // it again one event at a time: the first event that fails alone is
+    // the one to blame, so the status names the event the handler cannot
+    // take, not the first of its batch.
+    conn.execute_batch("ROLLBACK TO projection")
+        .map_err(ProjectionError::sqlite(path, "rolling back a savepoint"))?;
+    for i in 0..events.len() {
+        match call_handler(projection, conn, &events[i..=i]) {
+            Ok(()) => {}
+            Err(HandlerFailure::Failed(f)) => return Ok(Some((i, f.error.to_string()))),
+            Err(HandlerFailure::Panicked(m)) => {
+                return Ok(Some((i, format!("handler panicked: {m}"))));
+            }
         }
     }
+    // The handler is not deterministic: it panicked on the batch but on no
+    // event alone. Blame the batch's first event, where it resumes.
+    Ok(Some((
+        0,
+        format!(
+            "handler panicked: {msg} (on a batch of {} events, though on none of them alone)",
+            events.len()
+        ),
+    )))
 }
 
 /// Frames copied out of the log for one batch: each slot iterates them in
@@ -526,10 +573,14 @@ impl Views {
             for slot in state.slots.iter().filter(|s| s.runnable()) {
                 conn.execute_batch("SAVEPOINT overlay_projection")
                     .map_err(ProjectionError::sqlite(path, "starting an overlay"))?;
-                let end = match apply_batch(&*slot.projection, conn, &events) {
+                let end = match call_handler(&*slot.projection, conn, &events) {
                     Ok(()) => "RELEASE overlay_projection",
                     Err(e) => {
-                        tracing::warn!(projection = slot.name(), error = %e.error, "pending events do not apply; read without them");
+                        let error = match e {
+                            HandlerFailure::Failed(f) => f.error.to_string(),
+                            HandlerFailure::Panicked(m) => format!("handler panicked: {m}"),
+                        };
+                        tracing::warn!(projection = slot.name(), %error, "pending events do not apply; read without them");
                         "ROLLBACK TO overlay_projection; RELEASE overlay_projection"
                     }
                 };
@@ -715,11 +766,11 @@ fn apply_frames(
     }
     conn.execute_batch("SAVEPOINT projection")
         .map_err(ProjectionError::sqlite(path, "starting a savepoint"))?;
-    let failure = apply_batch(projection, conn, &events).err().map(|f| {
-        let e = &events[f.index.min(events.len() - 1)];
+    let failure = apply_and_blame(projection, conn, path, &events)?.map(|(i, message)| {
+        let e = &events[i];
         Failure {
             at: Some((e.position, e.event_id)),
-            message: f.error.to_string(),
+            message,
         }
     });
     let end = if failure.is_some() {
