@@ -63,6 +63,18 @@ impl From<strata::Error> for Failure {
             E::Log(strata::log::LogError::Io { .. } | strata::log::LogError::NotFound { .. }) => {
                 Code::Unavailable
             }
+            E::Log(strata::log::LogError::BeyondView { .. }) => Code::Unavailable,
+            E::Outbox { source, .. }
+                if !matches!(
+                    source.sqlite_error_code(),
+                    Some(
+                        strata::projection::rusqlite::ErrorCode::DatabaseCorrupt
+                            | strata::projection::rusqlite::ErrorCode::NotADatabase
+                    )
+                ) =>
+            {
+                Code::Unavailable
+            }
             E::Log(_) | E::Index(_) => Code::Damage,
             _ => Code::Damage,
         };

@@ -57,9 +57,24 @@ pub enum Error {
     )]
     ReplicaLog { path: PathBuf },
     #[error(
-        "this replica's log no longer follows its server: {reason}; start a new replica from the server"
+        "this replica refused what its server sent, and wrote none of it: {reason}; if the server was restored from an older backup or replaced, start a new replica from it, otherwise the server is broken"
     )]
     Replica { reason: String },
+    #[error(
+        "{path}: SQLite error while {action}: {source}; the outbox holds this replica's local events that the server has not accepted yet, so do not delete it: fix the cause (disk space, permissions) and reopen the replica"
+    )]
+    Outbox {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{path}: {reason}; the outbox holds this replica's local events that the server has not accepted yet: keep a copy of the file before changing anything"
+    )]
+    OutboxDamaged { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Views(Box<crate::projection::ProjectionError>),
     #[error(
         "{path} is a store with {events} events of its own, not a sync replica: a replica's log holds only its server's events; sync into an empty directory instead (or serve this store with `strata serve`)"
     )]

@@ -261,22 +261,19 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// An SQLite error of the outbox: primary data, never "derived".
 fn sql_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
-    move |source| {
-        Error::Index(crate::index::IndexError::Sqlite {
-            path: path.to_path_buf(),
-            action,
-            source,
-        })
+    move |source| Error::Outbox {
+        path: path.to_path_buf(),
+        action,
+        source,
     }
 }
 
 fn views_err(e: ProjectionError) -> Error {
     match e {
         ProjectionError::Store(e) => e,
-        other => Error::Replica {
-            reason: other.to_string(),
-        },
+        other => Error::Views(Box::new(other)),
     }
 }
 
@@ -586,8 +583,12 @@ impl Replica {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T, Error> {
-        let views = self.views.as_ref().ok_or_else(|| Error::Replica {
-            reason: "this replica was opened without projections".into(),
+        let views = self.views.as_ref().ok_or_else(|| {
+            Error::Invalid(crate::event::InvalidInput::Setting {
+                name: "projections",
+                reason: "this replica was opened without projections, so it has no views to read"
+                    .into(),
+            })
         })?;
         let pending = self.pending_as_events();
         views.read_with_overlay(&pending, f).map_err(views_err)
@@ -633,8 +634,9 @@ fn load_outbox(conn: &Connection, path: &Path) -> Result<Vec<PendingEvent>, Erro
         .map_err(sql_err(path, "reading the outbox"))?;
     rows.into_iter()
         .map(|(id, agg, version, ty, data, metadata, ts, created_ms)| {
-            let bad = |what: &str| Error::Replica {
-                reason: format!("{}: outbox row {id} has a bad {what}", path.display()),
+            let bad = |what: &str| Error::OutboxDamaged {
+                path: path.to_path_buf(),
+                reason: format!("outbox row {id} has a bad {what}"),
             };
             Ok(PendingEvent {
                 event_id: id.parse().map_err(|_| bad("event id"))?,
