@@ -28,12 +28,16 @@ pub enum Error {
         current: u64,
     },
     #[error(
-        "event {event_id} already exists in aggregate {existing_aggregate:?}, not in {attempted_aggregate:?}; event ids must be unique"
+        "event {event_id} already exists (position {position}, aggregate {existing_aggregate:?}) with another {}; an event id names one event: retry with the same content, or give a new event a new id",
+        differs.join(" and ")
     )]
     EventIdReused {
         event_id: Uuid,
+        position: u64,
         existing_aggregate: String,
-        attempted_aggregate: String,
+        /// What the attempt changes: `aggregate_id`, `event_type`,
+        /// `event_data`, `metadata`.
+        differs: Vec<&'static str>,
     },
     #[error(
         "{path}: the store is locked by {holder}; close that process or open the store read-only"

@@ -288,6 +288,73 @@ impl Writer {
     }
 }
 
+/// What [`Store::append_batches`] will write, built batch by batch.
+#[derive(Debug)]
+struct Plan<'a> {
+    /// Position of the next planned event.
+    next_position: u64,
+    records: Vec<PlannedRecord<'a>>,
+    stamps: Vec<Timestamp>,
+    /// Where each planned event is in `records`.
+    new_ids: HashMap<Uuid, usize>,
+    /// Versions the planned batches leave their aggregates at.
+    versions: HashMap<&'a str, u64>,
+    /// The largest position of an existing event some batch answered with:
+    /// it must be durable before the answer goes out.
+    existing_max: u64,
+}
+
+impl Plan<'_> {
+    fn new(next_position: u64) -> Self {
+        Plan {
+            next_position,
+            records: Vec::new(),
+            stamps: Vec::new(),
+            new_ids: HashMap::new(),
+            versions: HashMap::new(),
+            existing_max: 0,
+        }
+    }
+}
+
+/// One planned event, borrowing its fields from the caller's batch.
+#[derive(Debug)]
+struct PlannedRecord<'a> {
+    position: u64,
+    event_id: Uuid,
+    version: u64,
+    /// Index into `Plan::stamps`.
+    stamp: usize,
+    aggregate_id: &'a str,
+    event_type: &'a str,
+    data: &'a [u8],
+    metadata: Option<&'a [u8]>,
+}
+
+/// The fields of an existing event (aggregate, type, payload, metadata)
+/// that an attempt to append another event under its id changes.
+fn differences(
+    existing: (&str, &str, &[u8], Option<&[u8]>),
+    aggregate_id: &str,
+    attempt: &NewEvent,
+) -> Vec<&'static str> {
+    let (agg, event_type, data, metadata) = existing;
+    let mut out = Vec::new();
+    if agg != aggregate_id {
+        out.push("aggregate_id");
+    }
+    if event_type != attempt.event_type {
+        out.push("event_type");
+    }
+    if data != attempt.data.as_slice() {
+        out.push("event_data");
+    }
+    if metadata != attempt.metadata.as_deref() {
+        out.push("metadata");
+    }
+    out
+}
+
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
@@ -699,6 +766,48 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn append_batch(&self, groups: &[AggregateEvents]) -> Result<Vec<Committed>> {
+        self.append_batches(&[groups])?
+            .pop()
+            .expect("one result per batch")
+    }
+
+    /// Appends several independent batches in one write: each batch is all
+    /// or nothing and is checked as [`Store::append_batch`] checks one,
+    /// against the log as the batches before it in this call leave it; the
+    /// batches that hold are written together and share one sync (S2). A
+    /// server that gathers appends from many clients uses this to give them
+    /// one `fdatasync` (group commit) and each its own answer.
+    ///
+    /// Returns one result per batch: its committed events, or why it was
+    /// refused ([`Error::Conflict`], [`Error::EventIdReused`],
+    /// [`Error::Invalid`]); nothing of a refused batch is written. A
+    /// failure of the write itself fails the call: then no batch is
+    /// acknowledged (those written before the failure may still become
+    /// durable, and a retry finds them by id).
+    ///
+    /// ```
+    /// use strata::{AggregateEvents, Error, ExpectedVersion, NewEvent, Options, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default())?;
+    /// let push = |agg: &str, expected| AggregateEvents {
+    ///     aggregate_id: agg.into(),
+    ///     expected,
+    ///     events: vec![NewEvent::new("T", b"{}".to_vec())],
+    /// };
+    /// let a = [push("a", ExpectedVersion::Exact(0))];
+    /// let late = [push("a", ExpectedVersion::Exact(0))];
+    /// let b = [push("b", ExpectedVersion::Exact(0))];
+    /// let results = store.append_batches(&[&a, &late, &b])?;
+    /// assert_eq!(results[0].as_ref().unwrap()[0].position, 1);
+    /// assert!(matches!(results[1], Err(Error::Conflict { current: 1, .. })));
+    /// assert_eq!(results[2].as_ref().unwrap()[0].position, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_batches(
+        &self,
+        batches: &[&[AggregateEvents]],
+    ) -> Result<Vec<Result<Vec<Committed>>>> {
         let inner = &*self.inner;
         if inner.replica_log.load(Ordering::Relaxed) {
             return Err(Error::ReplicaLog {
@@ -706,7 +815,12 @@ impl Store {
             });
         }
         let limits = &inner.options.limits;
-        check_batch(limits, groups)?;
+        // Input checks, outside any lock: a batch that fails them is
+        // refused and the others go on.
+        let mut results: Vec<Option<Result<Vec<Committed>>>> = batches
+            .iter()
+            .map(|b| check_batch(limits, b).err().map(|e| Err(e.into())))
+            .collect();
 
         let in_flight = inner.log.begin_append();
         let mut guard = lock(&inner.writer);
@@ -720,39 +834,96 @@ impl Store {
         self.wait_for_tail_room()?;
         let writer = guard.as_mut().expect("checked above");
 
-        let ids: Vec<Uuid> = groups
+        let ids: Vec<Uuid> = batches
             .iter()
-            .flat_map(|g| g.events.iter().map(|e| e.event_id))
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .flat_map(|(b, _)| b.iter().flat_map(|g| g.events.iter().map(|e| e.event_id)))
             .collect();
         let existing = self.find_existing(&ids)?;
-        let total = ids.len();
-        let mut committed = Vec::with_capacity(total);
-        let mut wait_for = 0u64;
-        for g in groups {
-            for e in &g.events {
-                let Some((ptr, agg)) = existing.get(&e.event_id) else {
-                    continue;
-                };
-                if **agg != *g.aggregate_id {
-                    return Err(Error::EventIdReused {
-                        event_id: e.event_id,
-                        existing_aggregate: agg.to_string(),
-                        attempted_aggregate: g.aggregate_id.clone(),
-                    });
-                }
-                wait_for = wait_for.max(ptr.position);
+        let mut plan = Plan::new(writer.log.next_position());
+        for (batch, result) in batches.iter().zip(results.iter_mut()) {
+            if result.is_none() {
+                *result = Some(self.plan_batch(writer, batch, &existing, &mut plan));
             }
         }
-        if existing.len() == total {
-            drop(guard);
-            inner.log.wait_durable(wait_for)?;
+        let results: Vec<Result<Vec<Committed>>> = results
+            .into_iter()
+            .map(|r| r.expect("every batch planned"))
+            .collect();
+
+        if !plan.records.is_empty() {
+            self.write_planned(writer, &plan)?;
+        }
+        drop(in_flight);
+        drop(guard);
+        let last_written = plan.next_position - 1;
+        inner
+            .log
+            .wait_durable(plan.existing_max.max(last_written))?;
+        Ok(results)
+    }
+
+    /// Plans one batch of [`Store::append_batches`] on top of `plan`
+    /// (writer lock held): finds which events exist already (and that they
+    /// are the same events), checks expectations against the versions the
+    /// log and the earlier batches leave, and assigns versions, positions
+    /// and timestamps. On refusal `plan` is left as it was.
+    fn plan_batch<'a>(
+        &self,
+        writer: &Writer,
+        groups: &'a [AggregateEvents],
+        existing: &HashMap<Uuid, (Pointer, Arc<str>)>,
+        plan: &mut Plan<'a>,
+    ) -> Result<Vec<Committed>> {
+        let inner = &*self.inner;
+        // Events already in the log (or earlier in this call) are the same
+        // event only with the same aggregate, type, payload and metadata.
+        let mut found: HashMap<Uuid, (u64, u64)> = HashMap::new();
+        for g in groups {
+            for e in &g.events {
+                let held = match plan.new_ids.get(&e.event_id) {
+                    Some(&i) => {
+                        let r = &plan.records[i];
+                        let differs = differences(
+                            (r.aggregate_id, r.event_type, r.data, r.metadata),
+                            &g.aggregate_id,
+                            e,
+                        );
+                        Some((r.position, r.version, r.aggregate_id.to_owned(), differs))
+                    }
+                    None => match existing.get(&e.event_id) {
+                        Some((ptr, _)) => {
+                            Some(self.compare_existing(writer, ptr, &g.aggregate_id, e)?)
+                        }
+                        None => None,
+                    },
+                };
+                if let Some((position, version, existing_aggregate, differs)) = held {
+                    if !differs.is_empty() {
+                        return Err(Error::EventIdReused {
+                            event_id: e.event_id,
+                            position,
+                            existing_aggregate,
+                            differs,
+                        });
+                    }
+                    found.insert(e.event_id, (position, version));
+                }
+            }
+        }
+        let total: usize = groups.iter().map(|g| g.events.len()).sum();
+        if found.len() == total {
+            // A retry of a batch that went through: nothing to check.
+            let mut committed = Vec::with_capacity(total);
             for g in groups {
                 for e in &g.events {
-                    let (ptr, _) = &existing[&e.event_id];
+                    let (position, version) = found[&e.event_id];
+                    plan.existing_max = plan.existing_max.max(position);
                     committed.push(Committed {
                         event_id: e.event_id,
-                        position: ptr.position,
-                        version: ptr.version,
+                        position,
+                        version,
                         existed: true,
                     });
                 }
@@ -760,22 +931,23 @@ impl Store {
             return Ok(committed);
         }
 
-        // Versions and timestamps for the new events.
-        let mut stamps: Vec<Timestamp> = Vec::with_capacity(total);
-        let mut last_versions: HashMap<&str, u64> = HashMap::with_capacity(groups.len());
-        let mut versions: Vec<u64> = Vec::with_capacity(total);
-        for g in groups {
-            let new_count = g
-                .events
-                .iter()
-                .filter(|e| !existing.contains_key(&e.event_id))
-                .count();
-            if new_count == 0 {
+        // Versions and timestamps for the new events, on a copy of the
+        // plan's versions: a refusal leaves the plan untouched.
+        let mut versions: HashMap<&str, u64> = HashMap::with_capacity(groups.len());
+        let mut staged: Vec<(usize, usize, u64, Timestamp)> = Vec::with_capacity(total);
+        for (gi, g) in groups.iter().enumerate() {
+            let new: Vec<usize> = (0..g.events.len())
+                .filter(|&i| !found.contains_key(&g.events[i].event_id))
+                .collect();
+            if new.is_empty() {
                 continue;
             }
-            // A later group of an aggregate already in this batch follows
-            // the earlier one.
-            let current = match last_versions.get(g.aggregate_id.as_str()) {
+            // A later group of an aggregate already in this batch (or in
+            // an earlier batch of this call) follows it.
+            let current = match versions
+                .get(g.aggregate_id.as_str())
+                .or_else(|| plan.versions.get(g.aggregate_id.as_str()))
+            {
                 Some(v) => *v,
                 None => self.current_version(writer, &g.aggregate_id)?,
             };
@@ -787,14 +959,10 @@ impl Store {
                 });
             }
             let mut v = current;
-            for e in g
-                .events
-                .iter()
-                .filter(|e| !existing.contains_key(&e.event_id))
-            {
+            for ei in new {
+                let e = &g.events[ei];
                 v += 1;
-                versions.push(v);
-                stamps.push(match &e.timestamp {
+                let stamp = match &e.timestamp {
                     Some(ts) => {
                         inner
                             .hlc
@@ -806,75 +974,136 @@ impl Store {
                         ts.clone()
                     }
                     None => inner.hlc.now().map_err(InvalidInput::Timestamp)?,
-                });
-            }
-            last_versions.insert(g.aggregate_id.as_str(), v);
-        }
-        let mut fields = Vec::with_capacity(versions.len());
-        let mut meta = Vec::with_capacity(versions.len());
-        for g in groups {
-            for e in g
-                .events
-                .iter()
-                .filter(|e| !existing.contains_key(&e.event_id))
-            {
-                let i = fields.len();
-                let ts = &stamps[i];
-                fields.push(RecordFields {
-                    position: 0,
-                    event_id: e.event_id,
-                    version: versions[i],
-                    hlc_physical_ms: ts.physical_ms(),
-                    hlc_counter: ts.counter(),
-                    hlc_node: ts.node().as_str(),
-                    aggregate_id: &g.aggregate_id,
-                    event_type: &e.event_type,
-                    data: &e.data,
-                    metadata: e.metadata.as_deref(),
-                });
-                meta.push(&g.aggregate_id);
-            }
-        }
-        let appended = writer.log.append(&inner.log, &fields)?;
-        drop(in_flight);
-        for g in groups {
-            if let Some(v) = last_versions.get(g.aggregate_id.as_str()) {
-                writer.remember_version(&g.aggregate_id, *v);
-            }
-        }
-        let mut new_commits = HashMap::with_capacity(fields.len());
-        {
-            let mut tail = inner.tail.write().unwrap_or_else(|e| e.into_inner());
-            for (i, f) in fields.iter().enumerate() {
-                let ptr = Pointer {
-                    position: appended.first_position + i as u64,
-                    version: f.version,
-                    segment: appended.segment_first,
-                    offset: appended.record_offsets[i],
                 };
-                tail.insert(meta[i], f.event_id, ptr);
-                new_commits.insert(f.event_id, ptr);
+                staged.push((gi, ei, v, stamp));
             }
+            versions.insert(g.aggregate_id.as_str(), v);
         }
-        drop(guard);
-        inner
-            .log
-            .wait_durable(appended.last_position.max(wait_for))?;
+
+        // Accepted: move the staged events into the plan.
+        let first_stamp = plan.stamps.len();
+        plan.stamps
+            .extend(staged.iter().map(|(_, _, _, ts)| ts.clone()));
+        let mut new_at: HashMap<Uuid, (u64, u64)> = HashMap::with_capacity(staged.len());
+        for (k, (gi, ei, v, _)) in staged.iter().enumerate() {
+            let g = &groups[*gi];
+            let e = &g.events[*ei];
+            let position = plan.next_position;
+            plan.next_position += 1;
+            plan.new_ids.insert(e.event_id, plan.records.len());
+            new_at.insert(e.event_id, (position, *v));
+            plan.records.push(PlannedRecord {
+                position,
+                event_id: e.event_id,
+                version: *v,
+                stamp: first_stamp + k,
+                aggregate_id: &g.aggregate_id,
+                event_type: &e.event_type,
+                data: &e.data,
+                metadata: e.metadata.as_deref(),
+            });
+        }
+        for (agg, v) in versions {
+            plan.versions.insert(agg, v);
+        }
+        let mut committed = Vec::with_capacity(total);
         for g in groups {
             for e in &g.events {
-                let (ptr, existed) = match new_commits.get(&e.event_id) {
-                    Some(p) => (*p, false),
-                    None => (existing[&e.event_id].0, true),
+                let (position, version, existed) = match new_at.get(&e.event_id) {
+                    Some(&(p, v)) => (p, v, false),
+                    None => {
+                        let (p, v) = found[&e.event_id];
+                        plan.existing_max = plan.existing_max.max(p);
+                        (p, v, true)
+                    }
                 };
                 committed.push(Committed {
                     event_id: e.event_id,
-                    position: ptr.position,
-                    version: ptr.version,
+                    position,
+                    version,
                     existed,
                 });
             }
         }
         Ok(committed)
+    }
+
+    /// Reads an event that exists by id (writer lock held, so it may be
+    /// written but not yet synced) and says how `attempt` differs from it.
+    fn compare_existing(
+        &self,
+        writer: &Writer,
+        ptr: &Pointer,
+        aggregate_id: &str,
+        attempt: &NewEvent,
+    ) -> Result<(u64, u64, String, Vec<&'static str>)> {
+        let _ = writer;
+        let log = &self.inner.log;
+        let (agg, differs) =
+            log.read_written_record(ptr.segment, ptr.offset, ptr.position, |r| {
+                (
+                    r.aggregate_id.to_owned(),
+                    differences(
+                        (r.aggregate_id, r.event_type, r.data, r.metadata),
+                        aggregate_id,
+                        attempt,
+                    ),
+                )
+            })?;
+        Ok((ptr.position, ptr.version, agg, differs))
+    }
+
+    /// Writes the planned records (writer lock held), in as few frames as
+    /// the format allows, never splitting a batch, and records them in the
+    /// tail.
+    fn write_planned(&self, writer: &mut Writer, plan: &Plan<'_>) -> Result<()> {
+        let inner = &*self.inner;
+        let payload_max = crate::log::format::FRAME_PAYLOAD_BYTES_MAX as usize
+            - crate::log::format::BATCH_HEADER_BYTES;
+        let fields: Vec<RecordFields<'_>> = plan
+            .records
+            .iter()
+            .map(|r| {
+                let ts = &plan.stamps[r.stamp];
+                RecordFields {
+                    position: r.position,
+                    event_id: r.event_id,
+                    version: r.version,
+                    hlc_physical_ms: ts.physical_ms(),
+                    hlc_counter: ts.counter(),
+                    hlc_node: ts.node().as_str(),
+                    aggregate_id: r.aggregate_id,
+                    event_type: r.event_type,
+                    data: r.data,
+                    metadata: r.metadata,
+                }
+            })
+            .collect();
+        let mut rest = &fields[..];
+        while !rest.is_empty() {
+            // Whole frames: a single batch within the limits always fits
+            // one (`Limits::validate`).
+            let mut n = 0;
+            let mut bytes = 0;
+            for f in rest {
+                let len = f.encoded_len();
+                if n > 0
+                    && (n == crate::log::format::BATCH_EVENTS_MAX as usize
+                        || bytes + len > payload_max)
+                {
+                    break;
+                }
+                bytes += len;
+                n += 1;
+            }
+            let (chunk, after) = rest.split_at(n);
+            rest = after;
+            let appended = writer.log.append(&inner.log, chunk)?;
+            debug_assert_eq!(appended.first_position, chunk[0].position);
+            debug_assert_eq!(appended.last_position, chunk[n - 1].position);
+            self.record_tail(writer, chunk, &appended);
+        }
+        Ok(())
     }
 
     /// Waits (writer lock held, so every writer waits) while the indexer is

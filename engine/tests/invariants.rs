@@ -247,6 +247,103 @@ fn s6_reappending_an_event_id_is_idempotent_across_restart_and_reindex() {
     }
 }
 
+/// S6: an event id names one event. Re-appending it with the same
+/// aggregate, type, payload and metadata is a retry (the first position,
+/// nothing written); with any of them different it is refused, naming the
+/// id and what differs, from the in-memory tail, from the index after a
+/// restart, and between batches of one `append_batches` call.
+#[test]
+fn s6_an_event_id_reused_with_other_content_is_refused_naming_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = NewEvent::new("Created", br#"{"a":1}"#.to_vec()).with_metadata(b"m".to_vec());
+    let variants: Vec<(&str, &str, NewEvent)> = vec![
+        (
+            "x",
+            "event_data",
+            NewEvent {
+                data: br#"{"a":2}"#.to_vec(),
+                ..original.clone()
+            },
+        ),
+        (
+            "x",
+            "event_type",
+            NewEvent {
+                event_type: "Renamed".into(),
+                ..original.clone()
+            },
+        ),
+        (
+            "x",
+            "metadata",
+            NewEvent {
+                metadata: None,
+                ..original.clone()
+            },
+        ),
+        ("y", "aggregate_id", original.clone()),
+    ];
+    let check = |store: &Store, when: &str| {
+        for (agg, differs, attempt) in &variants {
+            let err = store
+                .append(agg, ExpectedVersion::Any, vec![attempt.clone()])
+                .unwrap_err();
+            match &err {
+                Error::EventIdReused {
+                    event_id,
+                    position,
+                    differs: d,
+                    ..
+                } => {
+                    assert_eq!((*event_id, *position), (original.event_id, 1), "{when}");
+                    assert_eq!(d, &vec![*differs], "{when}: {err}");
+                }
+                other => panic!("{when}: expected EventIdReused, got {other}"),
+            }
+            assert!(err.to_string().contains(&original.event_id.to_string()));
+        }
+        let again = store
+            .append("x", ExpectedVersion::Exact(0), vec![original.clone()])
+            .unwrap();
+        assert!(again[0].existed && again[0].position == 1, "{when}");
+        assert_eq!(store.head(), 1, "{when}: nothing written");
+    };
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    store
+        .append("x", ExpectedVersion::NoStream, vec![original.clone()])
+        .unwrap();
+    check(&store, "in the tail");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    check(&store, "in the index");
+
+    // Between batches of one call: the second batch sees the first's event.
+    let fresh = NewEvent::new("T", b"1".to_vec());
+    let changed = NewEvent {
+        data: b"2".to_vec(),
+        ..fresh.clone()
+    };
+    let group = |e: &NewEvent| {
+        [AggregateEvents {
+            aggregate_id: "z".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![e.clone()],
+        }]
+    };
+    let (first, same, other) = (group(&fresh), group(&fresh), group(&changed));
+    let results = store.append_batches(&[&first, &same, &other]).unwrap();
+    let placed = results[0].as_ref().unwrap()[0];
+    assert!(!placed.existed);
+    let retried = results[1].as_ref().unwrap()[0];
+    assert!(retried.existed && retried.position == placed.position);
+    assert!(matches!(
+        &results[2],
+        Err(Error::EventIdReused { differs, .. }) if differs == &vec!["event_data"]
+    ));
+    assert_eq!(store.head(), 2);
+    store.close().unwrap();
+}
+
 #[test]
 fn s6_concurrent_appenders_with_conflicts_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();

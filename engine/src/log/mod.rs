@@ -584,17 +584,48 @@ impl Log {
                     ),
                 ));
             };
-            f(read_record_in(seg, offset, position, &mut buf)?);
+            f(read_record_in(seg, offset, position, &mut buf, true)?);
         }
         Ok(())
     }
+
+    /// Reads a record its caller knows to be written though perhaps not
+    /// yet synced or visible: the store's writer, under its lock, comparing
+    /// an existing event with a new one under the same id. Checks the
+    /// record's CRC and position like [`Log::read_record`].
+    pub fn read_written_record<T>(
+        &self,
+        segment_first: u64,
+        offset: u64,
+        position: u64,
+        f: impl FnOnce(RecordRef<'_>) -> T,
+    ) -> Result<T, LogError> {
+        let segment = self
+            .segments()
+            .into_iter()
+            .find(|s| s.first_position() == segment_first)
+            .ok_or_else(|| {
+                LogError::inconsistent(
+                    &self.shared.dir.join(segment_file_name(segment_first)),
+                    offset,
+                    format!("no segment starting at {segment_first}; the index is stale, run `strata reindex`"),
+                )
+            })?;
+        let mut buf = Vec::new();
+        Ok(f(read_record_in(
+            &segment, offset, position, &mut buf, false,
+        )?))
+    }
 }
 
+/// Reads and checks the record at `offset` of `segment`. With
+/// `published_only`, the record must lie below the segment's readable end.
 fn read_record_in<'a>(
     segment: &'a Segment,
     offset: u64,
     position: u64,
     buf: &'a mut Vec<u8>,
+    published_only: bool,
 ) -> Result<RecordRef<'a>, LogError> {
     let path = segment.path();
     let mut head = [0u8; 4];
@@ -614,7 +645,7 @@ fn read_record_in<'a>(
             },
         ));
     }
-    if offset + len as u64 > segment.readable_len() {
+    if published_only && offset + len as u64 > segment.readable_len() {
         return Err(LogError::inconsistent(
             path,
             offset,
