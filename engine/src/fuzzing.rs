@@ -22,9 +22,12 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::event::{AggregateEvents, Committed, Event, ExpectedVersion, Limits, NewEvent};
+use crate::event::{
+    AggregateEvents, Committed, Event, EventRef, ExpectedVersion, Limits, NewEvent,
+};
 use crate::hlc::{self, ManualClock, Timestamp, WallClock};
 use crate::log::format::{
     self, BatchRef, FrameKind, RecordFields, RecordRef, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
@@ -35,12 +38,12 @@ use crate::log::{Durability, LOG_DIR, SEGMENT_BYTES_MIN};
 use crate::sync::proto::{
     ClientMessage, ErrorCode, PROTOCOL_VERSION, Placed, Proposal, ServerMessage,
 };
-use crate::sync::seed::SeedSession;
-use crate::sync::server::RETRY_AFTER_MS_MAX;
+use crate::sync::seed::{Auth, SeedSession, SeedStep, error_json};
+use crate::sync::server::PUSHES_WAITING_PER_CLIENT_MAX;
 use crate::sync::wire::{self, WireError};
 use crate::sync::{
-    ClientId, PushPolicy, Replica, ReplicaConfig, ReplicaCore, ReplicaOptions, ServerConfig,
-    ServerCore,
+    CanonicalLog, ClientId, ClientInfo, CommitResult, CoreEvent, PushPolicy, Replica,
+    ReplicaConfig, ReplicaCore, ReplicaOptions, ServerConfig, ServerCore, StorageError,
 };
 use crate::{Error, Options, Store};
 
@@ -755,22 +758,37 @@ impl Model {
 // Sync: the readers of untrusted network bytes
 // ---------------------------------------------------------------------------
 
-/// Token the servers of `server_core` and `seed_json` require.
+/// Token the seed server of `seed_json` requires.
 pub const SYNC_TOKEN: &str = "fuzz-token";
-/// Event type the push policy of those servers refuses.
+/// Event type the push policy of the fuzzed servers refuses.
 pub const FORBIDDEN_EVENT_TYPE: &str = "Forbidden";
 /// Largest event data those servers accept, so that short inputs reach
 /// the limit.
 pub const SYNC_DATA_BYTES_MAX: usize = 64;
 /// Most operations one `server_core` or `replica_core` input runs, and
-/// most messages of one `seed_json` input.
+/// most lines of one `seed_json` input.
 const SYNC_OPS_MAX: usize = 48;
+/// Clients of `server_core`. Three, one more than a commit takes
+/// ([`ServerConfig::commit_pushes_max`] is 2 there), so that inputs reach
+/// that limit.
+const SERVER_CLIENTS: usize = 3;
+/// Most steps [`Shell::settle`] takes (commits and turns running out); a
+/// core that needs more never comes to rest.
+const SETTLE_STEPS_MAX: usize = 256;
+/// Ids of the events another node appends to the shared log start after
+/// this, far from the ids clients push (1 to 32).
+const FOREIGN_ID_BASE: u128 = 0xf0_0000_0000;
+/// Time between two lines of `seed_json`.
+const SEED_LINE_MS: u64 = 100;
 /// Store ids the server of `replica_core` claims: the first, or another.
 const SERVER_STORE_IDS: [Uuid; 2] = [Uuid::from_u128(0x5e4e_0001), Uuid::from_u128(0x5e4e_0002)];
 /// Node of the timestamps the fuzzed servers and replicas receive.
 const REMOTE_NODE: &str = "remote";
 /// An hour: far beyond the HLC's default drift limit of a minute.
 const HOUR_MS: u64 = 3_600_000;
+/// A short `retry_after_ms` of `replica_core`'s `PullRequired` (the
+/// largest wait the server sent before the core held pushes instead).
+const RETRY_AFTER_MS_SHORT: u64 = 25;
 
 /// Arbitrary bytes as the payload of a wire message (the length prefix
 /// already taken off), decoded as a [`ClientMessage`] and as a
@@ -782,62 +800,66 @@ pub fn sync_wire(data: &[u8]) {
     check_wire::<ServerMessage>(data);
 }
 
-/// A run of client messages (see [`ServerOp`]) from two clients handled by
-/// a [`ServerCore`] over a real store, with their follow streams polled in
-/// between. The head only grows; a push gets exactly one final reply,
-/// `Accepted`, `PullRequired` or `Error`, after at most one `Rejected`;
-/// every placement names an event the store holds there; follow streams
-/// deliver the log from where the client asked, without gaps.
+/// A run of operations (see [`ServerOp`]) of three clients of a
+/// [`ServerCore`] over a real store, the harness playing the shell (see
+/// [`Shell`]): it numbers the requests, carries out the core's group
+/// commits on the store (some fail, some stay in flight while clients go
+/// on), and follows the log for each client as the QUIC shell does, raw
+/// records for the second and events for the others, from where the
+/// client asked and without gaps. Every message and every commit is
+/// checked as it happens (see [`Shell`]); at the end the core is driven
+/// until it is quiet, every push has had its final answer, the follow
+/// streams reach the head, and the log reads back whole.
 pub fn server_core(data: &[u8]) {
     let dir = temp_dir();
-    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
-    let mut store =
-        Store::open(dir.path(), seed_options(Durability::None, clock.clone())).expect("open");
-    let mut core = ServerCore::new(sync_server_config());
-    let mut clients = [ServerSide::default(), ServerSide::default()];
-    for (slot, side) in clients.iter_mut().enumerate() {
-        side.raw = slot == 1;
-        core.connect(slot as ClientId + 1, side.raw);
-    }
-    let mut now = CLOCK_START_MS;
+    let mut shell = Shell::open(dir.path());
+    let mut conns: Vec<Conn> = (0..SERVER_CLIENTS)
+        .map(|slot| Conn {
+            id: shell.connect(true),
+            raw: slot == 1,
+            follow: None,
+            last_push: None,
+        })
+        .collect();
     let mut input = data;
     for _ in 0..SYNC_OPS_MAX {
-        let Some(op) = ServerOp::decode(&mut input, now) else {
+        let Some((slot, op)) = ServerOp::decode(&mut input, shell.now) else {
             break;
         };
-        let head = store.head();
-        let (slot, op) = op;
-        let id = slot as ClientId + 1;
-        let side = &mut clients[slot];
+        let conn = &mut conns[slot];
         match op {
-            ServerOp::Message(msg) => server_handle(&mut core, &mut store, side, id, now, msg),
+            ServerOp::Push(events) => conn.push(&mut shell, events),
             ServerOp::Retry => {
-                if let Some(msg) = side.last_push.clone() {
-                    server_handle(&mut core, &mut store, side, id, now, msg);
+                if let Some(events) = conn.last_push.clone() {
+                    conn.push(&mut shell, events);
                 }
             }
+            ServerOp::Follow(from) => conn.follow = Some(from.max(1)),
+            ServerOp::Storage(k) => shell.storage(k),
             ServerOp::Wait(ms) => {
-                now += ms;
-                clock.set(now);
+                shell.wait(ms);
             }
-            ServerOp::Reconnect { raw } => {
-                core.disconnect(id, now);
-                core.connect(id, raw);
-                *side = ServerSide {
+            ServerOp::Reconnect { raw, may_write } => {
+                shell.disconnect(conn.id);
+                // A new connection gets a new id, as in the shells; the
+                // client still has its last push, to send again.
+                *conn = Conn {
+                    id: shell.connect(may_write),
                     raw,
-                    ..ServerSide::default()
+                    follow: None,
+                    last_push: conn.last_push.take(),
                 };
             }
-            ServerOp::Poll => server_poll(&mut core, &mut store, side, id),
+            ServerOp::Poll => conn.poll(&shell),
             ServerOp::Skip => {}
         }
-        assert!(store.head() >= head, "the head went back from {head}");
+        shell.check();
     }
-    for (slot, side) in clients.iter_mut().enumerate() {
-        server_poll(&mut core, &mut store, side, slot as ClientId + 1);
+    shell.settle(|_, _| {});
+    for conn in &mut conns {
+        conn.poll(&shell);
     }
-    check_log(&store);
-    store.close().expect("close");
+    shell.close();
 }
 
 /// Server messages (see [`ReplicaOp`]), arbitrary wire payloads among
@@ -887,70 +909,83 @@ pub fn replica_core(data: &[u8]) {
     replica.close().expect("the reopened replica closes");
 }
 
-/// UTF-8 text, one JSON message a line, sent to two [`SeedSession`]s of one
-/// server (lines starting with `>` go to the second, which has to send
-/// `auth` first), with their broadcasts polled after each. Every output
-/// message is JSON with a `type`; every event it names is in the store at
-/// the position it gives; the store ends with each aggregate at versions 1
-/// to n.
+/// UTF-8 text, one line a message, from two seed-protocol clients of one
+/// server, the harness playing the WebSocket shell over a [`Shell`]: lines
+/// starting with `>` go to the second connection, which has to send `auth`
+/// first (read with [`Auth::parse`] and the token compared, as the shell
+/// does; a refusal ends the connection and the client connects again); the
+/// first is authenticated already. A [`SeedSession`] turns each message
+/// into a reply or a push; pushes go through the [`ServerCore`], and the
+/// shell carries out its commits after each line, then polls both
+/// sessions' broadcasts. A few lines are the shell's, not messages (see
+/// [`SeedControl`]). Checked: every message sent is JSON with a `type`;
+/// every event it names is in the store at the position it gives, with
+/// `event_data` and `metadata` byte for byte as stored; each session's
+/// stream of events goes on without gaps; every message of a client is
+/// answered, and each push ends with exactly one `server_sync_response` or
+/// `error` (after `rejected` errors naming its events), which says what
+/// the core answered; a push carries the exact bytes of the `event_data`
+/// and `metadata` texts sent, and the store ends holding those bytes, each
+/// aggregate at versions 1 to n. The core's answers and commits are
+/// checked as in [`server_core`].
 pub fn seed_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let dir = temp_dir();
-    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
-    let store =
-        Store::open(dir.path(), seed_options(Durability::None, clock.clone())).expect("open");
-    let mut log = store.clone();
-    let mut core = ServerCore::new(sync_server_config());
-    let connect = |id, token, core: &mut ServerCore, log: &Store| {
-        let (session, out) = SeedSession::connect(id, token, core, log);
-        assert!(out.messages.is_empty() && !out.close, "{out:?}");
-        session
-    };
-    let mut sessions = [
-        connect(1, Some(SYNC_TOKEN), &mut core, &log),
-        connect(2, None, &mut core, &log),
+    let mut shell = Shell::open(dir.path());
+    let mut sides = [
+        SeedSide::new(&mut shell, true),
+        SeedSide::new(&mut shell, false),
     ];
-    let mut now = CLOCK_START_MS;
+    let mut verbatim = Verbatim::default();
+    let mut hold = false;
+    let mut fate = CommitFate::Done;
     for line in text.split('\n').take(SYNC_OPS_MAX) {
         let (slot, line) = match line.strip_prefix('>') {
             Some(rest) => (1, rest),
             None => (0, line),
         };
-        let head = store.head();
-        let out = sessions[slot].handle_text(now, line, &mut core, &mut log);
-        for msg in &out.messages {
-            check_seed_message(msg, &store);
+        match SeedControl::parse(line) {
+            Some(SeedControl::Hold) => hold = true,
+            Some(SeedControl::Commit) => hold = false,
+            Some(SeedControl::Fail(f)) => fate = f,
+            Some(SeedControl::Drop) => sides[slot].reconnect(&mut shell, slot == 0),
+            Some(SeedControl::LeasePasses) => {
+                let sent = shell.wait(shell.core.config().lease_ms);
+                seed_route(&mut sides, &shell.store, sent);
+            }
+            None => seed_line(&mut shell, &mut sides, slot, line, &mut verbatim),
         }
-        assert!(store.head() >= head, "the head went back from {head}");
-        if out.close {
-            sessions[slot].disconnect(&mut core, now);
-            let token = (slot == 0).then_some(SYNC_TOKEN);
-            sessions[slot] = connect(slot as ClientId + 1, token, &mut core, &log);
-        }
-        for session in &mut sessions {
-            // Each broadcast moves the session on by at least one event.
-            let mut polls = 0;
-            while let Some(msg) = session.poll_broadcast(&mut log).expect("broadcast") {
-                check_seed_message(&msg, &store);
-                polls += 1;
-                assert!(polls <= store.head(), "broadcasts never run dry");
+        if !hold {
+            while let Some(sent) = shell.commit(fate) {
+                fate = CommitFate::Done;
+                seed_route(&mut sides, &shell.store, sent);
             }
         }
-        now += 100;
-        clock.set(now);
+        seed_broadcast(&mut sides, &shell.store);
+        let sent = shell.wait(SEED_LINE_MS);
+        seed_route(&mut sides, &shell.store, sent);
+        shell.check();
     }
-    check_log(&store);
-    drop(log);
-    store.close().expect("close");
+    shell.settle(|store, sent| {
+        seed_route(&mut sides, store, sent);
+        seed_broadcast(&mut sides, store);
+    });
+    seed_broadcast(&mut sides, &shell.store);
+    for side in &sides {
+        side.check_settled(&shell.store);
+    }
+    verbatim.check(&shell.store);
+    shell.close();
 }
 
-/// The configuration of the fuzzed servers: a token, small limits so that
-/// short inputs reach them, a short lease and a push policy.
+/// The configuration of the fuzzed servers: small limits so that short
+/// inputs reach them (4 events a push, 64 bytes of data, 2 pushes a
+/// commit, 3 events and 512 bytes a follow message), a short lease and a
+/// push policy.
 fn sync_server_config() -> ServerConfig {
     ServerConfig {
-        tokens: vec![SYNC_TOKEN.to_owned()],
         limits: Limits {
             event_data_bytes_max: SYNC_DATA_BYTES_MAX,
             ..Limits::default()
@@ -959,6 +994,7 @@ fn sync_server_config() -> ServerConfig {
         message_events_max: 3,
         message_bytes_max: 512,
         lease_ms: 500,
+        commit_pushes_max: 2,
         policy: Some(Arc::new(RefuseForbidden)),
     }
 }
@@ -1070,42 +1106,842 @@ fn remote_timestamp(physical_ms: u64, counter: u32) -> Timestamp {
 }
 
 // ---------------------------------------------------------------------------
+// The harness as a server shell (server_core and seed_json)
+// ---------------------------------------------------------------------------
+
+/// How a commit the shell carries out goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitFate {
+    /// The log appends what holds, and says so.
+    Done,
+    /// The log fails before writing anything.
+    FailsBeforeWrite,
+    /// The log writes, then fails (an acknowledgement lost): the core hears
+    /// `Unavailable`, yet the events are in the log, and a retry must find
+    /// them there.
+    FailsAfterWrite,
+}
+
+/// A push waiting for its final answer.
+#[derive(Debug)]
+struct Waiting {
+    client: ClientId,
+    request: u64,
+    events: Vec<Proposal>,
+    /// The events its `Rejected` named, once that came.
+    rejected: Option<Vec<Uuid>>,
+}
+
+/// A commit carried out on the log and not yet handed back to the core.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    result: Result<CommitResult, StorageError>,
+    /// The log's head before the commit, the events it appended, and the
+    /// head right after them.
+    head_before: u64,
+    appended: Vec<Event>,
+    head_after: u64,
+}
+
+/// What the shell was doing when the core sent a message.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    /// Handing it push `request` of `client`.
+    Push { client: ClientId, request: u64 },
+    /// Handing back a commit (`failed`: with an error) that found the log
+    /// at `head_before`.
+    Committed { failed: bool, head_before: u64 },
+    /// Anything else.
+    Other,
+}
+
+/// A message the core sent.
+#[derive(Debug)]
+struct Sent {
+    client: ClientId,
+    msg: ServerMessage,
+    /// The request whose final answer it is.
+    ended: Option<u64>,
+}
+
+/// The harness as the shell of a [`ServerCore`] over a real store: it
+/// connects clients, hands the core their pushes, carries out the core's
+/// group commits with [`CanonicalLog::append_pushes`] and hands back the
+/// results, lets time pass, and plays another node appending to a shared
+/// log. It keeps every push until its final answer, and checks:
+///
+/// * messages go only to connected clients, and are answers: a push gets
+///   at most one `Rejected` (naming its own events), then exactly one
+///   final answer; an `Error` is non-fatal, `Unauthorized` exactly for a
+///   read-only client and `TooLarge` exactly for a push over the limits or
+///   past [`PUSHES_WAITING_PER_CLIENT_MAX`], both at once, and
+///   `Unavailable` only for a failed commit;
+/// * `Accepted` places or rejects every event of the push, each placement
+///   at the position and version the store holds it, with the content this
+///   push gave it (an id re-used with other content is rejected, never
+///   placed); `PullRequired` names aggregates of the push, none at a version
+///   below the one it had before the commit; a rejected event was not
+///   appended by its push;
+/// * each push of a commit is what is left of the oldest waiting push of
+///   its client, one client a push, at most `commit_pushes_max` of them;
+///   a commit appends only events of its pushes, exactly as pushed; and
+///   after a commit that went well, each event it appended is placed by an
+///   `Accepted` in its answers (unless its client left), so a push
+///   answered otherwise appended nothing of its own;
+/// * the heads answers report never go back and never pass the store's;
+///   `HeadMoved` grows and wakes the followers up to every commit's head;
+///   the store's head never goes back; the turn is never held by a client
+///   that left;
+/// * at the end ([`Shell::settle`]) the core comes to rest with every
+///   push answered, and ([`Shell::close`]) the log reads back whole and
+///   holds nothing the server refuses for good.
+struct Shell {
+    store: Store,
+    clock: Arc<ManualClock>,
+    core: ServerCore,
+    now: u64,
+    /// Connected clients, and whether each may write.
+    clients: HashMap<ClientId, bool>,
+    next_client: ClientId,
+    next_request: u64,
+    /// Pushes without their final answer, oldest first.
+    waiting: Vec<Waiting>,
+    /// Every push ever made: `(client, request, events)`.
+    history: Vec<(ClientId, u64, Vec<Proposal>)>,
+    /// Events of pushes whose client left before their answer: a commit
+    /// in flight may still append them, unannounced.
+    orphans: Vec<Proposal>,
+    in_flight: Option<InFlight>,
+    /// The head the followers were woken up to (by `HeadMoved`, or by the
+    /// shell itself for appends of another node).
+    published: u64,
+    /// The head of the last `HeadMoved`.
+    head_moved: u64,
+    /// The highest head an answer reported.
+    answered_head: u64,
+    /// The store's head when last checked.
+    head_seen: u64,
+    /// Events another node appended.
+    foreign: u128,
+}
+
+impl Shell {
+    fn open(dir: &Path) -> Shell {
+        let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+        let store = Store::open(dir, seed_options(Durability::None, clock.clone())).expect("open");
+        let config = sync_server_config();
+        config
+            .validate()
+            .expect("the fuzz server's settings are valid");
+        let core = ServerCore::new(config, store.head());
+        Shell {
+            store,
+            clock,
+            core,
+            now: CLOCK_START_MS,
+            clients: HashMap::new(),
+            next_client: 1,
+            next_request: 1,
+            waiting: Vec::new(),
+            history: Vec::new(),
+            orphans: Vec::new(),
+            in_flight: None,
+            published: 0,
+            head_moved: 0,
+            answered_head: 0,
+            head_seen: 0,
+            foreign: 0,
+        }
+    }
+
+    /// An authenticated connection.
+    fn connect(&mut self, may_write: bool) -> ClientId {
+        let id = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(id, may_write);
+        self.core.handle_connect(
+            id,
+            ClientInfo {
+                name: format!("fuzz-{id}"),
+                may_write,
+            },
+        );
+        self.drain(Cause::Other);
+        id
+    }
+
+    /// The connection is gone; its waiting pushes will never be answered.
+    fn disconnect(&mut self, client: ClientId) {
+        self.core.handle_disconnect(self.now, client);
+        self.clients.remove(&client);
+        let (gone, kept) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w: &Waiting| w.client == client);
+        self.waiting = kept;
+        self.orphans.extend(gone.into_iter().flat_map(|w| w.events));
+        self.drain(Cause::Other);
+    }
+
+    /// A request number for the `server_core` clients. The shell numbers
+    /// requests itself, so that it can tell their answers apart; the core
+    /// only echoes them.
+    fn next_request(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request - 1
+    }
+
+    /// Hands the core a push of a connected client. A push that may not
+    /// wait (a read-only client, over the limits, too many waiting) is
+    /// refused at once; any other push answered at once had nothing left
+    /// to append.
+    fn push(&mut self, client: ClientId, request: u64, events: Vec<Proposal>) -> Vec<Sent> {
+        let may_write = self.clients[&client];
+        let config = self.core.config();
+        let waiting = self.waiting.iter().filter(|w| w.client == client).count();
+        let bytes: usize = events.iter().map(Proposal::size_bytes).sum();
+        let refusal = if !may_write {
+            Some(ErrorCode::Unauthorized)
+        } else if waiting >= PUSHES_WAITING_PER_CLIENT_MAX
+            || events.len() > config.push_events_max
+            || bytes > config.limits.batch_bytes_max
+        {
+            Some(ErrorCode::TooLarge)
+        } else {
+            None
+        };
+        assert!(
+            self.find(client, request).is_none(),
+            "request {request} of client {client} is waiting already"
+        );
+        self.history.push((client, request, events.clone()));
+        self.waiting.push(Waiting {
+            client,
+            request,
+            events: events.clone(),
+            rejected: None,
+        });
+        self.core.handle_push(self.now, client, request, events);
+        let sent = self.drain(Cause::Push { client, request });
+        let answer = sent
+            .iter()
+            .find(|s| s.client == client && s.ended == Some(request))
+            .map(|s| &s.msg);
+        match (refusal, answer) {
+            (None, None) => {}
+            (None, Some(ServerMessage::Accepted { placed, .. })) if placed.is_empty() => {}
+            (Some(want), Some(ServerMessage::Error { code, .. })) if *code == want => {}
+            (want, got) => panic!(
+                "push {request} of client {client} (waiting {waiting}, {bytes} bytes): expected {want:?} at once, got {got:?}"
+            ),
+        }
+        sent
+    }
+
+    /// Carries out the next commit, or completes the one in flight. `None`
+    /// when there is none to carry out.
+    fn commit(&mut self, fate: CommitFate) -> Option<Vec<Sent>> {
+        if self.in_flight.is_none() && !self.start_commit(fate) {
+            return None;
+        }
+        self.finish_commit()
+    }
+
+    /// Takes the core's next commit and carries it out on the log, as the
+    /// committer does; its result waits in flight. False if the core has
+    /// no commit to give.
+    fn start_commit(&mut self, fate: CommitFate) -> bool {
+        assert!(self.in_flight.is_none(), "one commit at a time");
+        let Some(commit) = self.core.poll_commit() else {
+            return false;
+        };
+        self.check_commit_pushes(&commit.pushes);
+        let before = self.store.head();
+        let result = match fate {
+            CommitFate::FailsBeforeWrite => Err(StorageError::Unavailable {
+                reason: "the fuzz log fails before writing".into(),
+            }),
+            CommitFate::Done | CommitFate::FailsAfterWrite => {
+                // A healthy store never fails a commit as a whole: one
+                // client's push must not fail the others'.
+                let result = self
+                    .store
+                    .append_pushes(&commit.pushes)
+                    .unwrap_or_else(|e| panic!("a healthy log failed the commit {commit:?}: {e}"));
+                assert_eq!(
+                    result.outcomes.len(),
+                    commit.pushes.len(),
+                    "one outcome a push"
+                );
+                assert_eq!(result.head, self.store.head());
+                if fate == CommitFate::Done {
+                    Ok(result)
+                } else {
+                    Err(StorageError::Unavailable {
+                        reason: "the fuzz log lost the acknowledgement".into(),
+                    })
+                }
+            }
+        };
+        let head_after = self.store.head();
+        let appended: Vec<Event> = self
+            .store
+            .read_all(before + 1)
+            .collect::<Result<_, _>>()
+            .expect("read");
+        assert_eq!(appended.len() as u64, head_after - before);
+        for e in &appended {
+            assert!(
+                commit
+                    .pushes
+                    .iter()
+                    .flat_map(|p| p.iter())
+                    .any(|p| is_proposal(p, e)),
+                "the commit appended {e:?}, which none of its pushes holds as such"
+            );
+        }
+        self.in_flight = Some(InFlight {
+            id: commit.id,
+            result,
+            head_before: before,
+            appended,
+            head_after,
+        });
+        true
+    }
+
+    /// Hands the commit in flight back to the core.
+    fn finish_commit(&mut self) -> Option<Vec<Sent>> {
+        let f = self.in_flight.take()?;
+        let failed = f.result.is_err();
+        self.core.handle_committed(self.now, f.id, f.result);
+        let sent = self.drain(Cause::Committed {
+            failed,
+            head_before: f.head_before,
+        });
+        if !failed {
+            let placed: HashSet<(Uuid, u64)> = sent
+                .iter()
+                .filter_map(|s| match &s.msg {
+                    ServerMessage::Accepted { placed, .. } => Some(placed),
+                    _ => None,
+                })
+                .flatten()
+                .map(|p| (p.event_id, p.position))
+                .collect();
+            for e in &f.appended {
+                assert!(
+                    placed.contains(&(e.event_id, e.position))
+                        || self.orphans.iter().any(|p| is_proposal(p, e)),
+                    "the commit appended {e:?}, yet no answer placed it: {sent:?}"
+                );
+            }
+            if !f.appended.is_empty() {
+                assert!(
+                    self.published >= f.head_after,
+                    "a commit moved the head to {}, but the followers were woken up to {} only",
+                    f.head_after,
+                    self.published
+                );
+            }
+        }
+        Some(sent)
+    }
+
+    /// Each push of a commit is what is left (some events refused) of the
+    /// oldest waiting push of a connected client, one client a push.
+    fn check_commit_pushes(&self, pushes: &[Arc<[Proposal]>]) {
+        assert!(!pushes.is_empty());
+        assert!(pushes.len() <= self.core.config().commit_pushes_max);
+        let mut oldest: Vec<&Waiting> = Vec::new();
+        for w in &self.waiting {
+            if !oldest.iter().any(|o| o.client == w.client) {
+                oldest.push(w);
+            }
+        }
+        fn assign(pushes: &[Arc<[Proposal]>], oldest: &[&Waiting], used: &mut [bool]) -> bool {
+            let Some((push, rest)) = pushes.split_first() else {
+                return true;
+            };
+            for (i, w) in oldest.iter().enumerate() {
+                if !used[i] && push.iter().all(|p| w.events.contains(p)) {
+                    used[i] = true;
+                    if assign(rest, oldest, used) {
+                        return true;
+                    }
+                    used[i] = false;
+                }
+            }
+            false
+        }
+        for push in pushes {
+            assert!(!push.is_empty(), "an empty push in a commit");
+        }
+        let mut used = vec![false; oldest.len()];
+        assert!(
+            assign(pushes, &oldest, &mut used),
+            "the commit {pushes:?} is not made of the oldest waiting pushes of distinct clients: {:?}",
+            self.waiting
+        );
+    }
+
+    /// Time passes by `ms`, on the server and the store's clock.
+    fn wait(&mut self, ms: u64) -> Vec<Sent> {
+        self.now += ms;
+        self.clock.set(self.now);
+        self.core.handle_timeout(self.now);
+        self.drain(Cause::Other)
+    }
+
+    /// Another node of a shared log appends an event to `agg-{k % 3}`; the
+    /// shell learns the new head, tells the core and wakes its followers.
+    fn foreign_append(&mut self, k: u8) {
+        self.foreign += 1;
+        let event = NewEvent::new("Foreign", b"{}".to_vec())
+            .with_id(Uuid::from_u128(FOREIGN_ID_BASE + self.foreign));
+        self.store
+            .append(&format!("agg-{}", k % 3), ExpectedVersion::Any, vec![event])
+            .expect("another node appends");
+        let head = self.store.head();
+        self.core.handle_head(head);
+        self.published = self.published.max(head);
+        self.drain(Cause::Other);
+    }
+
+    /// Takes what the core sends and reports, checking each message.
+    fn drain(&mut self, cause: Cause) -> Vec<Sent> {
+        let mut sent = Vec::new();
+        while let Some((client, msg)) = self.core.poll_transmit() {
+            let ended = self.on_message(cause, client, &msg);
+            sent.push(Sent { client, msg, ended });
+        }
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                CoreEvent::HeadMoved { head } => {
+                    assert!(
+                        head > self.head_moved,
+                        "HeadMoved from {} to {head}",
+                        self.head_moved
+                    );
+                    assert!(
+                        head <= self.store.head(),
+                        "HeadMoved to {head}, past the log's head"
+                    );
+                    self.head_moved = head;
+                    self.published = self.published.max(head);
+                }
+            }
+        }
+        sent
+    }
+
+    fn find(&self, client: ClientId, request: u64) -> Option<usize> {
+        self.waiting
+            .iter()
+            .position(|w| w.client == client && w.request == request)
+    }
+
+    fn take(&mut self, client: ClientId, request: u64, msg: &ServerMessage) -> Waiting {
+        let i = self
+            .find(client, request)
+            .unwrap_or_else(|| panic!("{msg:?} to client {client} answers no waiting push"));
+        self.waiting.remove(i)
+    }
+
+    /// Checks one message and returns the request it ended.
+    fn on_message(&mut self, cause: Cause, client: ClientId, msg: &ServerMessage) -> Option<u64> {
+        assert!(
+            self.clients.contains_key(&client),
+            "{msg:?} sent to client {client}, which left"
+        );
+        match msg {
+            ServerMessage::Rejected {
+                request,
+                rejections,
+            } => {
+                let i = self
+                    .find(client, *request)
+                    .unwrap_or_else(|| panic!("{msg:?} answers no waiting push"));
+                let w = &mut self.waiting[i];
+                assert!(w.rejected.is_none(), "a second Rejected for {w:?}: {msg:?}");
+                assert!(!rejections.is_empty(), "{msg:?}");
+                for (id, _) in rejections {
+                    assert!(
+                        w.events.iter().any(|e| e.event_id == *id),
+                        "rejected {id}, which {w:?} did not push"
+                    );
+                }
+                w.rejected = Some(rejections.iter().map(|(id, _)| *id).collect());
+                None
+            }
+            ServerMessage::Accepted {
+                request,
+                placed,
+                head,
+            } => {
+                let w = self.take(client, *request, msg);
+                self.check_head(*head);
+                let mut answered: HashSet<Uuid> = w.rejected.iter().flatten().copied().collect();
+                let mut seen = HashSet::new();
+                for p in placed {
+                    assert!(seen.insert(p.event_id), "{p:?} placed twice: {msg:?}");
+                    let e =
+                        self.store.get(p.event_id).expect("get").unwrap_or_else(|| {
+                            panic!("placed {p:?}, which the store does not hold")
+                        });
+                    assert_eq!((e.position, e.version), (p.position, p.version), "{p:?}");
+                    assert!(p.position <= *head, "{msg:?}");
+                    assert!(
+                        w.events
+                            .iter()
+                            .any(|x| x.event_id == p.event_id && same_content(x, &e)),
+                        "placed {p:?}, but the log holds other content under that id: {e:?}; pushed {w:?}"
+                    );
+                    answered.insert(p.event_id);
+                }
+                for e in &w.events {
+                    assert!(
+                        answered.contains(&e.event_id),
+                        "{} neither placed nor rejected: {msg:?}",
+                        e.event_id
+                    );
+                }
+                self.check_rejected(&w, &seen);
+                Some(*request)
+            }
+            ServerMessage::PullRequired {
+                request,
+                conflicts,
+                head,
+                ..
+            } => {
+                let w = self.take(client, *request, msg);
+                self.check_head(*head);
+                assert!(!conflicts.is_empty(), "{msg:?}");
+                for (aggregate_id, version) in conflicts {
+                    assert!(
+                        w.events.iter().any(|e| e.aggregate_id == *aggregate_id),
+                        "a conflict on {aggregate_id:?}, which {w:?} does not touch"
+                    );
+                    // The version is one the aggregate had during the
+                    // commit (usually after it), or, for a gap in the
+                    // push's own versions (v1 then v3), the version the
+                    // push itself got to: never less than before the
+                    // commit.
+                    if let Cause::Committed { head_before, .. } = cause {
+                        let before = version_at(&self.store, aggregate_id, head_before);
+                        assert!(
+                            *version >= before,
+                            "{aggregate_id:?} was at {before} before the commit, not {version}: {msg:?}"
+                        );
+                    }
+                }
+                self.check_rejected(&w, &HashSet::new());
+                Some(*request)
+            }
+            ServerMessage::Error { code, fatal, .. } => {
+                assert!(!fatal, "a fatal error from the core: {msg:?}");
+                // An error names no request: at a push it answers that
+                // push; else the client's oldest waiting one, the only one
+                // a commit can hold (a client's pushes go in order).
+                let request = match cause {
+                    Cause::Push { client: c, request } if c == client => request,
+                    _ => {
+                        self.waiting
+                            .iter()
+                            .find(|w| w.client == client)
+                            .unwrap_or_else(|| {
+                                panic!("{msg:?} to client {client}, who waits for nothing")
+                            })
+                            .request
+                    }
+                };
+                let w = self.take(client, request, msg);
+                match code {
+                    ErrorCode::Unauthorized => {
+                        assert!(!self.clients[&client], "{msg:?} to a client that may write");
+                        assert!(
+                            matches!(cause, Cause::Push { .. }),
+                            "{msg:?} after {cause:?}"
+                        );
+                    }
+                    ErrorCode::TooLarge => {
+                        assert!(
+                            matches!(cause, Cause::Push { .. }),
+                            "{msg:?} after {cause:?}"
+                        );
+                    }
+                    ErrorCode::Unavailable => assert!(
+                        matches!(cause, Cause::Committed { failed: true, .. }),
+                        "{msg:?} after {cause:?}"
+                    ),
+                    _ => panic!("the core refused a push with {msg:?}"),
+                }
+                self.check_rejected(&w, &HashSet::new());
+                Some(request)
+            }
+            other => panic!("the core sent {other:?}; anything but answers is the shell's"),
+        }
+    }
+
+    /// A head in an answer: never back, never past the log's.
+    fn check_head(&mut self, head: u64) {
+        assert!(
+            head >= self.answered_head,
+            "an answer's head went back from {} to {head}",
+            self.answered_head
+        );
+        assert!(
+            head <= self.store.head(),
+            "an answer's head {head} is past the log's"
+        );
+        self.answered_head = head;
+    }
+
+    /// A push's rejected events (but those its answer also placed: a
+    /// repeated id) were not appended by it: if the log holds one with the
+    /// content this push gave it, another push gave it that content too.
+    fn check_rejected(&self, w: &Waiting, placed: &HashSet<Uuid>) {
+        for id in w.rejected.iter().flatten().filter(|id| placed.contains(id)) {
+            let copies = w.events.iter().filter(|p| p.event_id == *id).count();
+            assert!(copies >= 2, "{id} of {w:?} both placed and rejected");
+        }
+        for id in w
+            .rejected
+            .iter()
+            .flatten()
+            .filter(|id| !placed.contains(id))
+        {
+            let mut copies = w.events.iter().filter(|p| p.event_id == *id);
+            let (Some(copy), None) = (copies.next(), copies.next()) else {
+                // Which copy of a repeated id was refused is the core's
+                // choice; the first may have gone in (in a commit that
+                // then failed).
+                continue;
+            };
+            let Some(held) = self.store.get(*id).expect("get") else {
+                continue;
+            };
+            if !same_content(copy, &held) {
+                continue;
+            }
+            let other = self.history.iter().any(|(c, r, events)| {
+                (*c, *r) != (w.client, w.request)
+                    && events
+                        .iter()
+                        .any(|p| p.event_id == *id && same_content(p, &held))
+            });
+            assert!(
+                other,
+                "rejected {id} of {w:?}, yet the log holds it: {held:?}"
+            );
+        }
+    }
+
+    /// After every operation: the head never goes back, and the turn is
+    /// never held by a client that left (it would hold the others' pushes
+    /// for nothing until its lease runs out).
+    fn check(&mut self) {
+        let head = self.store.head();
+        assert!(
+            head >= self.head_seen,
+            "the head went back from {} to {head}",
+            self.head_seen
+        );
+        self.head_seen = head;
+        if let Some(holder) = self.core.turn_holder() {
+            assert!(
+                self.clients.contains_key(&holder),
+                "client {holder} holds the turn, but it left"
+            );
+        }
+    }
+
+    /// Drives the core until it is quiet, handing what it sends to
+    /// `route`: commits carried out, and while pushes wait that no commit
+    /// takes (held for another client's turn), time moved to when the
+    /// turn runs out. Then every push has had its final answer.
+    fn settle(&mut self, mut route: impl FnMut(&Store, Vec<Sent>)) {
+        for _ in 0..SETTLE_STEPS_MAX {
+            if let Some(sent) = self.commit(CommitFate::Done) {
+                route(&self.store, sent);
+            } else if self.waiting.is_empty() {
+                break;
+            } else {
+                let Some(at) = self.core.poll_timeout() else {
+                    panic!(
+                        "pushes wait, but the core neither commits them nor wants a timeout: {:?}",
+                        self.waiting
+                    );
+                };
+                let sent = self.wait(at.saturating_sub(self.now));
+                route(&self.store, sent);
+            }
+            self.check();
+        }
+        assert!(
+            self.waiting.is_empty(),
+            "the core came to no rest, pushes unanswered: {:?}",
+            self.waiting
+        );
+        assert!(self.in_flight.is_none());
+    }
+
+    /// At the end: the log holds nothing the server refuses for good (the
+    /// policy's type, data over the limit, an empty aggregate), but what
+    /// another node appended.
+    fn close(self) {
+        check_log(&self.store);
+        for e in self.store.read_all(1) {
+            let e = e.expect("read");
+            assert_ne!(
+                e.event_type, FORBIDDEN_EVENT_TYPE,
+                "appended despite the policy: {e:?}"
+            );
+            assert!(
+                e.data.len() <= SYNC_DATA_BYTES_MAX,
+                "appended despite the limit: {e:?}"
+            );
+            assert!(
+                !e.aggregate_id.is_empty(),
+                "appended to no aggregate: {e:?}"
+            );
+        }
+        self.store.close().expect("close");
+    }
+}
+
+/// Whether `e` is `p` as appended: the same id, aggregate, version, type,
+/// data, metadata and timestamp.
+fn is_proposal(p: &Proposal, e: &Event) -> bool {
+    p.event_id == e.event_id
+        && p.version == e.version
+        && p.timestamp == e.timestamp
+        && same_content(p, e)
+}
+
+/// Whether `p` and `e` are the same event by content (Y4): aggregate,
+/// type, data and metadata.
+fn same_content(p: &Proposal, e: &Event) -> bool {
+    p.aggregate_id == e.aggregate_id
+        && p.event_type == e.event_type
+        && p.data == e.data
+        && p.metadata == e.metadata
+}
+
+/// The version of `aggregate_id` when the log's head was `head`.
+fn version_at(store: &Store, aggregate_id: &str, head: u64) -> u64 {
+    store
+        .read_aggregate(aggregate_id, 1, usize::MAX)
+        .expect("read")
+        .iter()
+        .take_while(|e| e.position <= head)
+        .last()
+        .map_or(0, |e| e.version)
+}
+
+// ---------------------------------------------------------------------------
 // server_core
 // ---------------------------------------------------------------------------
 
-/// What the harness knows of one client of `server_core`.
-#[derive(Debug, Default)]
-struct ServerSide {
+/// One client of `server_core`, with what its shell keeps for it.
+#[derive(Debug)]
+struct Conn {
+    id: ClientId,
+    /// Whether its follow stream carries raw records (else events).
     raw: bool,
-    welcomed: bool,
-    /// The next position the follow stream must send.
+    /// The next position its follow stream must send, once it follows.
     follow: Option<u64>,
-    last_push: Option<ClientMessage>,
+    last_push: Option<Vec<Proposal>>,
+}
+
+impl Conn {
+    fn push(&mut self, shell: &mut Shell, events: Vec<Proposal>) {
+        self.last_push = Some(events.clone());
+        let request = shell.next_request();
+        shell.push(self.id, request, events);
+    }
+
+    /// Reads the log for the client's follow stream as the QUIC shell
+    /// does, until it has sent everything up to the head the followers
+    /// were woken for: [`Store::read_raw_records`] for a raw client,
+    /// [`Store::read_events`] for the others, within the server's message
+    /// limits. Each read starts at the position due, goes on without gaps,
+    /// and holds the events the store holds there.
+    fn poll(&mut self, shell: &Shell) {
+        let Some(mut next) = self.follow else {
+            return;
+        };
+        let store = &shell.store;
+        let config = shell.core.config();
+        // Each read moves the stream on by at least one position.
+        for _ in 0..=shell.published {
+            if next > shell.published {
+                self.follow = Some(next);
+                return;
+            }
+            let events: Vec<Event> = if self.raw {
+                let (first, count, records) = store
+                    .read_raw_records(next, config.message_bytes_max)
+                    .expect("read")
+                    .unwrap_or_else(|| panic!("position {next} is due, but there are no records"));
+                assert_eq!(first, next);
+                let mut events = Vec::new();
+                format::for_each_record(first, count, &records, |r| {
+                    events.push(EventRef::from(r).to_event().expect("a valid timestamp"));
+                })
+                .expect("records decode");
+                events
+            } else {
+                store
+                    .read_events(next, config.message_events_max, config.message_bytes_max)
+                    .expect("read")
+            };
+            assert!(
+                !events.is_empty(),
+                "position {next} is due, but nothing was read"
+            );
+            for e in events {
+                assert_eq!(e.position, next, "the follow stream skipped or repeated");
+                assert_eq!(store.get(e.event_id).expect("get").as_ref(), Some(&e));
+                next += 1;
+            }
+        }
+        panic!("the follow stream never runs dry");
+    }
 }
 
 /// One operation of `server_core`. The input is a run of operations, each
-/// an opcode byte and its arguments (missing bytes read as 0). Bit 3 of
-/// the opcode picks the client (1, or 2 whose transport carries raw
-/// records):
+/// an opcode byte and its arguments (missing bytes read as 0). `opcode / 8
+/// % 3` picks the client: 0, 1 (whose follow stream carries raw records)
+/// or 2. The shell numbers each push's request itself.
 ///
 /// ```text
 /// opcode % 8   arguments                   operation
 /// 0            len u16 LE, len bytes       a ClientMessage decoded by wire::decode (skipped if it does not decode;
-///                                          len 0xffff: the rest of the input)
-/// 1            flags                       Hello: bit 0 another protocol; flags / 2 % 3: the token, no token, a wrong token
+///                                          len 0xffff: the rest of the input): Push goes to the core, Follow to the
+///                                          shell's follow stream, Hello is the shell's and does nothing here
+/// 1            k                           the log, by k % 8: 0 to 3 carry out the next commit (poll_commit,
+///                                          append_pushes, handle_committed); 4 carry it out but leave it in flight;
+///                                          5 it fails before writing; 6 it writes, then fails; with a commit in
+///                                          flight, 0 to 6 hand that one back instead; 7 another node appends to
+///                                          agg-(k / 8 % 3) (handle_head)
 /// 2            from                        Follow { from } (255: u64::MAX)
-/// 3            request count, 3 B/event    Push of count % 6 + 1 events (see proposal)
-/// 4                                        the client's last push again
-/// 5            ms                          time passes: ms * 16 milliseconds (server and store clock)
-/// 6            raw                         disconnect, connect again (raw & 1: raw records)
+/// 3            count, 3 B/event            Push of count % 6 + 1 events (see proposal)
+/// 4                                        the client's last push again (also after a reconnect)
+/// 5            ms                          time passes: ms * 16 milliseconds (server and store clock), handle_timeout
+/// 6            flags                       disconnect, connect again as a new client: raw records if bit 0,
+///                                          read-only if bit 1
 /// 7                                        poll the follow stream until it runs dry
 /// ```
 #[derive(Debug)]
 enum ServerOp {
-    Message(ClientMessage),
+    Push(Vec<Proposal>),
     Retry,
+    Follow(u64),
+    Storage(u8),
     Wait(u64),
-    Reconnect { raw: bool },
+    Reconnect { raw: bool, may_write: bool },
     Poll,
     Skip,
 }
@@ -1115,33 +1951,19 @@ impl ServerOp {
     fn decode(input: &mut &[u8], now: u64) -> Option<(usize, ServerOp)> {
         let (&opcode, rest) = input.split_first()?;
         *input = rest;
-        let slot = usize::from(opcode >> 3) % 2;
+        let slot = usize::from(opcode >> 3) % SERVER_CLIENTS;
         let op = match opcode % 8 {
             0 => match wire::decode::<ClientMessage>(next_chunk(input)) {
-                Ok(msg) => ServerOp::Message(msg),
-                Err(_) => ServerOp::Skip,
+                Ok(ClientMessage::Push { events, .. }) => ServerOp::Push(events),
+                Ok(ClientMessage::Follow { from }) => ServerOp::Follow(from),
+                Ok(ClientMessage::Hello { .. }) | Err(_) => ServerOp::Skip,
             },
-            1 => {
-                let flags = next_byte(input);
-                ServerOp::Message(ClientMessage::Hello {
-                    protocol: PROTOCOL_VERSION + u32::from(flags & 1),
-                    store: "default".into(),
-                    token: match flags / 2 % 3 {
-                        0 => Some(SYNC_TOKEN.into()),
-                        1 => None,
-                        _ => Some("wrong".into()),
-                    },
-                    client: "fuzz-client".into(),
-                })
-            }
-            2 => ServerOp::Message(ClientMessage::Follow {
-                from: match next_byte(input) {
-                    255 => u64::MAX,
-                    b => u64::from(b),
-                },
+            1 => ServerOp::Storage(next_byte(input)),
+            2 => ServerOp::Follow(match next_byte(input) {
+                255 => u64::MAX,
+                b => u64::from(b),
             }),
             3 => {
-                let request = u64::from(next_byte(input));
                 let count = next_byte(input) % 6 + 1;
                 let events = (0..count)
                     .map(|_| {
@@ -1149,26 +1971,48 @@ impl ServerOp {
                         proposal(spec, now)
                     })
                     .collect();
-                ServerOp::Message(ClientMessage::Push {
-                    request,
-                    base: 0,
-                    events,
-                })
+                ServerOp::Push(events)
             }
             4 => ServerOp::Retry,
             5 => ServerOp::Wait(16 * u64::from(next_byte(input))),
-            6 => ServerOp::Reconnect {
-                raw: next_byte(input) & 1 == 1,
-            },
+            6 => {
+                let flags = next_byte(input);
+                ServerOp::Reconnect {
+                    raw: flags & 1 == 1,
+                    may_write: flags & 2 == 0,
+                }
+            }
             _ => ServerOp::Poll,
         };
         Some((slot, op))
     }
 }
 
+impl Shell {
+    /// Operation 1 of [`ServerOp`]: the log's side.
+    fn storage(&mut self, k: u8) {
+        match k % 8 {
+            7 => self.foreign_append(k / 8),
+            4 if self.in_flight.is_none() => {
+                self.start_commit(CommitFate::Done);
+            }
+            5 => {
+                self.commit(CommitFate::FailsBeforeWrite);
+            }
+            6 => {
+                self.commit(CommitFate::FailsAfterWrite);
+            }
+            _ => {
+                self.commit(CommitFate::Done);
+            }
+        }
+    }
+}
+
 /// A proposal from three bytes `[a, b, c]`:
 ///
-/// * id `a % 32 + 1` (so ids repeat, within and across aggregates);
+/// * id `a % 32 + 1` (so ids repeat, within and across aggregates and
+///   clients);
 /// * aggregate `agg-{b % 4}`, but `b % 4 == 3` is the empty id (refused);
 ///   version `b / 4 % 8` (0 is refused);
 /// * timestamp by `c % 4`: now, an hour ahead (beyond the drift limit), 1
@@ -1207,204 +2051,6 @@ fn proposal([a, b, c]: [u8; 3], now: u64) -> Proposal {
     }
 }
 
-/// Hands one message to the core and checks the replies.
-fn server_handle(
-    core: &mut ServerCore,
-    store: &mut Store,
-    side: &mut ServerSide,
-    id: ClientId,
-    now: u64,
-    msg: ClientMessage,
-) {
-    let head = store.head();
-    let replies = core.handle(now, id, msg.clone(), store);
-    let unexpected = |replies: &[ServerMessage]| {
-        assert!(
-            matches!(
-                replies,
-                [ServerMessage::Error {
-                    code: ErrorCode::Unexpected,
-                    fatal: true,
-                    ..
-                }]
-            ),
-            "{replies:?}"
-        );
-    };
-    match msg {
-        ClientMessage::Hello {
-            protocol, token, ..
-        } => {
-            let admitted = protocol == PROTOCOL_VERSION && token.as_deref() == Some(SYNC_TOKEN);
-            match &replies[..] {
-                [
-                    ServerMessage::Welcome {
-                        protocol,
-                        store_id,
-                        head,
-                    },
-                ] if admitted => {
-                    assert_eq!(*protocol, PROTOCOL_VERSION);
-                    assert_eq!(*store_id, store.store_id());
-                    assert_eq!(*head, store.head());
-                    side.welcomed = true;
-                }
-                [ServerMessage::Error { fatal: true, .. }] if !admitted => {}
-                other => panic!("Hello (admitted: {admitted}) answered {other:?}"),
-            }
-        }
-        ClientMessage::Follow { from } => {
-            if side.welcomed {
-                assert!(replies.is_empty(), "{replies:?}");
-                side.follow = Some(from.max(1));
-            } else {
-                unexpected(&replies);
-            }
-        }
-        ClientMessage::Push {
-            request,
-            ref events,
-            ..
-        } => {
-            if side.welcomed {
-                check_push_replies(store, head, request, events, &replies);
-                side.last_push = Some(msg);
-            } else {
-                unexpected(&replies);
-                assert_eq!(store.head(), head);
-            }
-        }
-    }
-}
-
-/// A push's replies: at most one `Rejected` naming events of the push, then
-/// exactly one final reply. `Accepted` places or rejects every event of
-/// the push, at the position and version the store holds it; anything else
-/// appended nothing.
-fn check_push_replies(
-    store: &Store,
-    head_before: u64,
-    request: u64,
-    events: &[Proposal],
-    replies: &[ServerMessage],
-) {
-    let ids: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let (last, rest) = replies.split_last().expect("a push is answered");
-    let mut rejected = HashSet::new();
-    match rest {
-        [] => {}
-        [
-            ServerMessage::Rejected {
-                request: r,
-                rejections,
-            },
-        ] => {
-            assert_eq!(*r, request);
-            assert!(!rejections.is_empty());
-            for (id, _) in rejections {
-                assert!(ids.contains(id), "rejected {id}, which was not pushed");
-                rejected.insert(*id);
-            }
-        }
-        other => panic!("a push answered {other:?} before {last:?}"),
-    }
-    match last {
-        ServerMessage::Accepted {
-            request: r,
-            placed,
-            head,
-        } => {
-            assert_eq!(*r, request);
-            assert_eq!(*head, store.head());
-            let mut answered = rejected;
-            for p in placed {
-                check_placed(store, p);
-                assert!(
-                    ids.contains(&p.event_id),
-                    "placed {p:?}, which was not pushed"
-                );
-                answered.insert(p.event_id);
-            }
-            assert_eq!(answered, ids, "events neither placed nor rejected");
-        }
-        ServerMessage::PullRequired {
-            request: r,
-            conflicts,
-            head,
-            ..
-        } => {
-            assert_eq!(*r, request);
-            assert_eq!(store.head(), head_before, "appended, yet PullRequired");
-            assert_eq!(*head, store.head());
-            assert!(!conflicts.is_empty());
-            for (aggregate_id, version) in conflicts {
-                assert!(events.iter().any(|e| e.aggregate_id == *aggregate_id));
-                // The store's version; but a gap in the push's own versions
-                // (v1 then v3) reports the version the push itself got to
-                // (1) when the store's (0) is where the push starts.
-                let current = store.aggregate_version(aggregate_id).expect("version");
-                assert!(
-                    *version >= current,
-                    "{aggregate_id:?} is at {current}, not {version}"
-                );
-            }
-        }
-        ServerMessage::Error { fatal: false, .. } => {
-            assert_eq!(store.head(), head_before, "appended, yet refused");
-        }
-        other => panic!("a push answered {other:?}"),
-    }
-}
-
-fn check_placed(store: &Store, p: &Placed) {
-    let e = store
-        .get(p.event_id)
-        .expect("get")
-        .unwrap_or_else(|| panic!("placed {p:?}, which the store does not hold"));
-    assert_eq!((e.position, e.version), (p.position, p.version));
-}
-
-/// Polls a client's follow stream until it runs dry: it sends something
-/// exactly when events are due, raw records to raw clients and events to
-/// the others, from the position due on, as the store holds them.
-fn server_poll(core: &mut ServerCore, store: &mut Store, side: &mut ServerSide, id: ClientId) {
-    // Each message moves the stream on by at least one position.
-    for _ in 0..=store.head() {
-        let polled = core.poll_events(id, store).expect("poll_events");
-        let due = side.follow.filter(|&next| next <= store.head());
-        let Some(msg) = polled else {
-            assert_eq!(due, None, "events due but none sent");
-            return;
-        };
-        let next = due.unwrap_or_else(|| panic!("{msg:?} sent, nothing due"));
-        match msg {
-            ServerMessage::Events { events } if !side.raw => {
-                assert!(!events.is_empty());
-                for (i, e) in events.iter().enumerate() {
-                    assert_eq!(e.position, next + i as u64);
-                    assert_eq!(store.get(e.event_id).expect("get").as_ref(), Some(e));
-                }
-                side.follow = Some(next + events.len() as u64);
-            }
-            ServerMessage::Records {
-                first_position,
-                count,
-                records,
-            } if side.raw => {
-                assert_eq!(first_position, next);
-                format::for_each_record(first_position, count, &records, |r| {
-                    let e = store.get(r.event_id).expect("get").expect("held");
-                    assert_eq!((e.position, e.version), (r.position, r.version));
-                })
-                .expect("records decode");
-                side.follow = Some(next + u64::from(count));
-            }
-            other => panic!("the follow stream sent {other:?} (raw: {})", side.raw),
-        }
-    }
-    panic!("the follow stream never runs dry");
-}
-
 // ---------------------------------------------------------------------------
 // replica_core
 // ---------------------------------------------------------------------------
@@ -1424,7 +2070,7 @@ fn server_poll(core: &mut ServerCore, store: &mut Store, side: &mut ServerSide, 
 /// 4            k                            Accepted: request (see ReplicaSide::request), k / 4 % 4 placements
 ///                                           of pending events after the head; server head u64::MAX if bit 4
 /// 5            k, head, retry               PullRequired { conflicts: agg-0, head: local + head % 4 (u64::MAX
-///                                           if bit 2), retry_after_ms: retry % 4: 0, 100, 250, u64::MAX }
+///                                           if bit 2), retry_after_ms: retry % 4: 0, 100, 25, u64::MAX }
 /// 6            k                            bit 2 clear: Rejected of the first pending event;
 ///                                           set: Error { code: k / 8 % 7, fatal: bit 0 }
 /// 7            k                            k % 4: 0 time passes (k * 64 ms) and the timeout is handled,
@@ -1703,7 +2349,7 @@ impl ReplicaSide {
                     retry_after_ms: match retry % 4 {
                         0 => 0,
                         1 => 100,
-                        2 => RETRY_AFTER_MS_MAX,
+                        2 => RETRY_AFTER_MS_SHORT,
                         _ => u64::MAX,
                     },
                 })
@@ -1812,29 +2458,427 @@ impl ReplicaSide {
 // seed_json
 // ---------------------------------------------------------------------------
 
-/// One message a [`SeedSession`] sent: JSON with a `type`, and every event
-/// in it is in the store at the position it names, contiguous.
-fn check_seed_message(msg: &str, store: &Store) {
+/// A line of `seed_json` that is the shell's, not a message (after the
+/// `>` that picks the second connection, where that matters):
+///
+/// ```text
+/// line   what the shell does
+/// !h     hold: commits wait (pushes gather, to share one)
+/// !c     commit: carry out what waits, and again after each line
+/// !f     the next commit fails before writing
+/// !F     the next commit writes, then fails (the acknowledgement is lost)
+/// !d     the connection drops; the client connects again (the second has to authenticate again)
+/// !t     the turn's lease passes
+/// ```
+#[derive(Debug)]
+enum SeedControl {
+    Hold,
+    Commit,
+    Fail(CommitFate),
+    Drop,
+    LeasePasses,
+}
+
+impl SeedControl {
+    fn parse(line: &str) -> Option<SeedControl> {
+        Some(match line {
+            "!h" => SeedControl::Hold,
+            "!c" => SeedControl::Commit,
+            "!f" => SeedControl::Fail(CommitFate::FailsBeforeWrite),
+            "!F" => SeedControl::Fail(CommitFate::FailsAfterWrite),
+            "!d" => SeedControl::Drop,
+            "!t" => SeedControl::LeasePasses,
+            _ => return None,
+        })
+    }
+}
+
+/// One connection of `seed_json`, as its shell and client see it.
+#[derive(Debug)]
+struct SeedSide {
+    /// The session, once the connection is authenticated.
+    session: Option<SeedSession>,
+    /// The push whose request has not ended yet: its number and events.
+    awaiting: Option<(u64, Vec<Proposal>)>,
+    /// The position the session's stream of events must send next; `None`
+    /// after a `client_sync_request`, whose cursor the harness does not
+    /// map, until the next response says where it stands.
+    next: Option<u64>,
+}
+
+impl SeedSide {
+    fn new(shell: &mut Shell, authenticated: bool) -> SeedSide {
+        SeedSide {
+            session: authenticated.then(|| SeedSession::new(shell.connect(true))),
+            awaiting: None,
+            next: Some(1),
+        }
+    }
+
+    fn reconnect(&mut self, shell: &mut Shell, authenticated: bool) {
+        if let Some(session) = self.session.take() {
+            shell.disconnect(session.client());
+        }
+        *self = SeedSide::new(shell, authenticated);
+    }
+
+    /// A message before `auth`, read as the WebSocket shell reads it: a
+    /// good token connects silently; anything else gets an `error` (and
+    /// all but a malformed `auth` end the connection, after which the
+    /// client connects again, still unauthenticated).
+    fn authenticate(&mut self, shell: &mut Shell, line: &str) {
+        let reply = match Auth::parse(line) {
+            Ok(auth) if auth.token == SYNC_TOKEN => {
+                self.session = Some(SeedSession::new(shell.connect(true)));
+                return;
+            }
+            Ok(_) => error_json("unauthorized", "missing or wrong token", None),
+            Err(reply) => reply,
+        };
+        let out = check_seed_message(&reply, &shell.store);
+        assert_eq!(out.kind, "error", "{reply}");
+    }
+
+    /// A message from the core for this session's push: what the session
+    /// sends says what the core answered, and a final answer ends the
+    /// request.
+    fn reply(&mut self, store: &Store, msg: ServerMessage) {
+        let session = self
+            .session
+            .as_mut()
+            .expect("the core answers connected clients only");
+        let (request, events) = self
+            .awaiting
+            .as_ref()
+            .unwrap_or_else(|| panic!("{msg:?} to a session that waits for nothing"));
+        let request = *request;
+        let texts = session.handle_reply(msg.clone(), store);
+        let outs: Vec<SeedOut> = texts
+            .iter()
+            .map(|t| seed_output(t, store, &mut self.next))
+            .collect();
+        let only = || {
+            assert_eq!(outs.len(), 1, "{msg:?} became {texts:?}");
+            &outs[0]
+        };
+        match &msg {
+            ServerMessage::Rejected {
+                request: r,
+                rejections,
+            } => {
+                assert_eq!(*r, request);
+                assert_eq!(outs.len(), rejections.len(), "{msg:?} became {texts:?}");
+                for (out, (id, _)) in outs.iter().zip(rejections) {
+                    assert_eq!(out.kind, "error");
+                    assert_eq!(out.code.as_deref(), Some("rejected"));
+                    assert_eq!(out.event_id, Some(*id));
+                    assert!(events.iter().any(|e| e.event_id == *id));
+                }
+                return;
+            }
+            ServerMessage::Accepted { .. } => {
+                assert_eq!(only().status.as_deref(), Some("OK"), "{texts:?}");
+            }
+            ServerMessage::PullRequired { conflicts, .. } => {
+                let out = only();
+                assert_eq!(out.status.as_deref(), Some("PULL_REQUIRED"), "{texts:?}");
+                assert_eq!(&out.conflicts, conflicts, "{texts:?}");
+            }
+            ServerMessage::Error { code, .. } => {
+                let out = only();
+                assert_eq!(out.kind, "error");
+                assert_eq!(out.code.as_deref(), Some(code.as_str()), "{texts:?}");
+            }
+            other => panic!("the core sent a session {other:?}"),
+        }
+        self.awaiting = None;
+        assert!(
+            !session.is_waiting(),
+            "the request ended, but the session still waits"
+        );
+    }
+
+    /// At the end: nothing waits, and a session that follows has been sent
+    /// the whole log.
+    fn check_settled(&self, store: &Store) {
+        assert_eq!(self.awaiting, None, "a request never ended");
+        let Some(session) = &self.session else {
+            return;
+        };
+        assert!(!session.is_waiting());
+        if session.is_following() {
+            assert!(
+                self.next.is_none_or(|n| n == store.head() + 1),
+                "the stream stopped at {:?}, short of the head {}",
+                self.next,
+                store.head()
+            );
+        }
+    }
+}
+
+/// One message line for connection `slot`.
+fn seed_line(
+    shell: &mut Shell,
+    sides: &mut [SeedSide; 2],
+    slot: usize,
+    line: &str,
+    verbatim: &mut Verbatim,
+) {
+    let side = &mut sides[slot];
+    let Some(session) = side.session.as_mut() else {
+        side.authenticate(shell, line);
+        return;
+    };
+    let client = session.client();
+    let step = session.handle_text(line, &shell.store);
+    let waiting = session.is_waiting();
+    if line.contains("client_sync_request") {
+        // The cursor may have moved anywhere.
+        side.next = None;
+    }
+    match step {
+        SeedStep::Reply(texts) => {
+            assert_eq!(texts.len(), 1, "a message gets one reply: {texts:?}");
+            let out = seed_output(&texts[0], &shell.store, &mut side.next);
+            assert!(out.ends(), "{line} was answered by {texts:?}");
+            assert_eq!(waiting, side.awaiting.is_some());
+        }
+        SeedStep::Push { request, events } => {
+            assert!(
+                side.awaiting.is_none(),
+                "a second push while {:?} waits",
+                side.awaiting
+            );
+            assert!(waiting);
+            verbatim.record(line, &events);
+            side.awaiting = Some((request, events.clone()));
+            let sent = shell.push(client, request, events);
+            seed_route(sides, &shell.store, sent);
+        }
+    }
+}
+
+/// Hands what the core sent to the sessions it is for.
+fn seed_route(sides: &mut [SeedSide; 2], store: &Store, sent: Vec<Sent>) {
+    for Sent { client, msg, .. } in sent {
+        let side = sides
+            .iter_mut()
+            .find(|s| s.session.as_ref().is_some_and(|x| x.client() == client))
+            .unwrap_or_else(|| panic!("{msg:?} to client {client}, which has no session"));
+        side.reply(store, msg);
+    }
+}
+
+/// Polls every session's live events until there are none.
+fn seed_broadcast(sides: &mut [SeedSide; 2], store: &Store) {
+    for side in sides.iter_mut() {
+        let Some(session) = side.session.as_mut() else {
+            continue;
+        };
+        // Each broadcast moves the session on by at least one event.
+        let mut polls = 0;
+        while let Some(msg) = session.poll_broadcast(store).expect("broadcast") {
+            let out = seed_output(&msg, store, &mut side.next);
+            assert_eq!(out.kind, "server_new_events", "{msg}");
+            polls += 1;
+            assert!(polls <= store.head(), "broadcasts never run dry");
+        }
+    }
+}
+
+/// The bytes of an event's `event_data` and `metadata` (none for `null`).
+type ValueBytes = (Vec<u8>, Option<Vec<u8>>);
+
+/// The exact bytes of `event_data` and `metadata` of every event a seed
+/// client pushed, by id.
+#[derive(Debug, Default)]
+struct Verbatim(HashMap<Uuid, Vec<ValueBytes>>);
+
+/// The events of a client message, with their values as raw text.
+#[derive(serde::Deserialize)]
+struct RawMessage<'a> {
+    #[serde(borrow, default)]
+    local_events: Option<Vec<RawEvent<'a>>>,
+    #[serde(borrow, default)]
+    rebased_events: Option<Vec<RawEvent<'a>>>,
+}
+
+/// An event of a message, as far as its bytes matter.
+#[derive(serde::Deserialize)]
+struct RawEvent<'a> {
+    event_id: Uuid,
+    #[serde(borrow)]
+    event_data: &'a RawValue,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+impl Verbatim {
+    /// Checks that a push carries the texts of its message's `event_data`
+    /// and `metadata` unchanged (`null` metadata is none), and records
+    /// them.
+    fn record(&mut self, line: &str, events: &[Proposal]) {
+        let raw: RawMessage<'_> = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("the session pushed {line}, which does not parse: {e}"));
+        let raw = raw
+            .local_events
+            .or(raw.rebased_events)
+            .expect("a pushed message has events");
+        assert_eq!(raw.len(), events.len(), "{line}");
+        for (r, p) in raw.iter().zip(events) {
+            assert_eq!(r.event_id, p.event_id);
+            let data = r.event_data.get().as_bytes();
+            let metadata = r.metadata.map(|m| m.get().as_bytes().to_vec());
+            assert_eq!(
+                p.data, data,
+                "event_data of {} changed on the way in",
+                p.event_id
+            );
+            assert_eq!(
+                p.metadata, metadata,
+                "metadata of {} changed on the way in",
+                p.event_id
+            );
+            self.0
+                .entry(p.event_id)
+                .or_default()
+                .push((data.to_vec(), metadata));
+        }
+    }
+
+    /// Every stored event holds the bytes a client sent for it.
+    fn check(&self, store: &Store) {
+        for e in store.read_all(1) {
+            let e = e.expect("read");
+            let sent = self
+                .0
+                .get(&e.event_id)
+                .unwrap_or_else(|| panic!("the store holds {e:?}, which no client sent"));
+            assert!(
+                sent.iter()
+                    .any(|(data, metadata)| *data == e.data && *metadata == e.metadata),
+                "the store holds {e:?}, not the bytes sent: {sent:?}"
+            );
+        }
+    }
+}
+
+/// What [`check_seed_message`] read from a message.
+#[derive(Debug, Default)]
+struct SeedOut {
+    kind: String,
+    code: Option<String>,
+    event_id: Option<Uuid>,
+    status: Option<String>,
+    conflicts: Vec<(String, u64)>,
+    /// Positions of the events it carries.
+    positions: Vec<u64>,
+    new_server_position: Option<u64>,
+}
+
+impl SeedOut {
+    /// Whether it ends a request: a response, or an error other than a
+    /// rejection (which comes before the end).
+    fn ends(&self) -> bool {
+        self.kind == "server_sync_response"
+            || (self.kind == "error" && self.code.as_deref() != Some("rejected"))
+    }
+}
+
+/// An event as a session sends it, as far as its bytes matter.
+#[derive(serde::Deserialize)]
+struct OutEvent<'a> {
+    event_id: Uuid,
+    #[serde(borrow)]
+    event_data: &'a RawValue,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// The events of a session's message.
+#[derive(serde::Deserialize)]
+struct OutEvents<'a> {
+    #[serde(borrow, default)]
+    missing_events: Vec<OutEvent<'a>>,
+    #[serde(borrow, default)]
+    events: Vec<OutEvent<'a>>,
+}
+
+/// One message a session sent, checked (see [`check_seed_message`]), and
+/// its events checked against the session's stream: they go on from
+/// `next` without a gap, and a response says where the stream stands.
+fn seed_output(msg: &str, store: &Store, next: &mut Option<u64>) -> SeedOut {
+    let out = check_seed_message(msg, store);
+    if let (Some(n), Some(&first)) = (*next, out.positions.first()) {
+        assert_eq!(first, n, "the session's stream skipped or repeated: {msg}");
+    }
+    if let Some(&last) = out.positions.last() {
+        *next = Some(last + 1);
+    }
+    if let Some(position) = out.new_server_position {
+        if out.positions.is_empty()
+            && let Some(n) = *next
+        {
+            assert_eq!(
+                position + 1,
+                n,
+                "a response moved the cursor without events: {msg}"
+            );
+        }
+        *next = Some(position + 1);
+    }
+    out
+}
+
+/// One message a [`SeedSession`] or the shell sent: JSON with a `type`;
+/// every event in it is in the store at the position it names,
+/// contiguous, with the `event_data` and `metadata` the store holds, byte
+/// for byte.
+fn check_seed_message(msg: &str, store: &Store) -> SeedOut {
     let v: serde_json::Value =
         serde_json::from_str(msg).unwrap_or_else(|e| panic!("not JSON ({e}): {msg}"));
     let kind = v["type"]
         .as_str()
         .unwrap_or_else(|| panic!("no type: {msg}"));
+    let mut out = SeedOut {
+        kind: kind.to_owned(),
+        ..SeedOut::default()
+    };
     let events = match kind {
         "error" => {
             assert!(v["code"].is_string() && v["message"].is_string(), "{msg}");
-            return;
+            out.code = v["code"].as_str().map(str::to_owned);
+            out.event_id = v
+                .get("event_id")
+                .map(|id| id.as_str().expect("an id").parse().expect("a UUID"));
+            return out;
         }
         "server_sync_response" => {
             let status = v["status"].as_str();
             assert!(matches!(status, Some("OK" | "PULL_REQUIRED")), "{msg}");
+            out.status = status.map(str::to_owned);
             let position = v["new_server_position"].as_u64().expect("a position");
             assert!(position <= store.head(), "{msg}");
+            out.new_server_position = Some(position);
             let token = v["new_server_hlc"].as_str().expect("a cursor");
             assert_eq!(token.is_empty(), position == 0, "{msg}");
             if position > 0 {
                 let ts = Timestamp::parse(token).expect("a cursor is an HLC");
                 assert_eq!(ts.node().as_str(), format!("@{position}"));
+            }
+            if let Some(conflicts) = v.get("conflicts") {
+                out.conflicts = conflicts
+                    .as_array()
+                    .expect("conflicts")
+                    .iter()
+                    .map(|c| {
+                        let aggregate = c["aggregate_id"].as_str().expect("an aggregate");
+                        let version = c["current_version"].as_u64().expect("a version");
+                        (aggregate.to_owned(), version)
+                    })
+                    .collect();
+                assert!(!out.conflicts.is_empty(), "{msg}");
             }
             let events = v["missing_events"].as_array().expect("missing_events");
             if let Some(last) = events.last() {
@@ -1849,14 +2893,13 @@ fn check_seed_message(msg: &str, store: &Store) {
         }
         other => panic!("unknown message type {other:?}: {msg}"),
     };
-    let mut next = None;
     for e in events {
         let position = e["position"].as_u64().expect("a position");
         assert!(
-            next.is_none_or(|n| n == position),
-            "a gap before {position}"
+            out.positions.last().is_none_or(|p| p + 1 == position),
+            "a gap before {position}: {msg}"
         );
-        next = Some(position + 1);
+        out.positions.push(position);
         let id: Uuid = e["event_id"]
             .as_str()
             .expect("an id")
@@ -1867,4 +2910,22 @@ fn check_seed_message(msg: &str, store: &Store) {
         assert_eq!(e["version"].as_u64(), Some(held.version));
         assert_eq!(e["aggregate_id"].as_str(), Some(held.aggregate_id.as_str()));
     }
+    // The values themselves, as raw text: exactly the stored bytes.
+    let raw: OutEvents<'_> = serde_json::from_str(msg).expect("parsed above");
+    for e in raw.missing_events.iter().chain(&raw.events) {
+        let held = store.get(e.event_id).expect("get").expect("held");
+        assert_eq!(
+            e.event_data.get().as_bytes(),
+            held.data,
+            "event_data of {} was rewritten on the way out: {msg}",
+            e.event_id
+        );
+        assert_eq!(
+            e.metadata.map(|m| m.get().as_bytes()),
+            held.metadata.as_deref(),
+            "metadata of {} was rewritten on the way out: {msg}",
+            e.event_id
+        );
+    }
+    out
 }

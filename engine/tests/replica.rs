@@ -10,16 +10,22 @@ use strata::projection::counter::{self, CounterProjection};
 use strata::projection::{ViewOptions, Views};
 use strata::sync::proto::{ClientMessage, Proposal, ServerMessage};
 use strata::sync::{
-    PendingEvent, RebaseDecision, RebaseHook, Replica, ReplicaConfig, ReplicaCore, ReplicaOptions,
-    ServerConfig, ServerCore, SyncError,
+    CanonicalLog, ClientInfo, PendingEvent, RebaseDecision, RebaseHook, Replica, ReplicaConfig,
+    ReplicaCore, ReplicaOptions, ServerConfig, ServerCore, SyncError,
 };
 use strata::{Durability, ExpectedVersion, NewEvent, Options, Store};
 use uuid::Uuid;
 
+/// A server: a real store and the real sync core, with the shell's part
+/// (welcome, follow streams, group commits) played synchronously.
 struct Server {
     store: Store,
     core: ServerCore,
     next: u64,
+    /// Each connection's next follow position.
+    follow: std::collections::HashMap<u64, u64>,
+    /// Messages for each connection, not yet delivered.
+    out: std::collections::HashMap<u64, std::collections::VecDeque<ServerMessage>>,
 }
 
 impl Server {
@@ -33,9 +39,87 @@ impl Server {
                 },
             )
             .unwrap(),
-            core: ServerCore::new(ServerConfig::default()),
+            core: ServerCore::new(ServerConfig::default(), 0),
             next: 1,
+            follow: Default::default(),
+            out: Default::default(),
         }
+    }
+
+    /// A new core with `config` (a restarted server).
+    fn restart(&mut self, config: ServerConfig) {
+        self.core = ServerCore::new(config, self.store.head());
+        self.follow.clear();
+        self.out.clear();
+    }
+
+    /// One message from client `id`, handled as `strata-server` does:
+    /// Hello welcomes, Follow starts the stream, a push goes to the core,
+    /// whose commits run until it is quiet.
+    fn receive(&mut self, now: u64, id: u64, m: ClientMessage) {
+        match m {
+            ClientMessage::Hello { client, .. } => {
+                self.core.handle_connect(
+                    id,
+                    ClientInfo {
+                        name: client,
+                        may_write: true,
+                    },
+                );
+                let welcome = ServerMessage::Welcome {
+                    protocol: strata::sync::proto::PROTOCOL_VERSION,
+                    store_id: self.store.store_id(),
+                    head: self.store.head(),
+                };
+                self.out.entry(id).or_default().push_back(welcome);
+            }
+            ClientMessage::Follow { from } => {
+                self.follow.insert(id, from.max(1));
+            }
+            ClientMessage::Push {
+                request, events, ..
+            } => {
+                self.core.handle_push(now, id, request, events);
+                while let Some(commit) = self.core.poll_commit() {
+                    let result = self.store.append_pushes(&commit.pushes);
+                    self.core.handle_committed(now, commit.id, result);
+                }
+                while let Some((to, msg)) = self.core.poll_transmit() {
+                    self.out.entry(to).or_default().push_back(msg);
+                }
+            }
+        }
+    }
+
+    /// The next message for `id`: an answer first, then the follow stream
+    /// (raw log records, as over QUIC).
+    fn next_for(&mut self, id: u64) -> Option<ServerMessage> {
+        if let Some(m) = self.out.get_mut(&id).and_then(|q| q.pop_front()) {
+            return Some(m);
+        }
+        let next = *self.follow.get(&id)?;
+        let (first, count, records) = self.store.read_raw_records(next, 1 << 20).unwrap()?;
+        self.follow.insert(id, first + u64::from(count));
+        Some(ServerMessage::Records {
+            first_position: first,
+            count,
+            records,
+        })
+    }
+
+    /// Pushes `events` as client `id` and returns the answers it got.
+    fn push(&mut self, id: u64, events: Vec<Proposal>) -> Vec<ServerMessage> {
+        let base = self.store.head();
+        self.receive(
+            0,
+            id,
+            ClientMessage::Push {
+                request: 7,
+                base,
+                events,
+            },
+        );
+        self.out.remove(&id).map(Vec::from).unwrap_or_default()
     }
 }
 
@@ -67,7 +151,6 @@ fn replica(dir: &std::path::Path, hook: Option<Arc<dyn RebaseHook>>) -> Replica 
 fn connect(server: &mut Server, replica: Replica, name: &str) -> Client {
     let id = server.next;
     server.next += 1;
-    server.core.connect(id, true);
     let mut core = ReplicaCore::new(ReplicaConfig {
         request_timeout_ms: 10_000,
         push_events_max: 100,
@@ -84,14 +167,11 @@ fn pump(server: &mut Server, clients: &mut [&mut Client]) {
         for c in clients.iter_mut() {
             while let Some(m) = c.core.poll_transmit() {
                 moved = true;
-                let replies = server.core.handle(0, c.id, m, &mut server.store);
-                for r in replies {
-                    c.core
-                        .handle_message(0, r, &mut c.replica.storage())
-                        .unwrap();
-                }
+                server.receive(0, c.id, m);
             }
-            while let Some(m) = server.core.poll_events(c.id, &mut server.store).unwrap() {
+        }
+        for c in clients.iter_mut() {
+            while let Some(m) = server.next_for(c.id) {
                 moved = true;
                 c.core
                     .handle_message(0, m, &mut c.replica.storage())
@@ -219,9 +299,11 @@ fn y4_the_outbox_survives_a_restart_and_drains_after_reconnecting() {
             metadata: None,
         }],
     };
-    let replies = server.core.handle(0, a.id, replay, &mut server.store);
+    server.receive(0, a.id, replay);
+    let replies: Vec<ServerMessage> = server.out.remove(&a.id).map(Vec::from).unwrap_or_default();
     assert!(
-        matches!(&replies[0], ServerMessage::Accepted { placed, .. } if placed[0].position == 1)
+        matches!(&replies[0], ServerMessage::Accepted { placed, .. } if placed[0].position == 1),
+        "{replies:?}"
     );
     assert_eq!(server.store.head(), 1);
 }
@@ -293,7 +375,7 @@ fn refused_events_become_rejection_records_never_silence() {
         event_data_bytes_max: 8,
         ..strata::Limits::default()
     };
-    server.core = ServerCore::new(ServerConfig {
+    server.restart(ServerConfig {
         limits: small_limits,
         ..ServerConfig::default()
     });
@@ -337,9 +419,8 @@ fn status_reports_pending_and_positions() {
     );
 }
 
-fn hello(core: &mut ServerCore, store: &mut Store, id: u64) {
-    core.connect(id, false);
-    let welcome = core.handle(
+fn hello(server: &mut Server, id: u64) {
+    server.receive(
         0,
         id,
         ClientMessage::Hello {
@@ -348,9 +429,11 @@ fn hello(core: &mut ServerCore, store: &mut Store, id: u64) {
             token: None,
             client: format!("c{id}"),
         },
-        store,
     );
-    assert!(matches!(welcome[..], [ServerMessage::Welcome { .. }]));
+    assert!(matches!(
+        server.next_for(id),
+        Some(ServerMessage::Welcome { .. })
+    ));
 }
 
 fn proposal(id: u128, aggregate: &str, version: u64, physical_ms: u64) -> Proposal {
@@ -363,20 +446,6 @@ fn proposal(id: u128, aggregate: &str, version: u64, physical_ms: u64) -> Propos
         timestamp: Timestamp::from_parts(physical_ms, 0, "client").unwrap(),
         metadata: None,
     }
-}
-
-fn push(core: &mut ServerCore, store: &mut Store, events: Vec<Proposal>) -> Vec<ServerMessage> {
-    let base = store.head();
-    core.handle(
-        0,
-        1,
-        ClientMessage::Push {
-            request: 7,
-            base,
-            events,
-        },
-        store,
-    )
 }
 
 #[test]
@@ -392,12 +461,11 @@ fn a_push_gets_one_final_answer_when_the_store_refuses_single_events() {
             vec![NewEvent::new("T", "{}").with_id(taken)],
         )
         .unwrap();
-    hello(&mut server.core, &mut server.store, 1);
+    hello(&mut server, 1);
     let now = strata::hlc::WallClock::now_ms(&strata::hlc::SystemClock);
     let valid = proposal(3, "c", 1, now);
-    let replies = push(
-        &mut server.core,
-        &mut server.store,
+    let replies = server.push(
+        1,
         vec![
             // An id another aggregate holds.
             proposal(1, "a", 1, now),
@@ -437,11 +505,10 @@ fn a_refused_push_names_every_aggregate_that_moved() {
             .append(agg, ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])
             .unwrap();
     }
-    hello(&mut server.core, &mut server.store, 1);
+    hello(&mut server, 1);
     let now = strata::hlc::WallClock::now_ms(&strata::hlc::SystemClock);
-    let replies = push(
-        &mut server.core,
-        &mut server.store,
+    let replies = server.push(
+        1,
         vec![
             proposal(10, "a", 1, now),
             proposal(11, "b", 1, now),
@@ -462,7 +529,7 @@ fn a_push_over_the_byte_limit_is_refused_whole_and_the_replica_backs_off_smaller
         batch_bytes_max: 4_000,
         ..strata::Limits::default()
     };
-    server.core = ServerCore::new(ServerConfig {
+    server.restart(ServerConfig {
         limits,
         ..ServerConfig::default()
     });
@@ -487,17 +554,13 @@ fn a_push_over_the_byte_limit_is_refused_whole_and_the_replica_backs_off_smaller
             if let ClientMessage::Push { events, .. } = &m {
                 pushes.push((now, events.len()));
             }
-            for r in server.core.handle(now, a.id, m, &mut server.store) {
-                if matches!(r, ServerMessage::Error { .. }) {
-                    refusals += 1;
-                }
-                a.core
-                    .handle_message(now, r, &mut a.replica.storage())
-                    .unwrap();
-            }
+            server.receive(now, a.id, m);
         }
-        while let Some(m) = server.core.poll_events(a.id, &mut server.store).unwrap() {
+        while let Some(m) = server.next_for(a.id) {
             moved = true;
+            if matches!(m, ServerMessage::Error { .. }) {
+                refusals += 1;
+            }
             a.core
                 .handle_message(now, m, &mut a.replica.storage())
                 .unwrap();

@@ -23,6 +23,22 @@
 //!   the same with replicas that pull to the server's head before every
 //!   push (the strict policy, emulated client-side); `max_retries` is the
 //!   most `PULL_REQUIRED` answers one replica got.
+//! * `sync_push_fanin`: [`FANIN_REPLICAS`] clients over QUIC, each with
+//!   its own connection, push one-event batches to their own aggregates,
+//!   one push in flight each, [`FANIN_PUSHES`] pushes a client. The clients
+//!   speak the binary protocol directly (no local replica store), so the
+//!   figure is the server's: `strata_eps` with group commit, `baseline_eps`
+//!   the same server with one commit, and one sync, per push
+//!   (`commit_pushes_max = 1`). Also events per fsync and push latency
+//!   (p50, p99), from sending a push to its `Accepted`.
+//! * `sync_push_contention_json`: clients that speak only the seed's JSON
+//!   protocol over `/ws` write to one aggregate, 1 to 5 events a request,
+//!   pushing their rebased events at once after `PULL_REQUIRED`: 5 clients
+//!   of [`JSON_CONTENTION_EVENTS`]`.0` events and 32 of `.1`. `strata_eps`
+//!   is the 32-client run, `baseline_eps` one client writing as many events
+//!   alone (what contention costs); each run reports events/s, the most
+//!   rounds one request took, and p99 request latency, and checks that
+//!   every event landed once, versions contiguous.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -41,7 +57,19 @@ use crate::quic::{Frame, read_frame, write_frame};
 use crate::tls::Trust;
 
 /// Every sync workload, in the order [`run`] runs them.
-pub const WORKLOADS: &[&str] = &["sync_catchup", "sync_push_contention"];
+pub const WORKLOADS: &[&str] = &[
+    "sync_catchup",
+    "sync_push_contention",
+    "sync_push_fanin",
+    "sync_push_contention_json",
+];
+/// Clients in `sync_push_fanin`.
+pub const FANIN_REPLICAS: usize = 64;
+/// One-event pushes each `sync_push_fanin` client makes.
+pub const FANIN_PUSHES: u64 = 200;
+/// Events per client of the 5- and 32-client runs of
+/// `sync_push_contention_json`.
+pub const JSON_CONTENTION_EVENTS: (u64, u64) = (200, 100);
 /// Events per append while filling the `sync_catchup` server store.
 pub const FILL_BATCH_EVENTS: u64 = 1_000;
 /// Aggregates per fill batch.
@@ -143,6 +171,16 @@ pub fn run(
         report(&r);
         results.push(r);
     }
+    if wanted("sync_push_fanin") {
+        let r = runtime.block_on(sync_push_fanin(&config.dir.join("fanin")))?;
+        report(&r);
+        results.push(r);
+    }
+    if wanted("sync_push_contention_json") {
+        let r = runtime.block_on(sync_push_contention_json(&config.dir.join("json")))?;
+        report(&r);
+        results.push(r);
+    }
     drop(runtime);
     let _ = std::fs::remove_dir_all(&config.dir);
     Ok(results)
@@ -173,19 +211,45 @@ struct BenchServer {
     quic: SocketAddr,
     http: SocketAddr,
     fingerprint: String,
-    stop: tokio::sync::oneshot::Sender<()>,
+    registry: Arc<crate::Registry>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), crate::ServerError>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        // Not stopped (a workload failed): let its threads go without
+        // blocking this runtime.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 async fn start_server(data: &Path) -> Result<BenchServer, SyncBenchError> {
-    let config = crate::Config::new(
+    start_server_with(data, |_| {}).await
+}
+
+async fn start_server_with(
+    data: &Path,
+    tweak: impl FnOnce(&mut crate::Config),
+) -> Result<BenchServer, SyncBenchError> {
+    let mut config = crate::Config::new(
         data.to_path_buf(),
         "127.0.0.1:0".parse().expect("an address"),
         Some("127.0.0.1:0".parse().expect("an address")),
     );
+    tweak(&mut config);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(crate::serve(
+    // The server gets a runtime of its own, as in production: its threads
+    // are not the clients', and a profile tells them apart.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-server")
+        .enable_all()
+        .build()?;
+    let task = runtime.spawn(crate::serve(
         config,
         move |b: &crate::Bound| {
             let _ = ready_tx.send(b.clone());
@@ -207,8 +271,10 @@ async fn start_server(data: &Path) -> Result<BenchServer, SyncBenchError> {
         quic: bound.quic.expect("QUIC is on"),
         http: bound.http,
         fingerprint: bound.fingerprint.expect("QUIC is on"),
-        stop,
+        registry: bound.registry.clone(),
+        stop: Some(stop),
         task,
+        runtime: Some(runtime),
     })
 }
 
@@ -217,9 +283,14 @@ impl BenchServer {
         ClientOptions::new(self.quic.to_string(), Trust::Pin(self.fingerprint.clone()))
     }
 
-    async fn stop(self) -> Result<(), SyncBenchError> {
-        let _ = self.stop.send(());
-        self.task.await.map_err(failed)??;
+    async fn stop(mut self) -> Result<(), SyncBenchError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.map_err(failed)??;
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
         Ok(())
     }
 }
@@ -439,6 +510,8 @@ struct JsonMessage {
     events: Vec<JsonEvent>,
     #[serde(default)]
     new_server_hlc: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
     #[serde(default)]
     message: Option<String>,
 }
@@ -710,4 +783,394 @@ async fn sync_push_contention(events: u64, dir: &Path) -> Result<WorkloadResult,
     let r = with(r, "strict_pushes", s.pushes);
     let r = with(r, "runs_secs", behind_secs);
     Ok(with(r, "strict_runs_secs", strict_secs))
+}
+
+// --- sync_push_fanin ---------------------------------------------------------
+
+/// Figures of one fan-in run.
+struct FanIn {
+    elapsed: Duration,
+    /// Every push's time from sending to its `Accepted`.
+    latencies: Vec<Duration>,
+    /// `fdatasync` calls of the store's log during the run.
+    syncs: u64,
+    /// Group commits during the run.
+    commits: u64,
+}
+
+/// The value at quantile `q` of sorted `values`.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A protocol-level QUIC client: connects, says Hello to the default
+/// store, and returns the streams.
+async fn quic_client(
+    server: &BenchServer,
+    name: &str,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+    SyncBenchError,
+> {
+    let tls = crate::tls::client_config(&Trust::Pin(server.fingerprint.clone())).map_err(failed)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.config).map_err(failed)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(crate::quic::transport_config(
+        crate::quic::IDLE_TIMEOUT,
+    )));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))?;
+    let conn = endpoint
+        .connect_with(config, server.quic, crate::client::SERVER_NAME_DEFAULT)
+        .map_err(failed)?
+        .await
+        .map_err(failed)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(failed)?;
+    let mut buf = Vec::new();
+    let hello = ClientMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        store: crate::DEFAULT_STORE.into(),
+        token: None,
+        client: name.into(),
+    };
+    write_frame(&mut send, &mut buf, &hello, crate::quic::SEND_TIMEOUT)
+        .await
+        .map_err(failed)?;
+    match read_frame::<ServerMessage>(&mut recv, None)
+        .await
+        .map_err(failed)?
+    {
+        Frame::Message(ServerMessage::Welcome { .. }) => Ok((endpoint, conn, send, recv)),
+        other => Err(failed(format!("expected Welcome, got {other:?}"))),
+    }
+}
+
+/// One fan-in client: `pushes` one-event pushes to its own aggregate, one
+/// in flight at a time; returns each push's latency.
+async fn fanin_client(
+    server: Arc<BenchServer>,
+    replica: usize,
+    pushes: u64,
+) -> Result<Vec<Duration>, SyncBenchError> {
+    let name = format!("fanin-{replica}");
+    let (endpoint, conn, mut send, mut recv) = quic_client(&server, &name).await?;
+    let mut buf = Vec::new();
+    let mut latencies = Vec::with_capacity(pushes as usize);
+    for version in 1..=pushes {
+        let event = strata::sync::proto::Proposal {
+            event_id: strata::Uuid::now_v7(),
+            aggregate_id: name.clone(),
+            version,
+            event_type: "Recorded".into(),
+            data: strata::bench::payload(version),
+            timestamp: strata::Timestamp::from_parts(crate::quic::now_ms(), 0, &name)
+                .map_err(failed)?,
+            metadata: None,
+        };
+        let push = ClientMessage::Push {
+            request: version,
+            base: 0,
+            events: vec![event],
+        };
+        let sent = Instant::now();
+        write_frame(&mut send, &mut buf, &push, crate::quic::SEND_TIMEOUT)
+            .await
+            .map_err(failed)?;
+        match read_frame::<ServerMessage>(&mut recv, None)
+            .await
+            .map_err(failed)?
+        {
+            Frame::Message(ServerMessage::Accepted { request, .. }) if request == version => {}
+            Frame::Message(other) => {
+                return Err(failed(format!("{name}: push {version} answered {other:?}")));
+            }
+            Frame::Malformed(e) => return Err(failed(e)),
+        }
+        latencies.push(sent.elapsed());
+    }
+    crate::quic::close_gracefully(&conn, &mut send, crate::quic::close::DONE, "done").await;
+    endpoint.wait_idle().await;
+    Ok(latencies)
+}
+
+async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBenchError> {
+    let server =
+        Arc::new(start_server_with(dir, |c| c.sync.commit_pushes_max = commit_pushes_max).await?);
+    let hosted = server
+        .registry
+        .get_open(crate::DEFAULT_STORE)
+        .ok_or_else(|| failed("the default store is not open"))?;
+    let stats = |h: &crate::registry::Hosted| {
+        (
+            h.store
+                .log()
+                .stats()
+                .syncs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            h.stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let before = stats(&hosted);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..FANIN_REPLICAS)
+        .map(|r| tokio::spawn(fanin_client(server.clone(), r, FANIN_PUSHES)))
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(
+            tokio::time::timeout(SYNC_DEADLINE, t)
+                .await
+                .map_err(|_| failed("sync_push_fanin: a client did not finish in time"))?
+                .map_err(failed)??,
+        );
+    }
+    let elapsed = start.elapsed();
+    let after = stats(&hosted);
+    let head = hosted.store.head();
+    drop(hosted);
+    let total = FANIN_REPLICAS as u64 * FANIN_PUSHES;
+    if head != total {
+        return Err(failed(format!(
+            "sync_push_fanin: the log holds {head} of {total} events"
+        )));
+    }
+    Arc::try_unwrap(server)
+        .map_err(|_| failed("the server is still in use"))?
+        .stop()
+        .await?;
+    latencies.sort();
+    Ok(FanIn {
+        elapsed,
+        latencies,
+        syncs: after.0 - before.0,
+        commits: after.1 - before.1,
+    })
+}
+
+async fn sync_push_fanin(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {
+    let events = FANIN_REPLICAS as u64 * FANIN_PUSHES;
+    let group = fanin_run(&dir.join("group"), crate::registry::COMMIT_PUSHES_MAX).await?;
+    let single = fanin_run(&dir.join("single"), 1).await?;
+    let per_sync = |f: &FanIn| events as f64 / f.syncs.max(1) as f64;
+    let r = result("sync_push_fanin", events, group.elapsed, single.elapsed);
+    let r = with(r, "replicas", FANIN_REPLICAS as u64);
+    let r = with(r, "events_per_fsync", per_sync(&group));
+    let r = with(r, "baseline_events_per_fsync", per_sync(&single));
+    let r = with(r, "commits", group.commits);
+    let r = with(r, "p50_push_ms", ms(quantile(&group.latencies, 0.5)));
+    let r = with(r, "p99_push_ms", ms(quantile(&group.latencies, 0.99)));
+    let r = with(
+        r,
+        "baseline_p50_push_ms",
+        ms(quantile(&single.latencies, 0.5)),
+    );
+    Ok(with(
+        r,
+        "baseline_p99_push_ms",
+        ms(quantile(&single.latencies, 0.99)),
+    ))
+}
+
+// --- sync_push_contention_json -----------------------------------------------
+
+/// Figures of one JSON contention run.
+struct JsonContention {
+    elapsed: Duration,
+    events: u64,
+    /// Most responses one request needed (1: accepted at once).
+    rounds_max: usize,
+    /// Each request's time from sending to its `OK`.
+    latencies: Vec<Duration>,
+}
+
+/// A client of the seed's JSON protocol: pushes `events` increments to
+/// "hot", 1 to 5 a request, rebasing at once after `PULL_REQUIRED` (it
+/// renumbers its events after the latest version it has seen).
+async fn json_client(
+    http: SocketAddr,
+    id: usize,
+    events: u64,
+) -> Result<(usize, Vec<Duration>), SyncBenchError> {
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws"))
+        .await
+        .map_err(failed)?;
+    let node = format!("json{id}");
+    let mut seen = 0u64; // the latest version of "hot" it has seen
+    let mut cursor = String::new();
+    let mut sent = 0u64;
+    let mut rounds_max = 0;
+    let mut latencies = Vec::new();
+    let mut k = id as u64 + 1;
+    let mut counter = 0u32;
+    let mut first = true;
+    while sent < events {
+        k = k
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let n = ((k >> 33) % 5 + 1).min(events - sent);
+        let ids: Vec<String> = (0..n).map(|_| strata::Uuid::new_v4().to_string()).collect();
+        let local = |base: u64, counter: &mut u32| -> Vec<serde_json::Value> {
+            ids.iter()
+                .enumerate()
+                .map(|(i, eid)| {
+                    *counter += 1;
+                    serde_json::json!({
+                        "event_id": eid, "aggregate_id": "hot", "version": base + 1 + i as u64,
+                        "event_type": "CounterIncremented", "event_data": {"value": 1},
+                        "timestamp": format!("{}:{}:{node}", crate::quic::now_ms(), *counter),
+                        "metadata": null,
+                    })
+                })
+                .collect()
+        };
+        let start = Instant::now();
+        let msg = if first {
+            first = false;
+            serde_json::json!({"type": "client_sync_request", "last_synced_hlc": cursor, "local_events": local(seen, &mut counter)})
+        } else {
+            serde_json::json!({"type": "client_push_events", "rebased_events": local(seen, &mut counter)})
+        };
+        ws.send(Message::Text(msg.to_string().into()))
+            .await
+            .map_err(failed)?;
+        let mut rounds = 0;
+        loop {
+            let Some(m) = ws.next().await else {
+                return Err(failed("the server closed the WebSocket"));
+            };
+            let Message::Text(text) = m.map_err(failed)? else {
+                continue;
+            };
+            let m: JsonMessage = serde_json::from_str(text.as_str()).map_err(failed)?;
+            for e in m.missing_events.iter().chain(&m.events) {
+                if e.aggregate_id == "hot" {
+                    seen = seen.max(e.version);
+                }
+            }
+            if let Some(c) = m.new_server_hlc {
+                cursor = c;
+            }
+            match (m.kind.as_str(), m.status.as_deref()) {
+                ("server_sync_response", Some("OK")) => {
+                    rounds += 1;
+                    break;
+                }
+                ("server_sync_response", _) => {
+                    rounds += 1;
+                    let again = serde_json::json!({"type": "client_push_events", "rebased_events": local(seen, &mut counter)});
+                    ws.send(Message::Text(again.to_string().into()))
+                        .await
+                        .map_err(failed)?;
+                }
+                ("error", _) => {
+                    return Err(failed(format!(
+                        "{node}: the server said {}",
+                        m.message.unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        latencies.push(start.elapsed());
+        rounds_max = rounds_max.max(rounds);
+        sent += n;
+    }
+    let _ = ws.close(None).await;
+    Ok((rounds_max, latencies))
+}
+
+async fn json_contention_run(
+    dir: &Path,
+    clients: usize,
+    per_client: u64,
+) -> Result<JsonContention, SyncBenchError> {
+    let server = start_server(dir).await?;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| tokio::spawn(json_client(server.http, c, per_client)))
+        .collect();
+    let mut rounds_max = 0;
+    let mut latencies = Vec::new();
+    for t in tasks {
+        let (r, l) = tokio::time::timeout(SYNC_DEADLINE, t)
+            .await
+            .map_err(|_| failed("sync_push_contention_json: a client did not finish in time"))?
+            .map_err(failed)??;
+        rounds_max = rounds_max.max(r);
+        latencies.extend(l);
+    }
+    let elapsed = start.elapsed();
+    let events = clients as u64 * per_client;
+    // Every event landed once, versions contiguous.
+    let hosted = server
+        .registry
+        .get_open(crate::DEFAULT_STORE)
+        .ok_or_else(|| failed("the default store is not open"))?;
+    let log = hosted.store.read_events(1, usize::MAX, usize::MAX)?;
+    drop(hosted);
+    let ids: HashSet<strata::Uuid> = log.iter().map(|e| e.event_id).collect();
+    if log.len() as u64 != events
+        || ids.len() != log.len()
+        || log
+            .iter()
+            .enumerate()
+            .any(|(i, e)| e.version != i as u64 + 1)
+    {
+        return Err(failed(format!(
+            "sync_push_contention_json: {} events logged for {events} sent, {} distinct",
+            log.len(),
+            ids.len()
+        )));
+    }
+    server.stop().await?;
+    latencies.sort();
+    Ok(JsonContention {
+        elapsed,
+        events,
+        rounds_max,
+        latencies,
+    })
+}
+
+async fn sync_push_contention_json(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {
+    let (five, thirty_two) = JSON_CONTENTION_EVENTS;
+    let small = json_contention_run(&dir.join("five"), 5, five).await?;
+    let large = json_contention_run(&dir.join("thirty-two"), 32, thirty_two).await?;
+    let alone = json_contention_run(&dir.join("alone"), 1, large.events).await?;
+    let eps = |c: &JsonContention| c.events as f64 / c.elapsed.as_secs_f64().max(1e-9);
+    let r = result(
+        "sync_push_contention_json",
+        large.events,
+        large.elapsed,
+        alone.elapsed,
+    );
+    let r = with(r, "clients", 32u64);
+    let r = with(r, "max_rounds", large.rounds_max as u64);
+    let r = with(r, "p50_push_ms", ms(quantile(&large.latencies, 0.5)));
+    let r = with(r, "p99_push_ms", ms(quantile(&large.latencies, 0.99)));
+    let r = with(r, "five_clients_eps", eps(&small));
+    let r = with(r, "five_clients_max_rounds", small.rounds_max as u64);
+    let r = with(
+        r,
+        "five_clients_p99_push_ms",
+        ms(quantile(&small.latencies, 0.99)),
+    );
+    Ok(with(
+        r,
+        "alone_p99_push_ms",
+        ms(quantile(&alone.latencies, 0.99)),
+    ))
 }

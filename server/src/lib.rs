@@ -20,6 +20,7 @@
 //! Origin header. Messages, batches, connections and per-client queues are
 //! bounded; a slow client is disconnected, never waited for.
 
+pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod client;
@@ -222,6 +223,8 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// Who may sync which store.
+    pub auth: Arc<auth::Auth>,
     pub config: Config,
     /// Counts sync connections against `connections_max`.
     pub connections: Arc<tokio::sync::Semaphore>,
@@ -236,18 +239,19 @@ pub struct Bound {
     pub quic: Option<SocketAddr>,
     /// SHA-256 of the QUIC certificate, hex, for clients to pin.
     pub fingerprint: Option<String>,
+    /// The hosted stores (for embedders and benchmarks that look inside).
+    pub registry: Arc<Registry>,
 }
 
 /// Runs the server until `shutdown` completes; `ready` gets the bound
 /// addresses. On shutdown, connections close and every store is synced and
 /// closed, so nothing acknowledged is lost.
 pub async fn serve(
-    mut config: Config,
+    config: Config,
     ready: impl FnOnce(&Bound) + Send,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.check()?;
-    config.sync.tokens = config.tokens.clone();
     if config.tokens.is_empty() {
         tracing::warn!(
             "no token set: any local client may sync (allowed because the server listens on loopback only)"
@@ -260,10 +264,19 @@ pub async fn serve(
     let registry = Arc::new(Registry::new(config.data_dir.clone(), config.sync.clone()));
     // Open the default store up front: errors show at start, not at the
     // first client.
-    registry.get(DEFAULT_STORE)?;
+    {
+        let registry = registry.clone();
+        tokio::task::spawn_blocking(move || registry.get(DEFAULT_STORE))
+            .await
+            .map_err(|e| ServerError::Io {
+                action: "opening the default store",
+                source: std::io::Error::other(e),
+            })??;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         registry: registry.clone(),
+        auth: Arc::new(auth::Auth::new(config.tokens.clone())),
         connections: Arc::new(tokio::sync::Semaphore::new(config.connections_max)),
         config: config.clone(),
         stop: stop_rx.clone(),
@@ -296,6 +309,7 @@ pub async fn serve(
         })?,
         quic: quic.as_ref().map(|q| q.local_addr()),
         fingerprint: quic.as_ref().map(|q| q.fingerprint().to_owned()),
+        registry: registry.clone(),
     };
     ready(&bound);
     let quic_task = quic.map(|q| tokio::spawn(q.run()));

@@ -8,19 +8,21 @@
 //! 1. TLS 1.3 handshake with ALPN `strata-sync/1` (see [`crate::tls`]);
 //!    a connection over the [`crate::Config::connections_max`] limit gets a
 //!    fatal `Unavailable` error instead.
-//! 2. The client opens a stream and sends `Hello`. The token is checked
-//!    before any store is opened (so unauthenticated clients cannot make
-//!    the server create stores), the store is picked by name, and the core
-//!    answers `Welcome` or a fatal error.
-//! 3. A reader task decodes the client's messages and hands each to the
-//!    core on a blocking thread (a push appends and syncs); replies go to a
-//!    bounded queue of [`OUTBOUND_MESSAGES_MAX`] messages. The writer sends
-//!    replies first, then, whenever the store's head moves, asks the core
-//!    for the next `Records` (raw log records, no re-encoding) or `Events`
-//!    message of the follow stream. The core is never locked while bytes
-//!    go to the network, and a client that does not take a message within
-//!    [`SEND_TIMEOUT`] is disconnected: a slow subscriber never stalls the
-//!    server or other clients.
+//! 2. The client opens a stream and sends `Hello`. The protocol version
+//!    and the token are checked before any store is opened (so
+//!    unauthenticated clients cannot make the server create stores), the
+//!    store is picked by name, the client is connected to the store's core
+//!    ([`crate::registry::Hosted`]) and welcomed.
+//! 3. A reader task decodes the client's messages: a push goes to the core
+//!    (which answers it after its group commit, through the client's
+//!    queue of [`crate::registry::ROUTE_MESSAGES_MAX`] messages), a
+//!    `Follow` and the transport's own replies go to the writer. The writer
+//!    sends answers first, then, whenever the store's head moves, reads the
+//!    next `Records` (raw log records, no re-encoding) or `Events` message
+//!    of the follow stream. No lock is held while bytes go to the network,
+//!    and a client that does not take a message within [`SEND_TIMEOUT`], or
+//!    lets its queue fill, is disconnected: a slow subscriber never stalls
+//!    the server or other clients.
 //! 4. When either side ends, the core forgets the client (its turn passes
 //!    on).
 //!
@@ -30,15 +32,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use serde::de::DeserializeOwned;
-use strata::sync::ClientId;
-use strata::sync::proto::{ClientMessage, ErrorCode, ServerMessage};
+use strata::sync::proto::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 use strata::sync::wire;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use strata::sync::{ClientId, ClientInfo};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::registry::Hosted;
@@ -52,9 +54,6 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client whose stream does not take a message within this is
 /// disconnected.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages waiting for a client's writer (replies; the follow stream is
-/// pulled only when the writer is free, so it never queues).
-pub const OUTBOUND_MESSAGES_MAX: usize = 8;
 /// A connection without any packet for this long is dead (the server's
 /// setting; clients may choose a shorter one, and the shorter wins).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,14 +107,7 @@ pub mod close {
     pub const SHUTDOWN: u32 = 3;
 }
 
-/// Milliseconds since the Unix epoch: the shells own the clock the sync
-/// cores see.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::registry::now_ms;
 
 /// Transport settings both sides use; `idle_timeout` is between
 /// [`IDLE_TIMEOUT_MIN`] and [`IDLE_TIMEOUT_MAX`].
@@ -394,10 +386,23 @@ enum End {
     ClientDone,
     /// A fatal error was sent.
     Refused,
+    /// The client did not take messages fast enough.
     Slow,
     Shutdown,
     Failed(String),
 }
+
+/// What the reader hands the writer besides the core's answers.
+#[derive(Debug)]
+enum Local {
+    /// A reply of the transport itself (malformed frames, a second Hello).
+    Reply(ServerMessage),
+    /// The client wants the follow stream from this position on.
+    Follow(u64),
+}
+
+/// Messages from the reader waiting for the writer.
+const LOCAL_MESSAGES_MAX: usize = 8;
 
 /// One connection, from handshake to goodbye.
 async fn serve_connection(
@@ -429,30 +434,20 @@ async fn serve_connection(
         }
     };
     let mut buf = Vec::new();
-    let Some((hosted, id)) = hello(&shared, &conn, &mut send, &mut recv, &mut buf).await else {
+    let Some((hosted, id, routed)) = hello(&shared, &conn, &mut send, &mut recv, &mut buf).await
+    else {
         return;
     };
     tracing::info!(%remote, store = %hosted.name, client = id, "replica connected");
-    let (tx, rx) = mpsc::channel(OUTBOUND_MESSAGES_MAX);
-    let wake = Arc::new(Notify::new());
+    let (local_tx, local_rx) = mpsc::channel(LOCAL_MESSAGES_MAX);
     let reader = tokio::spawn(read_loop(
         recv,
         shared.clone(),
         hosted.clone(),
         id,
-        tx,
-        wake.clone(),
+        local_tx,
     ));
-    let end = write_loop(
-        &mut send,
-        &mut buf,
-        &hosted,
-        id,
-        rx,
-        &wake,
-        shared.stop.clone(),
-    )
-    .await;
+    let end = write_loop(&mut send, &mut buf, &shared, &hosted, routed, local_rx).await;
     match &end {
         End::ClientDone => close_gracefully(&conn, &mut send, close::DONE, "done").await,
         End::Refused => close_gracefully(&conn, &mut send, close::REFUSED, "refused").await,
@@ -462,14 +457,10 @@ async fn serve_connection(
         End::Slow => conn.close(VarInt::from_u32(close::SLOW), b"too slow"),
         End::Failed(_) => conn.close(VarInt::from_u32(close::REFUSED), b"failed"),
     }
-    // The reader ends with the connection; a core call it started finishes
-    // first, so the core never sees this client after it forgot it.
+    // The reader ends with the connection; the core forgets the client
+    // only after its last message was handed over.
     let _ = reader.await;
-    let core_host = hosted.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        core_host.with_core(|core, _| core.disconnect(id, now_ms()))
-    })
-    .await;
+    hosted.disconnect(id);
     match end {
         End::Failed(reason) => {
             tracing::warn!(%remote, store = %hosted.name, client = id, %reason, "replica disconnected")
@@ -483,15 +474,15 @@ async fn serve_connection(
     }
 }
 
-/// Reads `Hello`, checks the token, opens the store and lets the core
-/// welcome the client. `None` when the connection is over.
+/// Reads `Hello`, checks the protocol and the token, opens the store and
+/// welcomes the client. `None` when the connection is over.
 async fn hello(
     shared: &Shared,
     conn: &Connection,
     send: &mut SendStream,
     recv: &mut RecvStream,
     buf: &mut Vec<u8>,
-) -> Option<(Arc<Hosted>, ClientId)> {
+) -> Option<(Arc<Hosted>, ClientId, mpsc::Receiver<ServerMessage>)> {
     let remote = conn.remote_address();
     let refuse = |code, message: String| error(code, message, true);
     let first = tokio::time::timeout(
@@ -516,43 +507,35 @@ async fn hello(
             token,
             client,
         }))) => {
+            let name = if store.is_empty() {
+                DEFAULT_STORE.to_owned()
+            } else {
+                store
+            };
             // Checked before a store is opened (or created) for a client
             // that could not use it anyway.
-            if protocol != strata::sync::proto::PROTOCOL_VERSION {
+            if protocol != PROTOCOL_VERSION {
                 Err(refuse(
                     ErrorCode::Version,
                     format!(
-                        "this server speaks sync protocol {}, not {protocol}; upgrade the client or the server",
-                        strata::sync::proto::PROTOCOL_VERSION
+                        "this server speaks sync protocol {PROTOCOL_VERSION}, not {protocol}; upgrade the client or the server"
                     ),
                 ))
-            } else if strata::sync::token_accepted(
-                &shared.state.registry.sync_config().tokens,
-                token.as_deref(),
-            ) {
-                Ok((protocol, store, token, client))
             } else {
-                Err(refuse(
-                    ErrorCode::Unauthorized,
-                    "missing or wrong token; pass the server's token".into(),
-                ))
+                match shared.state.auth.check(token.as_deref(), &name) {
+                    Ok(grant) => Ok((name, client, grant)),
+                    Err(e) => Err(refuse(ErrorCode::Unauthorized, e.to_string())),
+                }
             }
         }
         Ok(Ok(Frame::Message(_))) => Err(refuse(ErrorCode::Unexpected, "send Hello first".into())),
     };
-    let (protocol, store, token, client) = match hello {
+    let (name, client, grant) = match hello {
         Ok(h) => h,
         Err(msg) => {
-            tracing::info!(%remote, reply = ?msg, "sync connection refused");
-            let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
-            close_gracefully(conn, send, close::REFUSED, "refused").await;
+            refuse_connection(conn, send, buf, msg).await;
             return None;
         }
-    };
-    let name = if store.is_empty() {
-        DEFAULT_STORE.to_owned()
-    } else {
-        store
     };
     let registry = shared.state.registry.clone();
     let opened = {
@@ -566,10 +549,8 @@ async fn hello(
                 ServerError::BadStoreName { .. } => ErrorCode::Malformed,
                 _ => ErrorCode::Unavailable,
             };
-            let msg = refuse(code, e.to_string());
             tracing::info!(%remote, store = %name.chars().take(80).collect::<String>(), error = %e, "sync connection refused");
-            let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
-            close_gracefully(conn, send, close::REFUSED, "refused").await;
+            refuse_connection(conn, send, buf, refuse(code, e.to_string())).await;
             return None;
         }
         Err(e) => {
@@ -578,125 +559,104 @@ async fn hello(
             return None;
         }
     };
-    let id = hosted.next_client_id();
-    let replies = {
-        let hosted = hosted.clone();
-        let msg = ClientMessage::Hello {
-            protocol,
-            store: name,
-            token,
-            client,
-        };
-        tokio::task::spawn_blocking(move || {
-            hosted.with_core(|core, store| {
-                core.connect(id, true);
-                core.handle(now_ms(), id, msg, store)
-            })
-        })
-        .await
-        .unwrap_or_else(|e| {
-            vec![error(
-                ErrorCode::Internal,
-                format!("the server failed: {e}"),
-                true,
-            )]
-        })
+    let client: String = client.chars().take(strata::hlc::NODE_BYTES_MAX).collect();
+    let (id, routed) = hosted.connect(ClientInfo {
+        name: client,
+        may_write: grant.write,
+    });
+    let welcome = ServerMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        store_id: hosted.store.store_id(),
+        head: hosted.store.head(),
     };
-    let fatal = replies.iter().any(is_fatal);
-    let mut sent = true;
-    for r in &replies {
-        if write_frame(send, buf, r, SEND_TIMEOUT).await.is_err() {
-            sent = false;
-            break;
-        }
-    }
-    if fatal || !sent {
-        tracing::info!(%remote, store = %hosted.name, replies = ?replies, "sync connection refused");
-        if fatal {
-            close_gracefully(conn, send, close::REFUSED, "refused").await;
-        } else {
-            conn.close(VarInt::from_u32(close::REFUSED), b"failed");
-        }
-        let _ = tokio::task::spawn_blocking(move || {
-            hosted.with_core(|core, _| core.disconnect(id, now_ms()))
-        })
-        .await;
+    if write_frame(send, buf, &welcome, SEND_TIMEOUT)
+        .await
+        .is_err()
+    {
+        conn.close(VarInt::from_u32(close::REFUSED), b"failed");
+        hosted.disconnect(id);
         return None;
     }
-    Some((hosted, id))
+    Some((hosted, id, routed))
 }
 
-/// Decodes the client's messages and hands them to the core; replies go to
-/// the writer through `tx`. Ends when the client finishes or fails, after a
-/// fatal reply, or when the writer is gone.
+/// Sends a fatal refusal and closes the connection.
+async fn refuse_connection(
+    conn: &Connection,
+    send: &mut SendStream,
+    buf: &mut Vec<u8>,
+    msg: ServerMessage,
+) {
+    tracing::info!(remote = %conn.remote_address(), reply = ?msg, "sync connection refused");
+    let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
+    close_gracefully(conn, send, close::REFUSED, "refused").await;
+}
+
+/// Decodes the client's messages: pushes go to the store's core, follow
+/// requests and the transport's own replies to the writer. Ends when the
+/// client finishes or fails, after a fatal reply, or when the writer is
+/// gone.
 async fn read_loop(
     mut recv: RecvStream,
     shared: Arc<Shared>,
     hosted: Arc<Hosted>,
     id: ClientId,
-    tx: mpsc::Sender<ServerMessage>,
-    wake: Arc<Notify>,
+    local: mpsc::Sender<Local>,
 ) {
     let mut malformed = 0u32;
     loop {
-        let replies = match read_frame::<ClientMessage>(&mut recv, Some(&shared.inbound)).await {
-            Ok(Frame::Message(msg)) => {
-                let hosted = hosted.clone();
-                let handled = tokio::task::spawn_blocking(move || {
-                    hosted.with_core(|core, store| core.handle(now_ms(), id, msg, store))
-                })
-                .await;
-                match handled {
-                    Ok(replies) => replies,
-                    Err(e) => {
-                        tracing::error!(error = %e, "the sync core panicked");
-                        vec![error(
-                            ErrorCode::Internal,
-                            "the server failed; retry later",
-                            true,
-                        )]
-                    }
-                }
+        let reply = match read_frame::<ClientMessage>(&mut recv, Some(&shared.inbound)).await {
+            Ok(Frame::Message(ClientMessage::Push {
+                request, events, ..
+            })) => {
+                hosted.push(id, request, events);
+                continue;
             }
+            Ok(Frame::Message(ClientMessage::Follow { from })) => Local::Follow(from),
+            Ok(Frame::Message(ClientMessage::Hello { .. })) => Local::Reply(error(
+                ErrorCode::Unexpected,
+                "Hello was already answered",
+                false,
+            )),
             Ok(Frame::Malformed(reason)) => {
                 malformed += 1;
                 let fatal = malformed > MALFORMED_MESSAGES_MAX;
                 tracing::debug!(client = id, %reason, malformed, "malformed sync message");
-                vec![error(ErrorCode::Malformed, reason, fatal)]
+                Local::Reply(error(ErrorCode::Malformed, reason, fatal))
             }
-            Err(FrameError::TooLarge(e)) => vec![error(ErrorCode::TooLarge, e.to_string(), true)],
+            Err(FrameError::TooLarge(e)) => {
+                Local::Reply(error(ErrorCode::TooLarge, e.to_string(), true))
+            }
             Err(FrameError::Finished) => return,
             Err(e) => {
                 tracing::debug!(client = id, error = %e, "sync stream ended");
                 return;
             }
         };
-        let fatal = replies.iter().any(is_fatal);
-        for r in replies {
-            if tx.send(r).await.is_err() {
-                return;
-            }
-        }
-        if fatal {
+        let fatal = matches!(&reply, Local::Reply(m) if is_fatal(m));
+        if local.send(reply).await.is_err() || fatal {
             return;
         }
-        // The message may have started the follow stream or moved the
-        // head: let the writer look (after the replies, which go first).
-        wake.notify_one();
     }
 }
 
-/// Sends replies first, then the follow stream, one message at a time.
+/// Sends the core's answers and the transport's replies first, then the
+/// follow stream, one message at a time: the next log read happens only
+/// once the previous message was sent, so a slow client's backlog stays in
+/// the log.
 async fn write_loop(
     send: &mut SendStream,
     buf: &mut Vec<u8>,
+    shared: &Shared,
     hosted: &Arc<Hosted>,
-    id: ClientId,
-    mut rx: mpsc::Receiver<ServerMessage>,
-    wake: &Notify,
-    mut stop: watch::Receiver<bool>,
+    mut routed: mpsc::Receiver<ServerMessage>,
+    mut local: mpsc::Receiver<Local>,
 ) -> End {
+    let mut stop = shared.stop.clone();
     let mut head = hosted.head.clone();
+    let config = shared.state.registry.sync_config();
+    let (max_events, max_bytes) = (config.message_events_max, config.message_bytes_max);
+    let mut follow: Option<u64> = None;
     let failed = |e: SendError| match e {
         SendError::Timeout(_) => End::Slow,
         other => End::Failed(other.to_string()),
@@ -711,54 +671,81 @@ async fn write_loop(
             let _ = write_frame(send, buf, &bye, SEND_TIMEOUT).await;
             return End::Shutdown;
         }
-        match rx.try_recv() {
-            Ok(msg) => {
-                if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
-                    return failed(e);
+        let next = match routed.try_recv() {
+            Ok(msg) => Some(msg),
+            // The store dropped the route: the client did not keep up.
+            Err(mpsc::error::TryRecvError::Disconnected) => return End::Slow,
+            Err(mpsc::error::TryRecvError::Empty) => match local.try_recv() {
+                Ok(Local::Reply(msg)) => Some(msg),
+                Ok(Local::Follow(from)) => {
+                    follow = Some(from.max(1));
+                    continue;
                 }
-                if is_fatal(&msg) {
-                    return End::Refused;
-                }
-                continue;
+                Err(mpsc::error::TryRecvError::Disconnected) => return End::ClientDone,
+                Err(mpsc::error::TryRecvError::Empty) => None,
+            },
+        };
+        if let Some(msg) = next {
+            if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                return failed(e);
             }
-            Err(mpsc::error::TryRecvError::Disconnected) => return End::ClientDone,
-            Err(mpsc::error::TryRecvError::Empty) => {}
+            if is_fatal(&msg) {
+                return End::Refused;
+            }
+            continue;
         }
         // Mark the head seen before looking, so a move after the look
         // wakes us below.
-        head.borrow_and_update();
-        let polled = {
-            let hosted = hosted.clone();
-            tokio::task::spawn_blocking(move || {
-                hosted.with_core(|core, store| {
-                    if core.wants_events(id, store.head()) {
-                        core.poll_events(id, store)
-                    } else {
-                        Ok(None)
+        let committed = *head.borrow_and_update();
+        if let Some(from) = follow.filter(|&f| f <= committed) {
+            let store = hosted.store.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                match store.read_raw_records(from, max_bytes)? {
+                    Some((first, count, records)) => Ok(Some(ServerMessage::Records {
+                        first_position: first,
+                        count,
+                        records,
+                    })),
+                    None => {
+                        let events = store.read_events(from, max_events, max_bytes)?;
+                        Ok::<_, strata::Error>(
+                            (!events.is_empty()).then_some(ServerMessage::Events { events }),
+                        )
                     }
-                })
-            })
-            .await
-        };
-        match polled {
-            Ok(Ok(Some(msg))) => {
-                if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
-                    return failed(e);
                 }
-                continue;
+            })
+            .await;
+            match read {
+                Ok(Ok(Some(msg))) => {
+                    follow = Some(match &msg {
+                        ServerMessage::Records {
+                            first_position,
+                            count,
+                            ..
+                        } => first_position + u64::from(*count),
+                        ServerMessage::Events { events } => {
+                            events.last().map_or(from, |e| e.position + 1)
+                        }
+                        _ => from,
+                    });
+                    if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                        return failed(e);
+                    }
+                    continue;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(store = %hosted.name, error = %e, "reading the log for a replica failed");
+                    let msg = error(
+                        ErrorCode::Internal,
+                        "the server could not read its log; retry later",
+                        true,
+                    );
+                    let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
+                    return End::Refused;
+                }
+                Err(e) => return End::Failed(format!("reading the log panicked: {e}")),
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(store = %hosted.name, error = %e, "reading the log for a replica failed");
-                let msg = error(
-                    ErrorCode::Internal,
-                    format!("the server could not read its log: {e}"),
-                    true,
-                );
-                let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
-                return End::Refused;
-            }
-            Err(e) => return End::Failed(format!("reading the log panicked: {e}")),
         }
         tokio::select! {
             changed = stop.changed() => {
@@ -766,7 +753,7 @@ async fn write_loop(
                     return End::Shutdown;
                 }
             }
-            msg = rx.recv() => match msg {
+            msg = routed.recv() => match msg {
                 Some(msg) => {
                     if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
                         return failed(e);
@@ -775,15 +762,27 @@ async fn write_loop(
                         return End::Refused;
                     }
                 }
+                None => return End::Slow,
+            },
+            msg = local.recv() => match msg {
+                Some(Local::Reply(msg)) => {
+                    if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                        return failed(e);
+                    }
+                    if is_fatal(&msg) {
+                        return End::Refused;
+                    }
+                }
+                Some(Local::Follow(from)) => follow = Some(from.max(1)),
                 None => return End::ClientDone,
             },
-            moved = head.changed() => {
+            // Only a following client wakes on commits.
+            moved = head.changed(), if follow.is_some() => {
                 if moved.is_err() {
                     // The store is closing.
                     return End::Shutdown;
                 }
             }
-            _ = wake.notified() => {}
         }
     }
 }
@@ -984,6 +983,62 @@ mod tests {
                 fatal: true,
                 ..
             }
+        ));
+        server.stop().await;
+    }
+
+    /// S6 over QUIC: an event id already in the log with other content is a
+    /// rejection naming the id and what differs, never an acceptance; the
+    /// same content is a retry, answered with the first position.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_id_reused_with_other_content_is_rejected() {
+        let server = start(16).await;
+        let (_ep, _conn, mut tx, mut rx) = connect(&server).await;
+        send(&mut tx, &hello()).await;
+        assert!(matches!(recv(&mut rx).await, ServerMessage::Welcome { .. }));
+        let original = Proposal {
+            event_id: strata::Uuid::now_v7(),
+            aggregate_id: "a".into(),
+            version: 1,
+            event_type: "T".into(),
+            data: br#"{"n": 1}"#.to_vec(),
+            timestamp: strata::Timestamp::from_parts(now_ms(), 0, "t").unwrap(),
+            metadata: None,
+        };
+        let push = |request, events| ClientMessage::Push {
+            request,
+            base: 0,
+            events,
+        };
+        send(&mut tx, &push(1, vec![original.clone()])).await;
+        assert!(matches!(
+            recv(&mut rx).await,
+            ServerMessage::Accepted { request: 1, .. }
+        ));
+        let changed = Proposal {
+            data: br#"{"n": 2}"#.to_vec(),
+            version: 2,
+            ..original.clone()
+        };
+        send(&mut tx, &push(2, vec![changed])).await;
+        match recv(&mut rx).await {
+            ServerMessage::Rejected {
+                request: 2,
+                rejections,
+            } => {
+                assert_eq!(rejections[0].0, original.event_id);
+                assert!(rejections[0].1.contains("event_data"), "{rejections:?}");
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert!(matches!(
+            recv(&mut rx).await,
+            ServerMessage::Accepted { request: 2, placed, head: 1 } if placed.is_empty()
+        ));
+        send(&mut tx, &push(3, vec![original.clone()])).await;
+        assert!(matches!(
+            recv(&mut rx).await,
+            ServerMessage::Accepted { request: 3, placed, head: 1 } if placed[0].position == 1
         ));
         server.stop().await;
     }

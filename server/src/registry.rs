@@ -1,19 +1,32 @@
 //! The stores a server hosts: one embedded Strata store per name, each in
 //! its own directory under the data directory (per-store isolation), with
-//! its sync core, its server-side views, and a notifier that tells async
-//! transports when its log moved.
+//! its sync core, its server-side views, and its committer.
+//!
+//! A store's [`ServerCore`] does no I/O. [`Hosted`] is its shell: it hands
+//! the core what the transports receive (under the core's lock, which is
+//! held only for those state changes), routes what the core transmits to
+//! each connection's queue, and runs the committer, a thread of its own
+//! that carries out the core's group commits on the store (outside the
+//! lock), hands the results back, and publishes the new head to the
+//! connections that follow the log. A thread rather than a task: it
+//! blocks in `fdatasync`, and it must not wait behind connection tasks in
+//! the runtime's queue between commits.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use strata::projection::counter::CounterProjection;
 use strata::projection::todo::TodoProjection;
 use strata::projection::{ViewOptions, Views};
-use strata::sync::{ClientId, ServerConfig, ServerCore};
+use strata::sync::proto::{Proposal, ServerMessage};
+pub use strata::sync::server::COMMIT_PUSHES_MAX_DEFAULT as COMMIT_PUSHES_MAX;
+use strata::sync::{CanonicalLog, ClientId, ClientInfo, CoreEvent, ServerConfig, ServerCore};
 use strata::{Options, Store};
+use tokio::sync::{mpsc, watch};
 
 use crate::ServerError;
 
@@ -21,8 +34,16 @@ use crate::ServerError;
 pub const STORE_NAME_BYTES_MAX: usize = 64;
 /// Store served when a client names none.
 pub const DEFAULT_STORE: &str = "default";
-/// How often the head notifier looks at the shutdown flag.
-const HEAD_WAKE: Duration = Duration::from_millis(200);
+/// Messages from the core waiting for one connection's writer. A client
+/// that lets more pile up is too slow (or does not read): it is dropped.
+pub const ROUTE_MESSAGES_MAX: usize = 64;
+/// How long the committer sleeps when nothing asks for it, at most.
+const COMMITTER_IDLE: Duration = Duration::from_secs(1);
+/// Longest the committer waits for more pushes before a commit, when the
+/// last commit held several (clients are pushing at once): as many pushes
+/// as the last commit held usually arrive within it, and a larger group
+/// costs one sync instead of several. Alone, a push never waits.
+pub const COMMIT_GATHER_MAX: Duration = Duration::from_micros(500);
 
 /// Checks a store name: 1 to 64 bytes of `[a-z0-9_-]`, so that it is a safe
 /// directory name everywhere.
@@ -41,15 +62,35 @@ pub fn validate_store_name(name: &str) -> Result<(), ServerError> {
     }
 }
 
+/// Counters of one hosted store's sync (read by `strata bench` and the
+/// metrics).
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Group commits carried out.
+    pub commits: AtomicU64,
+    /// Pushes those commits held.
+    pub pushes: AtomicU64,
+}
+
 /// One hosted store.
 pub struct Hosted {
     pub name: String,
     pub store: Store,
     pub views: Views,
-    pub core: Mutex<ServerCore>,
-    /// The log's head, updated whenever it moves.
-    pub head: tokio::sync::watch::Receiver<u64>,
+    core: Mutex<ServerCore>,
+    /// Each connected client's queue of messages from the core.
+    routes: Mutex<HashMap<ClientId, mpsc::Sender<ServerMessage>>>,
+    /// Wakes the committer (a push arrived, or the turn may have moved):
+    /// a pending wake-up, and its condition.
+    wake: (Mutex<bool>, Condvar),
+    /// Set when the registry closes: the committer stops.
+    stop: AtomicBool,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    /// The log's head, published after every commit.
+    pub head: watch::Receiver<u64>,
+    head_tx: watch::Sender<u64>,
     next_client: AtomicU64,
+    pub stats: SyncStats,
 }
 
 impl std::fmt::Debug for Hosted {
@@ -58,18 +99,194 @@ impl std::fmt::Debug for Hosted {
     }
 }
 
+/// Milliseconds since the Unix epoch: the shells own the clock the sync
+/// cores see.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Hosted {
-    /// A fresh id for a connection to this store.
-    pub fn next_client_id(&self) -> ClientId {
-        self.next_client.fetch_add(1, Ordering::Relaxed)
+    fn core(&self) -> MutexGuard<'_, ServerCore> {
+        // The core leaves its state consistent before anything that can
+        // panic, so the state behind a poisoned lock is still valid.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` with the sync core and the store, as the core's canonical
-    /// log. Blocking (it may append and sync): call from a blocking thread.
-    pub fn with_core<T>(&self, f: impl FnOnce(&mut ServerCore, &mut Store) -> T) -> T {
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
-        let mut store = self.store.clone();
-        f(&mut core, &mut store)
+    /// Runs `f` on the core, then sends what it transmitted and publishes
+    /// what it reported, after the lock is released. Wakes the committer
+    /// when `f` may have made a commit possible.
+    fn drive<T>(&self, wake: bool, f: impl FnOnce(&mut ServerCore) -> T) -> T {
+        let (out, messages, events) = {
+            let mut core = self.core();
+            let out = f(&mut core);
+            let messages: Vec<_> = std::iter::from_fn(|| core.poll_transmit()).collect();
+            let events: Vec<_> = std::iter::from_fn(|| core.poll_event()).collect();
+            (out, messages, events)
+        };
+        self.route(messages);
+        for e in events {
+            match e {
+                CoreEvent::HeadMoved { head } => {
+                    self.head_tx.send_if_modified(|h| {
+                        let moved = head > *h;
+                        *h = (*h).max(head);
+                        moved
+                    });
+                }
+                other => tracing::debug!(store = %self.name, event = ?other, "core event"),
+            }
+        }
+        if wake {
+            self.wake_committer();
+        }
+        out
+    }
+
+    fn wake_committer(&self) {
+        let (pending, cv) = &self.wake;
+        *pending.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_one();
+    }
+
+    /// Puts each message on its client's queue. A client whose queue is
+    /// full is not keeping up: its route is dropped, which ends its
+    /// connection (its writer sees the queue close).
+    fn route(&self, messages: Vec<(ClientId, ServerMessage)>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for (client, msg) in messages {
+            let Some(tx) = routes.get(&client) else {
+                continue;
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg) {
+                tracing::warn!(store = %self.name, client, max = ROUTE_MESSAGES_MAX, "client does not take its answers; dropped");
+                routes.remove(&client);
+            }
+        }
+    }
+
+    /// Connects an authenticated client: returns its id and the queue of
+    /// messages the core sends it.
+    pub fn connect(&self, info: ClientInfo) -> (ClientId, mpsc::Receiver<ServerMessage>) {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(ROUTE_MESSAGES_MAX);
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        self.drive(false, |core| core.handle_connect(id, info));
+        (id, rx)
+    }
+
+    /// The client is gone.
+    pub fn disconnect(&self, client: ClientId) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&client);
+        // Its turn may pass, letting held pushes go.
+        self.drive(true, |core| core.handle_disconnect(now_ms(), client));
+    }
+
+    /// A push from `client`; its answer comes through the client's queue.
+    pub fn push(&self, client: ClientId, request: u64, events: Vec<Proposal>) {
+        self.drive(true, |core| {
+            core.handle_push(now_ms(), client, request, events)
+        });
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.core().client_count()
+    }
+
+    /// The committer: carries out the core's group commits one after the
+    /// other until the registry closes. A commit runs while new pushes
+    /// gather in the core; the next commit takes them all.
+    fn commit_loop(&self) {
+        let mut last_size = 0;
+        while !self.stop.load(Ordering::Acquire) {
+            if last_size > 1 {
+                self.gather(last_size);
+            }
+            let (commit, timeout) = self.drive(false, |core| {
+                core.handle_timeout(now_ms());
+                (core.poll_commit(), core.poll_timeout())
+            });
+            let Some(commit) = commit else {
+                let wait = timeout.map_or(COMMITTER_IDLE, |at| {
+                    Duration::from_millis(at.saturating_sub(now_ms())).min(COMMITTER_IDLE)
+                });
+                let (pending, cv) = &self.wake;
+                let mut woken = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if !*woken {
+                    woken = cv
+                        .wait_timeout(woken, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                *woken = false;
+                continue;
+            };
+            let count = commit.pushes.len() as u64;
+            last_size = commit.pushes.len();
+            let result = self.store.append_pushes(&commit.pushes);
+            if let Err(e) = &result {
+                tracing::error!(store = %self.name, error = %e.detail(), "a group commit failed");
+            }
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            self.stats.pushes.fetch_add(count, Ordering::Relaxed);
+            self.drive(false, |core| {
+                core.handle_committed(now_ms(), commit.id, result)
+            });
+        }
+    }
+
+    /// Waits, at most [`COMMIT_GATHER_MAX`], until `size` pushes wait.
+    fn gather(&self, size: usize) {
+        let deadline = std::time::Instant::now() + COMMIT_GATHER_MAX;
+        let (pending, cv) = &self.wake;
+        let mut woken = pending.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.core().pushes_waiting() >= size {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            *woken = false;
+            woken = cv
+                .wait_timeout(woken, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops the committer and waits for it (a commit in progress ends
+    /// first).
+    fn stop_committer(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake_committer();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Committer threads hold their store: stop them, and close.
+        self.close();
     }
 }
 
@@ -78,7 +295,6 @@ pub struct Registry {
     data_dir: PathBuf,
     sync: ServerConfig,
     stores: Mutex<HashMap<String, Arc<Hosted>>>,
-    shutdown: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -95,7 +311,6 @@ impl Registry {
             data_dir,
             sync,
             stores: Mutex::new(HashMap::new()),
-            shutdown: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -103,7 +318,8 @@ impl Registry {
         &self.sync
     }
 
-    /// The hosted store `name`, opened (and created) on first use.
+    /// The hosted store `name`, opened (and created) on first use. Blocks
+    /// (it may open files): call from a blocking thread.
     pub fn get(&self, name: &str) -> Result<Arc<Hosted>, ServerError> {
         validate_store_name(name)?;
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,44 +341,51 @@ impl Registry {
             name: name.to_owned(),
             message: e.to_string(),
         })?;
-        let (tx, rx) = tokio::sync::watch::channel(store.head());
-        let log = store.log().clone();
-        let shutdown = self.shutdown.clone();
-        std::thread::Builder::new()
-            .name(format!("strata-head-{name}"))
-            .spawn(move || {
-                let mut seen = *tx.borrow();
-                while !shutdown.load(Ordering::Acquire) && !log.is_closed() {
-                    let head = log.wait_beyond(seen, HEAD_WAKE);
-                    if head > seen {
-                        seen = head;
-                        if tx.send(head).is_err() {
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(|e| ServerError::Io {
-                action: "starting a head notifier",
-                source: e,
-            })?;
-        tracing::info!(store = name, dir = %dir.display(), head = store.head(), "store opened");
+        let head = store.head();
+        let (head_tx, head_rx) = watch::channel(head);
+        tracing::info!(store = name, dir = %dir.display(), head, "store opened");
         let hosted = Arc::new(Hosted {
             name: name.to_owned(),
             store,
             views,
-            core: Mutex::new(ServerCore::new(self.sync.clone())),
-            head: rx,
+            core: Mutex::new(ServerCore::new(self.sync.clone(), head)),
+            routes: Mutex::new(HashMap::new()),
+            wake: (Mutex::new(false), Condvar::new()),
+            stop: AtomicBool::new(false),
+            committer: Mutex::new(None),
+            head: head_rx,
+            head_tx,
             next_client: AtomicU64::new(1),
+            stats: SyncStats::default(),
         });
+        let committer = {
+            let hosted = hosted.clone();
+            std::thread::Builder::new()
+                .name(format!("strata-commit-{name}"))
+                .spawn(move || hosted.commit_loop())
+                .map_err(|source| ServerError::Io {
+                    action: "starting a store's committer",
+                    source,
+                })?
+        };
+        *hosted.committer.lock().unwrap_or_else(|e| e.into_inner()) = Some(committer);
         stores.insert(name.to_owned(), hosted.clone());
         Ok(hosted)
     }
 
-    /// Closes every store: syncs, stops views and notifiers. Nothing
+    /// The hosted store `name` if it is open.
+    pub fn get_open(&self, name: &str) -> Option<Arc<Hosted>> {
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Closes every store, all at once: stops the committers, then syncs
+    /// and closes each store and its views on its own thread. Nothing
     /// acknowledged is lost (acknowledged means synced already).
     pub fn close(&self) {
-        self.shutdown.store(true, Ordering::Release);
         let stores: Vec<Arc<Hosted>> = self
             .stores
             .lock()
@@ -170,11 +393,16 @@ impl Registry {
             .drain()
             .map(|(_, h)| h)
             .collect();
-        for h in stores {
-            h.views.clone().close();
-            if let Err(e) = h.store.clone().close() {
-                tracing::error!(store = %h.name, error = %e, "closing a store");
+        std::thread::scope(|scope| {
+            for h in &stores {
+                scope.spawn(move || {
+                    h.stop_committer();
+                    h.views.clone().close();
+                    if let Err(e) = h.store.clone().close() {
+                        tracing::error!(store = %h.name, error = %e, "closing a store");
+                    }
+                });
             }
-        }
+        });
     }
 }

@@ -48,7 +48,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, Query, State};
@@ -56,8 +56,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use strata::sync::seed::{SEED_MESSAGE_BYTES_MAX, SeedOutput, SeedSession, error_json};
-use tokio::sync::watch;
+use strata::sync::proto::ServerMessage;
+use strata::sync::seed::{Auth, SEED_MESSAGE_BYTES_MAX, SeedSession, SeedStep, error_json};
+use strata::sync::{CanonicalLog, ClientInfo};
+use tokio::sync::{mpsc, watch};
 
 use crate::AppState;
 use crate::registry::{DEFAULT_STORE, Hosted, validate_store_name};
@@ -128,40 +130,6 @@ async fn upgrade(
             ),
         );
     };
-    // A client that has not shown a valid token yet may use stores that
-    // exist, not create new ones (each is a directory and open files).
-    let may_create = strata::sync::token_accepted(&state.config.tokens, token.as_deref());
-    let (registry, data_dir) = (state.registry.clone(), state.config.data_dir.clone());
-    let name = store.clone();
-    let opened = tokio::task::spawn_blocking(move || -> Result<Option<Arc<Hosted>>, String> {
-        if !may_create && !data_dir.join(&name).is_dir() {
-            return Ok(None);
-        }
-        registry.get(&name).map(Some).map_err(|e| e.to_string())
-    })
-    .await;
-    let hosted = match opened {
-        Ok(Ok(Some(h))) => h,
-        Ok(Ok(None)) => {
-            return refuse(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "store {store:?} does not exist; to create it, pass a token in the Authorization header or the token query parameter"
-                ),
-            );
-        }
-        Ok(Err(e)) => {
-            tracing::error!(store = %store, error = %e, "refused /ws: store");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, e);
-        }
-        Err(e) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("opening store {store:?}: {e}"),
-            );
-        }
-    };
-    let send_timeout = state.config.ws_send_timeout;
     let stop = state.stop.clone();
     ws.max_message_size(WS_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_MESSAGE_BYTES_MAX)
@@ -169,8 +137,9 @@ async fn upgrade(
             let conn = Connection {
                 socket,
                 stop,
-                send_timeout,
-                hosted,
+                send_timeout: state.config.ws_send_timeout,
+                state,
+                store,
                 peer,
             };
             conn.run(token).await;
@@ -265,12 +234,6 @@ fn is_loopback_name(host: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Why a connection ends.
 #[derive(Debug)]
 enum End {
@@ -278,13 +241,14 @@ enum End {
     ClientGone,
     /// The server is stopping (or the store closed).
     Shutdown,
-    /// A send did not complete within the send timeout.
+    /// A send did not complete within the send timeout, or the client let
+    /// its answers pile up.
     SlowClient,
     /// Writing failed: the socket is gone.
     WriteFailed(String),
     /// Reading failed (e.g. a frame above [`WS_MESSAGE_BYTES_MAX`]).
     ReadFailed(String),
-    /// The session asked to close (authentication refused).
+    /// Authentication refused, or the store could not be opened.
     Refused(String),
     /// A blocking task panicked.
     Internal(String),
@@ -295,55 +259,47 @@ struct Connection {
     socket: WebSocket,
     stop: watch::Receiver<bool>,
     send_timeout: Duration,
-    hosted: Arc<Hosted>,
+    state: Arc<AppState>,
+    /// The store the client named.
+    store: String,
     peer: Option<SocketAddr>,
 }
 
-/// Runs `f` on a blocking thread (the store may append and sync).
-async fn blocking<T: Send + 'static>(
-    hosted: &Arc<Hosted>,
-    f: impl FnOnce(&Hosted) -> T + Send + 'static,
-) -> Result<T, End> {
-    let h = hosted.clone();
-    tokio::task::spawn_blocking(move || f(&h))
+/// Runs `f` on a blocking thread (it reads the log).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, End> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| End::Internal(e.to_string()))
 }
 
 impl Connection {
     async fn run(mut self, token: Option<String>) {
-        let client = self.hosted.next_client_id();
-        let store = self.hosted.name.clone();
-        tracing::info!(store = %store, client, peer = ?self.peer, "ws client connected");
-        let mut head = self.hosted.head.clone();
-        head.borrow_and_update();
-        let connected = blocking(&self.hosted, move |h| {
-            h.with_core(|core, log| SeedSession::connect(client, token.as_deref(), core, log))
-        })
-        .await;
-        let mut session = None;
-        let end = match connected {
-            Ok((s, out)) => {
-                session = Some(s);
-                match self.deliver(out).await {
-                    Ok(()) => self.serve(&mut session, &mut head).await,
-                    Err(end) => end,
-                }
+        let end = match self.admit(token).await {
+            Ok(hosted) => {
+                let (client, routed) = hosted.connect(ClientInfo {
+                    name: "seed-json".into(),
+                    may_write: true,
+                });
+                tracing::info!(store = %hosted.name, client, peer = ?self.peer, "ws client connected");
+                let end = self.serve(&hosted, SeedSession::new(client), routed).await;
+                hosted.disconnect(client);
+                end
             }
             Err(end) => end,
         };
+        let store = self.store.clone();
         match &end {
             End::SlowClient => {
-                tracing::warn!(store = %store, client, peer = ?self.peer, timeout = ?self.send_timeout, "ws client too slow: dropped")
+                tracing::warn!(store = %store, peer = ?self.peer, timeout = ?self.send_timeout, "ws client too slow: dropped")
             }
             End::Internal(e) => {
-                tracing::error!(store = %store, client, error = %e, "ws connection failed")
+                tracing::error!(store = %store, error = %e, "ws connection failed")
             }
             End::WriteFailed(e) => {
-                tracing::info!(store = %store, client, peer = ?self.peer, error = %e, "ws client gone while sending")
+                tracing::info!(store = %store, peer = ?self.peer, error = %e, "ws client gone while sending")
             }
             e => {
-                tracing::info!(store = %store, client, peer = ?self.peer, end = ?e, "ws client disconnected")
+                tracing::info!(store = %store, peer = ?self.peer, end = ?e, "ws client disconnected")
             }
         }
         let close = match &end {
@@ -360,125 +316,170 @@ impl Connection {
         if !matches!(end, End::SlowClient | End::WriteFailed(_)) {
             self.finish(close).await;
         }
-        let now = now_ms();
-        let gone = blocking(&self.hosted, move |h| {
-            h.with_core(|core, _| match &session {
-                Some(s) => s.disconnect(core, now),
-                // The session was lost in a panic: release its client id.
-                None => core.disconnect(client, now),
-            })
-        })
-        .await;
-        if let Err(End::Internal(e)) = gone {
-            tracing::error!(store = %store, client, error = %e, "ws disconnect failed");
+    }
+
+    /// Authenticates the client (with the token of the upgrade request, or
+    /// else from its first message, `auth`) and only then opens the store.
+    async fn admit(&mut self, token: Option<String>) -> Result<Arc<Hosted>, End> {
+        let auth = self.state.auth.clone();
+        let token = match token {
+            Some(t) => Some(t),
+            None if auth.is_open() => None,
+            None => Some(self.read_auth().await?),
+        };
+        if let Err(e) = auth.check(token.as_deref(), &self.store) {
+            let reason = e.to_string();
+            self.send(error_json("unauthorized", &reason, None)).await?;
+            return Err(End::Refused(reason));
+        }
+        let (registry, name) = (self.state.registry.clone(), self.store.clone());
+        match blocking(move || registry.get(&name)).await? {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                tracing::error!(store = %self.store, error = %e, "refused /ws: store");
+                let reason = format!("store {:?} cannot be opened; retry later", self.store);
+                self.send(error_json("unavailable", &reason, None)).await?;
+                Err(End::Refused(reason))
+            }
         }
     }
 
-    /// The message loop: client messages, live events, the stop signal.
-    async fn serve(
-        &mut self,
-        session: &mut Option<SeedSession>,
-        head: &mut watch::Receiver<u64>,
-    ) -> End {
-        let mut poll = true;
+    /// Waits for the client's `auth` message; other messages get an
+    /// `error`, and all but a malformed `auth` end the connection.
+    async fn read_auth(&mut self) -> Result<String, End> {
         loop {
-            if poll {
-                head.borrow_and_update();
-                if let Err(end) = self.broadcast(session).await {
-                    return end;
-                }
-                poll = false;
-            }
             let msg = tokio::select! {
                 biased;
-                _ = self.stop.wait_for(|s| *s) => return End::Shutdown,
-                changed = head.changed() => {
-                    if changed.is_err() {
-                        // The notifier stops when the store closes.
-                        return End::Shutdown;
-                    }
-                    poll = true;
-                    continue;
-                }
+                _ = self.stop.wait_for(|s| *s) => return Err(End::Shutdown),
                 msg = self.socket.recv() => msg,
             };
             match msg {
-                None | Some(Ok(Message::Close(_))) => return End::ClientGone,
-                Some(Err(e)) => return End::ReadFailed(e.to_string()),
-                Some(Ok(Message::Text(text))) => {
-                    let Some(mut s) = session.take() else {
-                        return End::Internal("no session".into());
-                    };
-                    let now = now_ms();
-                    let out = blocking(&self.hosted, move |h| {
-                        let out =
-                            h.with_core(|core, log| s.handle_text(now, text.as_str(), core, log));
-                        (s, out)
-                    })
-                    .await;
-                    let (s, out) = match out {
-                        Ok(r) => r,
-                        Err(end) => return end,
-                    };
-                    *session = Some(s);
-                    if let Err(end) = self.deliver(out).await {
-                        return end;
+                None | Some(Ok(Message::Close(_))) => return Err(End::ClientGone),
+                Some(Err(e)) => return Err(End::ReadFailed(e.to_string())),
+                Some(Ok(Message::Text(text))) => match Auth::parse(text.as_str()) {
+                    Ok(a) => return Ok(a.token),
+                    Err(reply) => {
+                        let refused = reply.contains("\"unauthorized\"");
+                        self.send(reply.clone()).await?;
+                        if refused {
+                            return Err(End::Refused(close_reason(&[reply])));
+                        }
                     }
-                    poll = true;
-                }
+                },
                 Some(Ok(Message::Binary(_))) => {
                     let msg = error_json(
                         "malformed",
                         "binary frames are not part of this protocol; send JSON text",
                         None,
                     );
-                    if let Err(end) = self.send(msg).await {
-                        return end;
-                    }
+                    self.send(msg).await?;
                 }
-                // Pings are answered by the WebSocket layer.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             }
         }
     }
 
-    /// Sends the session's messages; ends the connection if it asked to.
-    async fn deliver(&mut self, out: SeedOutput) -> Result<(), End> {
-        let reason = out.close.then(|| close_reason(&out.messages));
-        for msg in out.messages {
-            self.send(msg).await?;
+    /// The message loop: client messages, the core's answers, live events,
+    /// the stop signal.
+    async fn serve(
+        &mut self,
+        hosted: &Arc<Hosted>,
+        session: SeedSession,
+        mut routed: mpsc::Receiver<ServerMessage>,
+    ) -> End {
+        let mut head = hosted.head.clone();
+        let mut session = Some(session);
+        /// What woke the loop.
+        enum Woke {
+            Answer(ServerMessage),
+            HeadMoved,
+            Socket(Option<Result<Message, axum::Error>>),
         }
-        match reason {
-            Some(r) => Err(End::Refused(r)),
-            None => Ok(()),
+        loop {
+            let following = session.as_ref().is_some_and(SeedSession::is_following);
+            let woke = tokio::select! {
+                biased;
+                _ = self.stop.wait_for(|s| *s) => return End::Shutdown,
+                msg = routed.recv() => match msg {
+                    Some(msg) => Woke::Answer(msg),
+                    // The store dropped the route: answers piled up.
+                    None => return End::SlowClient,
+                },
+                // Only a following client wakes on commits.
+                changed = head.changed(), if following => {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                    Woke::HeadMoved
+                }
+                msg = self.socket.recv() => Woke::Socket(msg),
+            };
+            let out = match woke {
+                Woke::Answer(msg) => {
+                    match with_session(hosted, &mut session, move |s, log| s.handle_reply(msg, log))
+                        .await
+                    {
+                        Ok(out) => out,
+                        Err(end) => return end,
+                    }
+                }
+                Woke::HeadMoved => Vec::new(),
+                Woke::Socket(None | Some(Ok(Message::Close(_)))) => return End::ClientGone,
+                Woke::Socket(Some(Err(e))) => return End::ReadFailed(e.to_string()),
+                Woke::Socket(Some(Ok(Message::Text(text)))) => {
+                    // Parsed and checked here, outside the core's lock; only
+                    // the push itself goes to the core.
+                    let step = match with_session(hosted, &mut session, move |s, log| {
+                        s.handle_text(text.as_str(), log)
+                    })
+                    .await
+                    {
+                        Ok(step) => step,
+                        Err(end) => return end,
+                    };
+                    match step {
+                        SeedStep::Reply(out) => out,
+                        SeedStep::Push { request, events } => {
+                            let client = session.as_ref().map_or(0, SeedSession::client);
+                            hosted.push(client, request, events);
+                            continue;
+                        }
+                    }
+                }
+                Woke::Socket(Some(Ok(Message::Binary(_)))) => vec![error_json(
+                    "malformed",
+                    "binary frames are not part of this protocol; send JSON text",
+                    None,
+                )],
+                // Pings are answered by the WebSocket layer.
+                Woke::Socket(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            };
+            for m in out {
+                if let Err(end) = self.send(m).await {
+                    return end;
+                }
+            }
+            if let Err(end) = self.broadcast(hosted, &mut session).await {
+                return end;
+            }
         }
     }
 
     /// Sends live events until the client has everything in the log. Each
     /// read happens only after the previous send completed, so a client's
     /// backlog stays in the log, not in memory.
-    async fn broadcast(&mut self, session: &mut Option<SeedSession>) -> Result<(), End> {
+    async fn broadcast(
+        &mut self,
+        hosted: &Arc<Hosted>,
+        session: &mut Option<SeedSession>,
+    ) -> Result<(), End> {
         loop {
-            let Some(mut s) = session.take() else {
-                return Err(End::Internal("no session".into()));
-            };
-            let (s, polled) = blocking(&self.hosted, move |h| {
-                let mut log = h.store.clone();
-                let r = s.poll_broadcast(&mut log);
-                (s, r)
-            })
-            .await?;
-            *session = Some(s);
-            match polled {
+            match with_session(hosted, session, |s, log| s.poll_broadcast(log)).await? {
                 Ok(Some(msg)) => self.send(msg).await?,
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    tracing::error!(store = %self.hosted.name, error = %e, "reading events for a ws client");
-                    let msg = error_json(
-                        "unavailable",
-                        &format!("the server could not read its log ({e}); sync again later"),
-                        None,
-                    );
+                    tracing::error!(store = %hosted.name, error = %e.detail(), "reading events for a ws client");
+                    let msg = error_json("unavailable", &e.to_string(), None);
                     return self.send(msg).await;
                 }
             }
@@ -519,8 +520,27 @@ impl Connection {
     }
 }
 
-/// The close reason for a session that asked to close: the message of its
-/// last error.
+/// Runs `f` with the session and the store's log on a blocking thread (the
+/// session reads the log), and puts the session back.
+async fn with_session<T: Send + 'static>(
+    hosted: &Arc<Hosted>,
+    session: &mut Option<SeedSession>,
+    f: impl FnOnce(&mut SeedSession, &dyn CanonicalLog) -> T + Send + 'static,
+) -> Result<T, End> {
+    let mut s = session
+        .take()
+        .ok_or_else(|| End::Internal("no session".into()))?;
+    let store = hosted.store.clone();
+    let (s, out) = blocking(move || {
+        let out = f(&mut s, &store);
+        (s, out)
+    })
+    .await?;
+    *session = Some(s);
+    Ok(out)
+}
+
+/// The close reason for a refusal: the message of the last error.
 fn close_reason(messages: &[String]) -> String {
     messages
         .last()

@@ -850,94 +850,183 @@ fn sync_wire_seeds(sync: &SyncLog) {
     }
 }
 
-/// Operation runs for `server_core` (opcodes in
-/// `strata::fuzzing::server_core`'s documentation).
+/// Operation runs for `server_core` (opcodes in the documentation of
+/// `strata::fuzzing`'s `ServerOp`).
 fn server_core_seeds() -> Vec<(&'static str, Vec<u8>)> {
     const WIRE: u8 = 0;
-    const HELLO: u8 = 1;
+    const STORAGE: u8 = 1;
     const FOLLOW: u8 = 2;
     const RETRY: u8 = 4;
     const WAIT: u8 = 5;
     const RECONNECT: u8 = 6;
     const POLL: u8 = 7;
-    // Added to an opcode: the second client (raw records).
-    const TWO: u8 = 8;
+    // Added to an opcode: the second client (raw records), the third.
+    const ONE: u8 = 8;
+    const TWO: u8 = 16;
+    // Arguments of STORAGE: carry out a commit (or hand back the one in
+    // flight); carry one out and leave it in flight; fail one before or
+    // after writing; another node appends (plus 8 times the aggregate).
+    const COMMIT: u8 = 0;
+    const START: u8 = 4;
+    const FAIL_BEFORE: u8 = 5;
+    const FAIL_AFTER: u8 = 6;
+    const FOREIGN: u8 = 7;
     // A proposal: id, aggregate (3: the empty id), version, flags (see
-    // `strata::fuzzing::proposal`).
+    // `strata::fuzzing::proposal`: timestamp % 4, data << 2, metadata 16,
+    // the forbidden type 32).
     let ev = |id: u8, agg: u8, version: u8, flags: u8| [id - 1, agg | version << 2, flags];
-    let push = |client: u8, request: u8, events: &[[u8; 3]]| -> Vec<u8> {
-        let mut out = vec![3 + client, request, events.len() as u8 - 1];
+    let push = |client: u8, events: &[[u8; 3]]| -> Vec<u8> {
+        let mut out = vec![3 + client, events.len() as u8 - 1];
         out.extend(events.iter().flatten());
         out
     };
-    let both = [HELLO, 0, TWO + HELLO, 0];
+    let commit = [STORAGE, COMMIT];
     let cat = |parts: &[&[u8]]| parts.concat();
-    // Client 1 pushes agg-0; client 2, behind, conflicts and gets the turn.
+    // Client 0 appends to agg-0; client 1, behind, conflicts in the same
+    // commit and gets the turn on agg-0.
     let conflict = cat(&[
-        &both,
-        &push(0, 1, &[ev(1, 0, 1, 0)]),
-        &push(TWO, 1, &[ev(2, 0, 1, 0)]),
+        &push(0, &[ev(1, 0, 1, 0)]),
+        &push(ONE, &[ev(2, 0, 1, 0)]),
+        &commit,
     ]);
     vec![
         (
-            "hello-follow-push-poll",
+            "push-commit-follow",
             cat(&[
-                &[HELLO, 0, FOLLOW, 1],
-                &push(0, 1, &[ev(1, 0, 1, 0), ev(2, 1, 1, 16)]),
+                &[FOLLOW, 1],
+                &push(0, &[ev(1, 0, 1, 0), ev(2, 1, 1, 16)]),
+                &commit,
                 &[POLL],
-                &push(0, 2, &[ev(3, 0, 2, 0)]),
+                &push(0, &[ev(3, 0, 2, 0)]),
+                &commit,
                 &[POLL],
             ]),
         ),
         (
             "raw-client-follows",
             cat(&[
-                &both,
-                &[TWO + FOLLOW, 1],
-                &push(0, 1, &[ev(1, 0, 1, 0), ev(2, 1, 1, 0), ev(3, 2, 1, 0)]),
-                &[TWO + POLL],
-                &push(0, 2, &[ev(4, 0, 2, 0)]),
-                &[TWO + POLL, TWO + FOLLOW, 2, TWO + POLL],
+                &[ONE + FOLLOW, 1],
+                &push(0, &[ev(1, 0, 1, 0), ev(2, 1, 1, 0), ev(3, 2, 1, 0)]),
+                &commit,
+                &[ONE + POLL],
+                &push(0, &[ev(4, 0, 2, 0)]),
+                &commit,
+                &[ONE + POLL, ONE + FOLLOW, 2, ONE + POLL],
             ]),
         ),
         (
-            "conflict-turn-queue",
+            // Three clients, two pushes a commit.
+            "group-commit",
+            cat(&[
+                &[FOLLOW, 1, ONE + FOLLOW, 1, TWO + FOLLOW, 1],
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &push(ONE, &[ev(2, 1, 1, 0)]),
+                &push(TWO, &[ev(3, 2, 1, 0)]),
+                &commit,
+                &[POLL, ONE + POLL],
+                &commit,
+                &[TWO + POLL],
+            ]),
+        ),
+        (
+            // Client 0's next push is held while client 1 has the turn,
+            // goes once client 1 has appended, and conflicts.
+            "conflict-turn-held",
             cat(&[
                 &conflict,
-                &push(0, 2, &[ev(3, 0, 2, 0)]),
-                &push(TWO, 2, &[ev(2, 0, 2, 0)]),
-                &push(0, 3, &[ev(3, 0, 3, 0)]),
-                &[POLL],
+                &push(0, &[ev(3, 0, 2, 0)]),
+                &commit,
+                &push(ONE, &[ev(2, 0, 2, 0)]),
+                &commit,
+                &commit,
+                &push(0, &[ev(3, 0, 3, 0)]),
+                &commit,
             ]),
         ),
         (
             "lease-expires",
             cat(&[
                 &conflict,
-                &push(0, 2, &[ev(3, 0, 2, 0)]),
+                &push(0, &[ev(3, 0, 2, 0)]),
+                &commit,
                 &[WAIT, 40],
-                &push(0, 3, &[ev(3, 0, 2, 0)]),
+                &commit,
             ]),
+        ),
+        (
+            // A push still held when the input ends: the turn has to run
+            // out for it.
+            "held-at-the-end",
+            cat(&[&conflict, &push(0, &[ev(3, 0, 2, 0)])]),
         ),
         (
             "holder-disconnects",
             cat(&[
                 &conflict,
-                &push(0, 2, &[ev(3, 0, 2, 0)]),
-                &[TWO + RECONNECT, 1],
-                &push(0, 3, &[ev(3, 0, 2, 0)]),
-                &[TWO + HELLO, 0, TWO + FOLLOW, 0, TWO + POLL],
+                &push(0, &[ev(3, 0, 2, 0)]),
+                &[ONE + RECONNECT, 1],
+                &commit,
+                &[ONE + FOLLOW, 0, ONE + POLL],
+            ]),
+        ),
+        (
+            // Pushes that arrive while a commit is in flight go in the
+            // next one.
+            "in-flight-commit",
+            cat(&[
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &[STORAGE, START],
+                &push(ONE, &[ev(2, 1, 1, 0)]),
+                &push(0, &[ev(3, 0, 2, 0)]),
+                &commit,
+                &commit,
+            ]),
+        ),
+        (
+            "commit-fails-before-write",
+            cat(&[
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &push(ONE, &[ev(2, 1, 1, 0)]),
+                &[STORAGE, FAIL_BEFORE, RETRY, ONE + RETRY],
+                &commit,
+            ]),
+        ),
+        (
+            // The events are in the log, the client heard Unavailable;
+            // its retry finds them there.
+            "commit-fails-after-write",
+            cat(&[
+                &[FOLLOW, 1],
+                &push(0, &[ev(1, 0, 1, 0), ev(2, 0, 2, 0)]),
+                &[STORAGE, FAIL_AFTER, POLL, RETRY],
+                &commit,
+                &[POLL],
+            ]),
+        ),
+        (
+            "foreign-appends",
+            cat(&[
+                &[FOLLOW, 1, STORAGE, FOREIGN],
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &commit,
+                &push(0, &[ev(1, 0, 2, 0)]),
+                &[STORAGE, FOREIGN + 8],
+                &commit,
+                &[POLL],
+                // Another node appends while a commit is in flight.
+                &push(0, &[ev(5, 2, 1, 0)]),
+                &[STORAGE, START, STORAGE, FOREIGN + 16],
+                &commit,
+                &[POLL],
             ]),
         ),
         (
             "rejections",
             cat(&[
-                &[HELLO, 0],
                 // Version 0, the empty aggregate, the policy, data over
-                // the limit.
+                // the limit: refused at once.
                 &push(
                     0,
-                    1,
                     &[
                         ev(1, 0, 0, 0),
                         ev(2, 3, 1, 0),
@@ -945,50 +1034,124 @@ fn server_core_seeds() -> Vec<(&'static str, Vec<u8>)> {
                         ev(4, 0, 1, 8),
                     ],
                 ),
-                // An hour ahead, the largest clock, not JSON, 1 ms.
-                &push(0, 2, &[ev(5, 0, 1, 1), ev(6, 1, 1, 3), ev(7, 2, 1, 12)]),
-                &push(0, 3, &[ev(8, 2, 2, 2 | 16)]),
+                // An hour ahead, the largest clock (refused by the log's
+                // clock), not JSON.
+                &push(0, &[ev(5, 0, 1, 1), ev(6, 1, 1, 3), ev(7, 2, 1, 12)]),
+                &commit,
+                &commit,
+                &commit,
+                // 1 ms, with metadata.
+                &push(0, &[ev(8, 2, 2, 2 | 16)]),
+                &commit,
             ]),
         ),
         (
             "too-large",
             cat(&[
-                &[HELLO, 0],
-                &push(0, 1, &[ev(1, 0, 1, 0); 5]),
-                &push(0, 2, &[ev(1, 0, 1, 0); 4]),
+                &push(0, &[ev(1, 0, 1, 0); 5]),
+                &push(0, &[ev(1, 0, 1, 0); 4]),
+                &commit,
+            ]),
+        ),
+        (
+            "waiting-limit",
+            cat(&[
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &push(0, &[ev(2, 0, 2, 0)]),
+                &push(0, &[ev(3, 0, 3, 0)]),
+                &push(0, &[ev(4, 0, 4, 0)]),
+                &push(0, &[ev(5, 0, 5, 0)]),
+                &commit,
+                &commit,
+            ]),
+        ),
+        (
+            // Id 1 again, on another aggregate and with other data: refused;
+            // with the same content: the same event, where it is.
+            "id-reused-other-content",
+            cat(&[
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &commit,
+                &push(ONE, &[ev(1, 1, 1, 0)]),
+                &commit,
+                &push(ONE, &[ev(1, 0, 2, 4)]),
+                &commit,
+                &push(ONE, &[ev(1, 0, 1, 16)]),
+                &commit,
+                &push(ONE, &[ev(1, 0, 1, 0), ev(2, 0, 2, 0)]),
+                &commit,
             ]),
         ),
         (
             "duplicate-ids",
             cat(&[
-                &[HELLO, 0],
-                &push(0, 1, &[ev(1, 0, 1, 0), ev(1, 0, 1, 0)]),
-                &push(0, 2, &[ev(2, 1, 1, 0), ev(2, 1, 2, 16)]),
-                &push(0, 3, &[ev(1, 2, 1, 0)]),
+                &push(0, &[ev(1, 0, 1, 0), ev(1, 0, 1, 0)]),
+                &push(0, &[ev(2, 1, 1, 0), ev(2, 1, 2, 16)]),
+                &push(0, &[ev(1, 2, 1, 0)]),
+                &commit,
+                &commit,
+                &commit,
                 &[RETRY],
-                &push(0, 4, &[ev(1, 0, 1, 0), ev(9, 0, 2, 0)]),
+                &commit,
+                &push(0, &[ev(1, 0, 1, 0), ev(9, 0, 2, 0)]),
+                &commit,
             ]),
         ),
         (
             "version-gap-in-push",
-            cat(&[&[HELLO, 0], &push(0, 1, &[ev(1, 0, 1, 0), ev(2, 0, 3, 0)])]),
+            cat(&[&push(0, &[ev(1, 0, 1, 0), ev(2, 0, 3, 0)]), &commit]),
         ),
         (
-            "not-welcomed",
+            // A push with a gap, and in the same commit another that fills
+            // it (see "a conflict can name a version the aggregate no
+            // longer has" in fuzz/README.md).
+            "gap-filled-in-the-same-commit",
             cat(&[
-                &[FOLLOW, 1],
-                &push(0, 1, &[ev(1, 0, 1, 0)]),
-                &[HELLO, 1, HELLO, 2, HELLO, 4, HELLO, 0, FOLLOW, 0],
-                &push(0, 2, &[ev(1, 0, 1, 0)]),
+                &push(0, &[ev(1, 0, 2, 0)]),
+                &push(ONE, &[ev(2, 0, 1, 0)]),
+                &commit,
+            ]),
+        ),
+        (
+            "read-only",
+            cat(&[
+                &[RECONNECT, 2, FOLLOW, 1],
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &push(ONE, &[ev(2, 0, 1, 0)]),
+                &commit,
                 &[POLL],
             ]),
         ),
         (
             "follow-from-max",
             cat(&[
-                &[HELLO, 0, FOLLOW, 255],
-                &push(0, 1, &[ev(1, 0, 1, 0)]),
+                &[FOLLOW, 255],
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &commit,
                 &[POLL, FOLLOW, 0, POLL],
+            ]),
+        ),
+        (
+            // A push whose client leaves before its commit is dropped.
+            "disconnect-pending-push",
+            cat(&[
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &[RECONNECT, 0],
+                &commit,
+                &[RETRY],
+                &commit,
+            ]),
+        ),
+        (
+            // One whose commit is in flight is appended, unanswered; the
+            // retry finds it.
+            "disconnect-in-flight-push",
+            cat(&[
+                &push(0, &[ev(1, 0, 1, 0)]),
+                &[STORAGE, START, RECONNECT, 0],
+                &commit,
+                &[RETRY],
+                &commit,
             ]),
         ),
         (
@@ -1007,10 +1170,17 @@ fn server_core_seeds() -> Vec<(&'static str, Vec<u8>)> {
                         sample_proposal(2, "agg-0", 2),
                     ],
                 })),
+                &commit,
                 &[POLL, WIRE],
                 &chunk(b"not a message"),
-                &[TWO + WIRE],
+                &[ONE + WIRE],
                 &chunk(&client_payload(&hello(None))),
+                &[ONE + WIRE],
+                &chunk(&client_payload(&ClientMessage::Push {
+                    request: 0,
+                    base: 0,
+                    events: Vec::new(),
+                })),
             ]),
         ),
     ]
@@ -1285,9 +1455,125 @@ fn seed_json_seeds() -> Vec<(&'static str, String)> {
                 r#">{"type":"auth","token":"wrong"}"#.into(),
                 r#">{"type":"auth"}"#.into(),
                 auth.clone(),
+                auth.clone(),
+                format!(">{}", sync("", &[])),
+            ]),
+        ),
+        (
+            // Both pushes wait, then share one commit.
+            "hold-group-commit",
+            lines(&[
+                auth.clone(),
+                "!h".into(),
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                format!(">{}", sync("", &[ev(2, "agg-1", 1, "{}")])),
+                "!c".into(),
+                push(&[ev(3, "agg-1", 2, "{}")]),
+            ]),
+        ),
+        (
+            // The second client loses a race and gets the turn: the first
+            // client's next push is held (its next message is refused as
+            // early) until the second has appended, then conflicts.
+            "held-push-turn",
+            lines(&[
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                auth.clone(),
+                format!(">{}", sync("", &[ev(2, "agg-0", 1, "{}")])),
+                push(&[ev(3, "agg-0", 2, "{}")]),
+                sync("", &[]),
+                format!(">{}", push(&[ev(2, "agg-0", 2, "{}")])),
+                push(&[ev(3, "agg-0", 3, "{}")]),
+            ]),
+        ),
+        (
+            "held-at-the-end",
+            lines(&[
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                auth.clone(),
+                format!(">{}", sync("", &[ev(2, "agg-0", 1, "{}")])),
+                push(&[ev(3, "agg-0", 2, "{}")]),
+            ]),
+        ),
+        (
+            "lease-passes",
+            lines(&[
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                auth.clone(),
+                format!(">{}", sync("", &[ev(2, "agg-0", 1, "{}")])),
+                push(&[ev(3, "agg-0", 2, "{}")]),
+                "!t".into(),
+                ">!d".into(),
+                auth.clone(),
+                format!(">{}", sync("", &[])),
+            ]),
+        ),
+        (
+            // Unavailable before the write, then after it: the retry finds
+            // the events in the log.
+            "commit-fails",
+            lines(&[
+                "!f".into(),
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                "!F".into(),
+                push(std::slice::from_ref(&two)),
+                push(std::slice::from_ref(&two)),
+            ]),
+        ),
+        (
+            "drop-while-waiting",
+            lines(&[
+                "!h".into(),
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                "!d".into(),
+                "!c".into(),
+                sync("", &[]),
+                ">!d".into(),
+                auth.clone(),
+                format!(">{}", sync("", &[ev(2, "agg-0", 1, "{}")])),
+            ]),
+        ),
+        (
+            // Key order, whitespace, a number no float holds, an exponent,
+            // duplicate keys: stored and sent back byte for byte.
+            "verbatim",
+            lines(&[
+                sync(
+                    "",
+                    &[ev(
+                        1,
+                        "agg-0",
+                        1,
+                        r#"{"b": 1, "a": 12345678901234567890123456789, "e": 1E2, "b": 2}"#,
+                    )
+                    .replace(
+                        r#""metadata":null"#,
+                        r#""metadata":[ 1.50 , {"z":null,"a" :0} ]"#,
+                    )],
+                ),
                 auth,
                 format!(">{}", sync("", &[])),
             ]),
+        ),
+        (
+            "id-reused-other-content",
+            lines(&[
+                sync("", &[ev(1, "agg-0", 1, "{}")]),
+                push(&[ev(1, "agg-1", 1, "{}")]),
+                push(&[ev(1, "agg-0", 1, r#"{"v":2}"#)]),
+                push(&[ev(1, "agg-0", 1, "{}"), ev(2, "agg-0", 2, "{}")]),
+            ]),
+        ),
+        (
+            "too-many-events",
+            lines(&[push(&[
+                ev(1, "agg-0", 1, "{}"),
+                ev(2, "agg-0", 2, "{}"),
+                ev(3, "agg-0", 3, "{}"),
+                ev(4, "agg-0", 4, "{}"),
+                ev(5, "agg-0", 5, "{}"),
+            ])]),
         ),
         (
             "metadata-and-broadcast",

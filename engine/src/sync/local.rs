@@ -96,7 +96,8 @@ impl PendingEvent {
         }
     }
 
-    fn proposal(&self) -> Proposal {
+    /// This event as a push proposes it.
+    pub fn proposal(&self) -> Proposal {
         Proposal {
             event_id: self.event_id,
             aggregate_id: self.aggregate_id.clone(),
@@ -680,6 +681,29 @@ fn records_to_events(first_position: u64, count: u32, records: &[u8]) -> Result<
     }
 }
 
+/// Moves a pending event from the outbox to the rejections table, inside
+/// the caller's transaction.
+fn record_rejection(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    e: &PendingEvent,
+    reason: &str,
+    now_ms: u64,
+) -> Result<(), Error> {
+    tx.execute(
+        "INSERT OR REPLACE INTO rejections (event_id, aggregate_id, event_type, data, metadata, reason, rejected_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![e.event_id.to_string(), e.aggregate_id, e.event_type, e.data, e.metadata, reason, now_ms],
+    )
+    .map_err(sql_err(path, "recording rejections"))?;
+    tx.execute(
+        "DELETE FROM outbox WHERE event_id = ?1",
+        [e.event_id.to_string()],
+    )
+    .map_err(sql_err(path, "recording rejections"))?;
+    Ok(())
+}
+
 /// Takes committed events out of the outbox.
 fn retire(outbox: &mut Outbox, path: &Path, ids: &[Uuid]) -> Result<(), Error> {
     if ids.is_empty() || outbox.events.is_empty() {
@@ -781,6 +805,11 @@ impl ReplicaStorage for ReplicaRef<'_> {
         self.0
             .store
             .append_raw_records(first_position, count, records)?;
+        if self.0.outbox().events.is_empty() {
+            // Nothing to retire (a fresh replica catching up): the records
+            // need not be read again.
+            return Ok(());
+        }
         let mut ids = Vec::with_capacity(count as usize);
         crate::log::format::for_each_record(first_position, count, records, |r| {
             ids.push(r.event_id)
@@ -798,83 +827,43 @@ impl ReplicaStorage for ReplicaRef<'_> {
         let replica = self.0;
         let path = replica.outbox_path();
         let mut outbox = replica.outbox();
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        let mut out = Vec::new();
-        let mut out_bytes = 0;
-        let mut dropped = Vec::new();
-        let mut changed = Vec::new();
-        for i in 0..outbox.events.len() {
-            let agg = outbox.events[i].aggregate_id.clone();
-            let committed = match versions.get(&agg) {
-                Some(v) => *v,
-                None => replica.store.aggregate_version(&agg)?,
-            };
-            let next = committed + 1;
-            if outbox.events[i].version != next {
-                // The committed log moved under this event: rebase it.
-                match replica.hook.rebase(&outbox.events[i], &replica.store, next) {
-                    RebaseDecision::Drop { reason } => {
-                        dropped.push((outbox.events[i].event_id, reason));
-                        versions.insert(agg, committed);
-                        continue;
-                    }
-                    RebaseDecision::Replace {
-                        event_type,
-                        data,
-                        metadata,
-                    } => {
-                        let e = &mut outbox.events[i];
-                        e.event_type = event_type;
-                        e.data = data;
-                        e.metadata = metadata;
-                    }
-                    RebaseDecision::Keep => {}
-                }
-                let e = &mut outbox.events[i];
-                e.version = next;
-                // After the events it now follows, by the receive rule (the
-                // clock has seen them as they were applied).
-                e.timestamp = replica
-                    .store
+        let store = &replica.store;
+        let rebased = super::rebase::rebase(
+            &mut outbox.events,
+            |agg| store.aggregate_version(agg),
+            |e, version| replica.hook.rebase(e, store, version),
+            || {
+                Ok(store
                     .hlc()
                     .now()
-                    .map_err(crate::event::InvalidInput::from)?;
-                changed.push(i);
-            }
-            versions.insert(agg, next);
-            let p = outbox.events[i].proposal();
-            // Events go in outbox order: once one does not fit, none after
-            // it does (a later event may build on it).
-            if out.len() < max
-                && (out.is_empty() || out_bytes + p.size_bytes() <= max_bytes)
-                && out.len() == i - dropped.len()
-            {
-                out_bytes += p.size_bytes();
-                out.push(p);
-            }
-        }
-        if !changed.is_empty() {
+                    .map_err(crate::event::InvalidInput::from)?)
+            },
+        )?;
+        if !rebased.changed.is_empty() || !rebased.dropped.is_empty() {
+            let changed: std::collections::HashSet<Uuid> =
+                rebased.changed.iter().copied().collect();
             let tx = outbox
                 .conn
                 .unchecked_transaction()
                 .map_err(sql_err(&path, "rebasing the outbox"))?;
-            for &i in &changed {
-                let e = &outbox.events[i];
+            for e in outbox
+                .events
+                .iter()
+                .filter(|e| changed.contains(&e.event_id))
+            {
                 tx.execute(
                     "UPDATE outbox SET version = ?2, timestamp = ?3, event_type = ?4, data = ?5, metadata = ?6 WHERE event_id = ?1",
                     params![e.event_id.to_string(), e.version, e.timestamp.to_text(), e.event_type, e.data, e.metadata],
                 )
                 .map_err(sql_err(&path, "rebasing the outbox"))?;
             }
+            // Dropped events become rejections in the same transaction.
+            for (e, reason) in &rebased.dropped {
+                record_rejection(&tx, &path, e, reason, now_ms)?;
+            }
             tx.commit().map_err(sql_err(&path, "rebasing the outbox"))?;
         }
-        drop(outbox);
-        if !dropped.is_empty() {
-            self.reject(&dropped, now_ms)?;
-            // Later events of those aggregates shift down: start over.
-            return self.prepare_push(max, max_bytes, now_ms);
-        }
-        Ok(out)
+        Ok(super::rebase::next_push(&outbox.events, max, max_bytes))
     }
 
     fn reject(&mut self, rejections: &[(Uuid, String)], now_ms: u64) -> Result<(), Error> {
@@ -891,17 +880,7 @@ impl ReplicaStorage for ReplicaRef<'_> {
             .iter()
             .filter(|e| reasons.contains_key(&e.event_id))
         {
-            tx.execute(
-                "INSERT OR REPLACE INTO rejections (event_id, aggregate_id, event_type, data, metadata, reason, rejected_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![e.event_id.to_string(), e.aggregate_id, e.event_type, e.data, e.metadata, reasons[&e.event_id], now_ms],
-            )
-            .map_err(sql_err(&path, "recording rejections"))?;
-            tx.execute(
-                "DELETE FROM outbox WHERE event_id = ?1",
-                [e.event_id.to_string()],
-            )
-            .map_err(sql_err(&path, "recording rejections"))?;
+            record_rejection(&tx, &path, e, reasons[&e.event_id], now_ms)?;
         }
         tx.commit()
             .map_err(sql_err(&path, "recording rejections"))?;

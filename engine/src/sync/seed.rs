@@ -23,13 +23,14 @@
 //! resend some (clients ignore event ids they hold). `""` means from the
 //! start.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::proto::{Proposal, ServerMessage};
-use super::server::{CanonicalLog, ClientId, PushOutcome, ServerCore};
-use crate::error::Error;
+use super::server::ClientId;
+use super::storage::{CanonicalLog, StorageError};
 use crate::hlc::{COUNTER_DIGITS, PHYSICAL_DIGITS, Timestamp};
 use crate::json::EventJson;
 
@@ -45,9 +46,23 @@ pub const EVENTS_BYTES_PER_MESSAGE_MAX: usize = 1 << 20;
 /// Node part of a cursor token: `@` then the position.
 pub const TOKEN_NODE_PREFIX: char = '@';
 
+/// Just the `type` of a message, read before the message itself.
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+}
+
+// Each message is parsed from its text straight into its shape, so that
+// `event_data` and `metadata` keep the client's exact bytes (key order,
+// whitespace, numbers of any size, duplicate keys): nothing goes through a
+// generic JSON value on the way.
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SyncRequest {
+    #[serde(rename = "type")]
+    _kind: String,
     last_synced_hlc: String,
     #[serde(default)]
     last_synced_position: Option<u64>,
@@ -57,13 +72,62 @@ struct SyncRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PushEvents {
+    #[serde(rename = "type")]
+    _kind: String,
     rebased_events: Vec<EventJson>,
 }
 
-#[derive(Deserialize)]
+/// The `auth` message a client sends first on a server with tokens (read by
+/// the transport before a session exists).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Auth {
-    token: String,
+pub struct Auth {
+    #[serde(rename = "type")]
+    _kind: String,
+    pub token: String,
+}
+
+impl Auth {
+    /// Parses an `auth` message; the error is the `error` message to send.
+    pub fn parse(text: &str) -> Result<Auth, String> {
+        match parse_tag(text)?.as_deref() {
+            Some("auth") => serde_json::from_str::<Auth>(text)
+                .map_err(|e| error_json("malformed", &format!("auth: {e}"), None)),
+            _ => Err(error_json(
+                "unauthorized",
+                "send {\"type\":\"auth\",\"token\":...} first",
+                None,
+            )),
+        }
+    }
+}
+
+/// The `type` of a message; the error is the `error` message to send.
+fn parse_tag(text: &str) -> Result<Option<Cow<'_, str>>, String> {
+    if text.len() > SEED_MESSAGE_BYTES_MAX {
+        return Err(error_json(
+            "too_large",
+            &format!(
+                "a message of {} bytes is more than the limit of {SEED_MESSAGE_BYTES_MAX}; send fewer events at once",
+                text.len()
+            ),
+            None,
+        ));
+    }
+    match serde_json::from_str::<Tag<'_>>(text) {
+        Ok(Tag { kind: Some(k) }) => Ok(Some(k)),
+        Ok(Tag { kind: None }) => Err(error_json(
+            "malformed",
+            "a message needs a \"type\" string",
+            None,
+        )),
+        Err(e) if e.is_data() => Err(error_json(
+            "malformed",
+            "a message is a JSON object with a \"type\" string",
+            None,
+        )),
+        Err(e) => Err(error_json("malformed", &format!("not JSON: {e}"), None)),
+    }
 }
 
 /// An event as the server sends it: the seed's object plus its position.
@@ -82,17 +146,13 @@ struct SyncResponse<'a> {
     missing_events: Vec<OutEvent>,
     new_server_hlc: String,
     new_server_position: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    conflicts: Vec<Conflict<'a>>,
-    /// With `PULL_REQUIRED` because another client has the turn on these
-    /// aggregates: wait this long before pushing again.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    conflicts: &'a [Conflict],
 }
 
 #[derive(Serialize)]
-struct Conflict<'a> {
-    aggregate_id: &'a str,
+struct Conflict {
+    aggregate_id: String,
     current_version: u64,
 }
 
@@ -101,13 +161,6 @@ struct NewEvents {
     #[serde(rename = "type")]
     kind: &'static str,
     events: Vec<OutEvent>,
-}
-
-/// What to send back, and whether to close afterwards.
-#[derive(Debug, Default)]
-pub struct SeedOutput {
-    pub messages: Vec<String>,
-    pub close: bool,
 }
 
 /// The error message of the JSON protocol.
@@ -119,230 +172,216 @@ pub fn error_json(code: &str, message: &str, event_id: Option<uuid::Uuid>) -> St
     v.to_string()
 }
 
-/// One WebSocket connection speaking the seed's protocol.
+/// What to do with a client's message.
+#[derive(Debug)]
+pub enum SeedStep {
+    /// Send these messages; the request is over.
+    Reply(Vec<String>),
+    /// Hand these events to the store's [`super::ServerCore`] as push
+    /// `request` of this session's client; its answer comes back through
+    /// [`SeedSession::handle_reply`].
+    Push { request: u64, events: Vec<Proposal> },
+}
+
+/// One authenticated WebSocket connection speaking the seed's protocol: it
+/// turns text into pushes for the store's core and the core's answers into
+/// `server_sync_response`s, and keeps the connection's cursor. It reads the
+/// log (missing events, cursor tokens) but never writes: pushes go through
+/// the core, so they share its group commits and its turn.
 #[derive(Debug)]
 pub struct SeedSession {
     client: ClientId,
-    authenticated: bool,
     /// Last position sent to the client; live events follow it once the
     /// client has synced once.
     delivered: u64,
     following: bool,
     next_request: u64,
+    /// The request whose final answer the core has not given yet.
+    awaiting: Option<u64>,
 }
 
 impl SeedSession {
-    /// A new connection. `token` is what the transport saw (header or
-    /// query); without one, a server that needs a token waits for `auth`.
-    pub fn connect(
-        client: ClientId,
-        token: Option<&str>,
-        core: &mut ServerCore,
-        log: &dyn CanonicalLog,
-    ) -> (SeedSession, SeedOutput) {
-        core.connect(client, false);
-        let mut session = SeedSession {
+    /// A session for `client`, which the transport has authenticated and
+    /// connected to the store's core.
+    pub fn new(client: ClientId) -> SeedSession {
+        SeedSession {
             client,
-            authenticated: false,
             delivered: 0,
             following: false,
             next_request: 1,
-        };
-        let mut out = SeedOutput::default();
-        if token.is_some() || core.config().tokens.is_empty() {
-            session.authenticate(token, core, log, &mut out);
-        }
-        (session, out)
-    }
-
-    fn authenticate(
-        &mut self,
-        token: Option<&str>,
-        core: &mut ServerCore,
-        log: &dyn CanonicalLog,
-        out: &mut SeedOutput,
-    ) {
-        match core.hello(
-            self.client,
-            super::proto::PROTOCOL_VERSION,
-            token,
-            "seed-json",
-            log,
-        ) {
-            ServerMessage::Welcome { .. } => self.authenticated = true,
-            ServerMessage::Error { code, message, .. } => {
-                out.messages.push(error_json(code.as_str(), &message, None));
-                out.close = true;
-            }
-            _ => {}
+            awaiting: None,
         }
     }
 
-    /// Handles one text message.
-    pub fn handle_text(
-        &mut self,
-        now_ms: u64,
-        text: &str,
-        core: &mut ServerCore,
-        log: &mut dyn CanonicalLog,
-    ) -> SeedOutput {
-        let mut out = SeedOutput::default();
-        if text.len() > SEED_MESSAGE_BYTES_MAX {
-            out.messages.push(error_json(
-                "too_large",
-                &format!("a message of {} bytes is more than the limit of {SEED_MESSAGE_BYTES_MAX}; send fewer events at once", text.len()),
+    pub fn client(&self) -> ClientId {
+        self.client
+    }
+
+    /// Whether the client gets live events (it has sent
+    /// `client_sync_request`).
+    pub fn is_following(&self) -> bool {
+        self.following
+    }
+
+    /// Whether a push of this session waits for the core's answer.
+    pub fn is_waiting(&self) -> bool {
+        self.awaiting.is_some()
+    }
+
+    /// Handles one text message. Reads the log (cursor mapping, missing
+    /// events), so call it where blocking is fine, never under the core's
+    /// lock.
+    pub fn handle_text(&mut self, text: &str, log: &dyn CanonicalLog) -> SeedStep {
+        let reply = |m: String| SeedStep::Reply(vec![m]);
+        let kind = match parse_tag(text) {
+            Ok(k) => k,
+            Err(m) => return reply(m),
+        };
+        if self.awaiting.is_some() {
+            return reply(error_json(
+                "unexpected",
+                "the last request is still being answered; wait for its server_sync_response",
                 None,
             ));
-            return out;
         }
-        let value: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                out.messages
-                    .push(error_json("malformed", &format!("not JSON: {e}"), None));
-                return out;
-            }
-        };
-        let Some(kind) = value
-            .get("type")
-            .and_then(|t| t.as_str())
-            .map(str::to_owned)
-        else {
-            out.messages.push(error_json(
-                "malformed",
-                "a message needs a \"type\" string",
-                None,
-            ));
-            return out;
-        };
-        let mut body = value;
-        if let Some(obj) = body.as_object_mut() {
-            obj.remove("type");
-        }
-        if !self.authenticated {
-            if kind == "auth" {
-                match serde_json::from_value::<Auth>(body) {
-                    Ok(a) => self.authenticate(Some(&a.token), core, log, &mut out),
+        let events = match kind.as_deref() {
+            Some("client_sync_request") => {
+                let req = match serde_json::from_str::<SyncRequest>(text) {
+                    Ok(r) => r,
                     Err(e) => {
-                        out.messages
-                            .push(error_json("malformed", &format!("auth: {e}"), None))
+                        return reply(error_json(
+                            "malformed",
+                            &format!("client_sync_request: {e}"),
+                            None,
+                        ));
+                    }
+                };
+                match base_position(&req.last_synced_hlc, req.last_synced_position, log) {
+                    Ok(base) => {
+                        self.delivered = base;
+                        self.following = true;
+                    }
+                    Err(CursorError::Malformed(e)) => {
+                        return reply(error_json("malformed", &e, None));
+                    }
+                    Err(CursorError::Storage(e)) => {
+                        return reply(error_json("unavailable", &e.to_string(), None));
                     }
                 }
-            } else {
-                out.messages.push(error_json(
-                    "unauthorized",
-                    "send {\"type\":\"auth\",\"token\":...} first",
+                req.local_events
+            }
+            Some("client_push_events") => match serde_json::from_str::<PushEvents>(text) {
+                Ok(p) => p.rebased_events,
+                Err(e) => {
+                    return reply(error_json(
+                        "malformed",
+                        &format!("client_push_events: {e}"),
+                        None,
+                    ));
+                }
+            },
+            Some("auth") => return reply(error_json("unexpected", "already authenticated", None)),
+            other => {
+                let name = other.unwrap_or_default();
+                return reply(error_json(
+                    "unexpected",
+                    &format!(
+                        "unknown message type {name:?}; expected client_sync_request or client_push_events"
+                    ),
                     None,
                 ));
-                out.close = true;
-            }
-            return out;
-        }
-        let result = match kind.as_str() {
-            "client_sync_request" => serde_json::from_value::<SyncRequest>(body)
-                .map_err(|e| error_json("malformed", &format!("client_sync_request: {e}"), None))
-                .and_then(|req| {
-                    let base = base_position(&req.last_synced_hlc, req.last_synced_position, log)
-                        .map_err(|e| error_json("malformed", &e, None))?;
-                    self.delivered = base;
-                    self.following = true;
-                    Ok(req.local_events)
-                }),
-            "client_push_events" => serde_json::from_value::<PushEvents>(body)
-                .map_err(|e| error_json("malformed", &format!("client_push_events: {e}"), None))
-                .map(|p| p.rebased_events),
-            "auth" => Err(error_json("unexpected", "already authenticated", None)),
-            other => Err(error_json(
-                "unexpected",
-                &format!(
-                    "unknown message type {other:?}; expected client_sync_request or client_push_events"
-                ),
-                None,
-            )),
-        };
-        let events = match result {
-            Ok(events) => events,
-            Err(msg) => {
-                out.messages.push(msg);
-                return out;
             }
         };
         if let Err(msg) = check_events(&events) {
-            out.messages.push(msg);
-            return out;
+            return reply(msg);
         }
-        let mut status = "OK";
-        let mut conflicts = Vec::new();
-        let mut retry_after_ms = None;
-        if !events.is_empty() {
-            let proposals: Vec<Proposal> = events.iter().map(proposal).collect();
-            let request = self.next_request;
-            self.next_request += 1;
-            let (replies, outcome) = core.push(now_ms, self.client, request, proposals, log);
-            for r in replies {
-                match r {
-                    ServerMessage::Rejected { rejections, .. } => {
-                        for (id, reason) in rejections {
-                            out.messages.push(error_json("rejected", &reason, Some(id)));
-                        }
-                    }
-                    ServerMessage::Error { code, message, .. } => {
-                        out.messages.push(error_json(code.as_str(), &message, None))
-                    }
-                    ServerMessage::PullRequired {
-                        retry_after_ms: wait,
-                        ..
-                    } if wait > 0 => retry_after_ms = Some(wait),
-                    _ => {}
-                }
-            }
-            match outcome {
-                PushOutcome::Accepted { .. } => {}
-                PushOutcome::PullRequired { conflicts: c } => {
-                    status = "PULL_REQUIRED";
-                    conflicts = c;
-                }
-                PushOutcome::Refused => return out,
-            }
+        if events.is_empty() {
+            return SeedStep::Reply(self.respond("OK", &[], log));
         }
-        match self.missing_events(log) {
-            Ok(missing) => {
-                let new_server_position = self.delivered;
-                let new_server_hlc = match cursor_token(new_server_position, log) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        out.messages
-                            .push(error_json("unavailable", &e.to_string(), None));
-                        return out;
-                    }
-                };
-                let response = SyncResponse {
-                    kind: "server_sync_response",
-                    status,
-                    missing_events: missing,
-                    new_server_hlc,
-                    new_server_position,
-                    conflicts: conflicts
-                        .iter()
-                        .map(|(a, v)| Conflict {
-                            aggregate_id: a,
-                            current_version: *v,
-                        })
-                        .collect(),
-                    retry_after_ms,
-                };
-                out.messages
-                    .push(serde_json::to_string(&response).expect("responses serialise"));
-            }
-            Err(e) => out
-                .messages
-                .push(error_json("unavailable", &e.to_string(), None)),
+        let request = self.next_request;
+        self.next_request += 1;
+        self.awaiting = Some(request);
+        SeedStep::Push {
+            request,
+            events: events.iter().map(proposal).collect(),
         }
-        out
     }
 
-    /// Events after `delivered`, up to the per-message limit.
-    fn missing_events(&mut self, log: &mut dyn CanonicalLog) -> Result<Vec<OutEvent>, Error> {
+    /// A message from the core for this session's client: the answer to
+    /// its push. Returns what to send: `error` `rejected` messages as they
+    /// come, then the `server_sync_response` (or the `error`) that ends the
+    /// request. Reads the log, like [`SeedSession::handle_text`].
+    pub fn handle_reply(&mut self, msg: ServerMessage, log: &dyn CanonicalLog) -> Vec<String> {
+        let Some(request) = self.awaiting else {
+            return Vec::new();
+        };
+        match msg {
+            ServerMessage::Rejected {
+                request: r,
+                rejections,
+            } if r == request => rejections
+                .iter()
+                .map(|(id, reason)| error_json("rejected", reason, Some(*id)))
+                .collect(),
+            ServerMessage::Accepted { request: r, .. } if r == request => {
+                self.awaiting = None;
+                self.respond("OK", &[], log)
+            }
+            ServerMessage::PullRequired {
+                request: r,
+                conflicts,
+                ..
+            } if r == request => {
+                self.awaiting = None;
+                let conflicts: Vec<Conflict> = conflicts
+                    .into_iter()
+                    .map(|(aggregate_id, current_version)| Conflict {
+                        aggregate_id,
+                        current_version,
+                    })
+                    .collect();
+                self.respond("PULL_REQUIRED", &conflicts, log)
+            }
+            ServerMessage::Error { code, message, .. } => {
+                // The core's refusals of a push carry no request: with one
+                // request at a time, it is the one waiting.
+                self.awaiting = None;
+                vec![error_json(code.as_str(), &message, None)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The `server_sync_response` with `missing_events` after the cursor,
+    /// which moves to the last position sent.
+    fn respond(
+        &mut self,
+        status: &'static str,
+        conflicts: &[Conflict],
+        log: &dyn CanonicalLog,
+    ) -> Vec<String> {
+        let missing = match self.missing_events(log) {
+            Ok(m) => m,
+            Err(e) => return vec![error_json("unavailable", &e.to_string(), None)],
+        };
+        let new_server_position = self.delivered;
+        let new_server_hlc = match cursor_token(new_server_position, log) {
+            Ok(t) => t,
+            Err(e) => return vec![error_json("unavailable", &e.to_string(), None)],
+        };
+        let response = SyncResponse {
+            kind: "server_sync_response",
+            status,
+            missing_events: missing,
+            new_server_hlc,
+            new_server_position,
+            conflicts,
+        };
+        vec![serde_json::to_string(&response).expect("responses serialise")]
+    }
+
+    /// Events after `delivered`, up to the per-message limits.
+    fn missing_events(&mut self, log: &dyn CanonicalLog) -> Result<Vec<OutEvent>, StorageError> {
         let events = log.read(
             self.delivered + 1,
             EVENTS_PER_MESSAGE_MAX,
@@ -361,9 +400,13 @@ impl SeedSession {
     }
 
     /// Live events for this client (`server_new_events`), once it has
-    /// synced: call when the log moved.
-    pub fn poll_broadcast(&mut self, log: &mut dyn CanonicalLog) -> Result<Option<String>, Error> {
-        if !self.following || log.head() <= self.delivered {
+    /// synced and while no request of its waits: call when the log moved,
+    /// and again after each send, until `None`.
+    pub fn poll_broadcast(
+        &mut self,
+        log: &dyn CanonicalLog,
+    ) -> Result<Option<String>, StorageError> {
+        if !self.following || self.awaiting.is_some() || log.head()? <= self.delivered {
             return Ok(None);
         }
         let events = self.missing_events(log)?;
@@ -377,10 +420,6 @@ impl SeedSession {
             })
             .expect("events serialise"),
         ))
-    }
-
-    pub fn disconnect(&self, core: &mut ServerCore, now_ms: u64) {
-        core.disconnect(self.client, now_ms);
     }
 }
 
@@ -428,7 +467,7 @@ fn proposal(e: &EventJson) -> Proposal {
 
 /// The cursor token for `position`: the HLC of the event there, with `@`
 /// and the position as its node (`""` for position 0).
-pub fn cursor_token(position: u64, log: &mut dyn CanonicalLog) -> Result<String, Error> {
+pub fn cursor_token(position: u64, log: &dyn CanonicalLog) -> Result<String, StorageError> {
     if position == 0 {
         return Ok(String::new());
     }
@@ -443,21 +482,36 @@ pub fn cursor_token(position: u64, log: &mut dyn CanonicalLog) -> Result<String,
     ))
 }
 
+/// Why a client's cursor could not be mapped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CursorError {
+    /// The cursor is not an HLC.
+    Malformed(String),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for CursorError {
+    fn from(e: StorageError) -> Self {
+        CursorError::Storage(e)
+    }
+}
+
 /// The server position a client's cursor stands for (see the module
 /// documentation).
 pub fn base_position(
     hlc: &str,
     position: Option<u64>,
-    log: &mut dyn CanonicalLog,
-) -> Result<u64, String> {
-    let head = log.head();
+    log: &dyn CanonicalLog,
+) -> Result<u64, CursorError> {
+    let head = log.head()?;
     if let Some(p) = position {
         return Ok(p.min(head));
     }
     if hlc.is_empty() {
         return Ok(0);
     }
-    let ts = Timestamp::parse(hlc).map_err(|e| format!("last_synced_hlc: {e}"))?;
+    let ts = Timestamp::parse(hlc)
+        .map_err(|e| CursorError::Malformed(format!("last_synced_hlc: {e}")))?;
     if let Some(p) = ts
         .node()
         .as_str()
@@ -466,7 +520,7 @@ pub fn base_position(
     {
         // A token only if the clock matches the event at that position: a
         // node id that merely looks like one (`@42`) is an ordinary HLC.
-        let at = log.read(p, 1, usize::MAX).map_err(|e| e.to_string())?;
+        let at = log.read(p, 1, usize::MAX)?;
         if at.first().is_some_and(|e| {
             e.position == p
                 && e.timestamp.physical_ms() == ts.physical_ms()
@@ -485,9 +539,7 @@ pub fn base_position(
     let mut from = 1;
     let mut max: Option<(u64, u32, String)> = None;
     while from <= head {
-        let events = log
-            .read(from, EVENTS_PER_MESSAGE_MAX, EVENTS_BYTES_PER_MESSAGE_MAX)
-            .map_err(|e| e.to_string())?;
+        let events = log.read(from, EVENTS_PER_MESSAGE_MAX, EVENTS_BYTES_PER_MESSAGE_MAX)?;
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
@@ -515,6 +567,13 @@ mod tests {
     use crate::event::{ExpectedVersion, NewEvent};
     use crate::{Options, Store};
 
+    fn replies(step: SeedStep) -> Vec<String> {
+        match step {
+            SeedStep::Reply(m) => m,
+            SeedStep::Push { .. } => panic!("expected replies, got a push"),
+        }
+    }
+
     /// Bounded messages: a backlog of large events comes in messages of
     /// about [`EVENTS_BYTES_PER_MESSAGE_MAX`], never all at once, and the
     /// follow stream resumes where the response stopped.
@@ -535,19 +594,12 @@ mod tests {
                 )
                 .unwrap();
         }
-        let mut log = store.clone();
-        let mut core = ServerCore::new(super::super::ServerConfig::default());
-        let (mut session, out) = SeedSession::connect(1, None, &mut core, &log);
-        assert!(out.messages.is_empty() && !out.close);
+        let mut session = SeedSession::new(1);
         let limit = EVENTS_BYTES_PER_MESSAGE_MAX + 2 * PAD_BYTES;
         let request = r#"{"type":"client_sync_request","last_synced_hlc":"","local_events":[]}"#;
-        let out = session.handle_text(0, request, &mut core, &mut log);
-        let response: serde_json::Value = serde_json::from_str(&out.messages[0]).unwrap();
-        assert!(
-            out.messages[0].len() <= limit,
-            "{} bytes",
-            out.messages[0].len()
-        );
+        let out = replies(session.handle_text(request, &store));
+        let response: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert!(out[0].len() <= limit, "{} bytes", out[0].len());
         let mut positions: Vec<u64> = response["missing_events"]
             .as_array()
             .unwrap()
@@ -559,7 +611,7 @@ mod tests {
             response["new_server_position"].as_u64(),
             positions.last().copied()
         );
-        while let Some(msg) = session.poll_broadcast(&mut log).unwrap() {
+        while let Some(msg) = session.poll_broadcast(&store).unwrap() {
             assert!(msg.len() <= limit, "{} bytes", msg.len());
             let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
             positions.extend(
@@ -591,15 +643,41 @@ mod tests {
                 )
                 .unwrap();
         }
-        let mut log = store.clone();
-        let token = cursor_token(2, &mut log).unwrap();
-        assert_eq!(base_position(&token, None, &mut log), Ok(2));
-        assert_eq!(base_position("", None, &mut log), Ok(0));
+        let token = cursor_token(2, &store).unwrap();
+        assert_eq!(base_position(&token, None, &store), Ok(2));
+        assert_eq!(base_position("", None, &store), Ok(0));
         // Node `@3`, but the clock of position 1's event: not a token. The
         // client has seen clocks up to 1000 only, so it resumes from the
         // start, not after position 3.
         let lookalike = format!("{:015}:{:010}:@3", 1_000, 0);
-        let from = base_position(&lookalike, None, &mut log).unwrap();
+        let from = base_position(&lookalike, None, &store).unwrap();
         assert!(from < 1, "resumed after {from}");
+    }
+
+    /// A message is parsed straight from its text into its shape:
+    /// `event_data` and `metadata` keep the client's bytes exactly (key
+    /// order, whitespace, a number no float holds, duplicate keys).
+    #[test]
+    fn event_data_and_metadata_keep_the_clients_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        let data = r#"{"b": 1, "a": 12345678901234567890123456789, "e": 1E2, "b": 2}"#;
+        let metadata = r#"[ 1.50 , {"z":null,"a" :0} ]"#;
+        let text = format!(
+            r#"{{"type":"client_sync_request","last_synced_hlc":"","local_events":[{{"event_id":"00000000-0000-0000-0000-0000000000a1","aggregate_id":"c","version":1,"event_type":"T","event_data":{data},"timestamp":"1700000000000:0:A","metadata":{metadata}}}]}}"#
+        );
+        let mut session = SeedSession::new(1);
+        match session.handle_text(&text, &store) {
+            SeedStep::Push { events, .. } => {
+                assert_eq!(events[0].data, data.as_bytes());
+                assert_eq!(events[0].metadata.as_deref(), Some(metadata.as_bytes()));
+            }
+            SeedStep::Reply(m) => panic!("expected a push, got {m:?}"),
+        }
+        // Messages that are not objects, or not JSON, get `malformed`.
+        for bad in ["[1]", "\"x\"", "{\"type\":", "{} trailing"] {
+            let out = replies(SeedSession::new(2).handle_text(bad, &store));
+            assert!(out[0].contains("malformed"), "{bad}: {out:?}");
+        }
     }
 }

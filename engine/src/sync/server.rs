@@ -1,78 +1,73 @@
-//! The server side of sync as a state machine: no sockets, no clock (time is
-//! passed in), storage through the narrow [`CanonicalLog`] trait. One
-//! [`ServerCore`] per hosted store; a transport shell feeds it each
-//! client's messages and pulls what to send with [`ServerCore::poll_events`]
-//! when the client can take more, so nothing queues without bound.
+//! The server side of sync as a state machine, shaped like
+//! [`super::ReplicaCore`] and quinn-proto: no sockets, no clock, no
+//! storage calls. One [`ServerCore`] per hosted store. A transport shell
+//! feeds it what happens (`handle_*`, time passed in) and carries out what
+//! it asks (`poll_*`), outside any lock:
 //!
-//! Rules:
-//! * Canonical order is this log's (Y1). A push is appended only if every
-//!   event's aggregate is at `version - 1` (Y5); otherwise nothing is
-//!   appended and the client gets `PullRequired`. A push from a client that
-//!   is behind but touches no aggregate that moved is accepted: being
-//!   behind on other aggregates is not a conflict.
-//! * Event ids make pushes idempotent (Y4): events already in the log are
-//!   answered with their positions and not written again.
-//! * Clients only ever receive committed events: the follow stream reads
-//!   the log, so the server commits before it "broadcasts".
-//! * Fairness: the first client refused for a conflict gets *the turn*: for
-//!   [`ServerConfig::lease_ms`], other clients' pushes that touch its
-//!   aggregates wait (`PullRequired` with a retry hint) and queue, first
-//!   refused first served. The turn passes on when its holder's push
-//!   succeeds, when it disconnects, or when the time runs out. With one
-//!   holder at a time there is no cycle of clients waiting for each other,
-//!   and the holder's protected set only grows until its push goes through,
-//!   so every refused client gets its turn: nobody starves under contention.
+//! * [`ServerCore::poll_transmit`]: a message for a client;
+//! * [`ServerCore::poll_commit`]: a group commit to carry out on the
+//!   canonical log ([`super::CanonicalLog::append_pushes`]), answered with
+//!   [`ServerCore::handle_committed`];
+//! * [`ServerCore::poll_event`]: the head moved (wake the connections that
+//!   follow the log; following is the shell's: it reads the log for each
+//!   follower, outside the core);
+//! * [`ServerCore::poll_timeout`] / [`ServerCore::handle_timeout`]: when a
+//!   turn runs out.
+//!
+//! # Group commit
+//!
+//! Pushes wait in arrival order. When no commit is in flight, the next
+//! commit takes every push that may go (up to
+//! [`ServerConfig::commit_pushes_max`]): the log checks them in that order
+//! and writes the ones that hold with one sync, and each push gets its own
+//! answer. Pushes that arrive while a commit is in flight go in the next
+//! one, so the more clients push at once, the more pushes share a sync.
+//!
+//! # Fairness: the turn
+//!
+//! Canonical order is the log's (Y1): a push is appended only if every
+//! aggregate it touches is at the version it builds on (Y5); a push that
+//! builds on the current versions is appended even if the client is behind
+//! on other aggregates. Under contention, the first client whose push is
+//! refused for a conflict gets *the turn* on the aggregates it needs, for
+//! [`ServerConfig::lease_ms`]: pushes of other clients that touch them are
+//! **held** (not answered) and the clients queue, first refused first
+//! served. A push that conflicts while another client has the turn on its
+//! aggregates is held too, unanswered: whatever it rebased now would be
+//! stale again by its turn. The turn passes when its holder's push is
+//! appended, when it disconnects, or when its time runs out (a holder that
+//! keeps failing cannot extend it); a held push then goes into the next
+//! commit, and if what it builds on moved, it is answered `PullRequired`
+//! with the client now holding the turn, so its rebased push wins. A push
+//! is therefore refused at most once in a row while turns last. Holding
+//! instead of refusing is what keeps a client that retries at once (the
+//! seed's JSON clients do) from spinning on refusals, and needs nothing
+//! from the protocol: a client only sees a slower answer. With one holder
+//! at a time there is no cycle of clients waiting for each other, so every
+//! refused client gets its turn: nobody starves.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::proto::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Placed, Proposal, ServerMessage};
-use crate::error::Error;
-use crate::event::{AggregateEvents, Committed, Event, ExpectedVersion, InvalidInput, Limits};
+use super::proto::{ErrorCode, Placed, Proposal, ServerMessage};
+use super::storage::{CommitResult, PushOutcome, StorageError};
+use crate::event::{InvalidInput, Limits};
 
 /// Default [`ServerConfig::lease_ms`].
 pub const LEASE_MS_DEFAULT: u64 = 2_000;
-/// Longest a client waiting for the turn is told to wait before retrying.
-/// The turn usually passes as soon as its holder's rebased push lands, a
-/// few milliseconds later; a long wait leaves the aggregate idle (measured
-/// under `sync_push_contention`: 250 ms gave 2.5k–8.3k events/s, 20 ms a
-/// steady 7.2k), a short one costs a small message per waiting client.
-pub const RETRY_AFTER_MS_MAX: u64 = 25;
 /// Default [`ServerConfig::push_events_max`].
 pub const PUSH_EVENTS_MAX_DEFAULT: usize = 1_000;
 /// Default [`ServerConfig::message_events_max`].
 pub const MESSAGE_EVENTS_MAX_DEFAULT: usize = 1_000;
 /// Default [`ServerConfig::message_bytes_max`].
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 1 << 20;
-
-/// The server's canonical log, as the core needs it. The embedded
-/// [`crate::Store`] implements it; a PostgreSQL-backed log shared by
-/// several server nodes could too.
-pub trait CanonicalLog {
-    fn store_id(&self) -> Uuid;
-    /// Last committed position.
-    fn head(&self) -> u64;
-    /// Appends atomically if every group's expectation holds (see
-    /// [`crate::Store::append_batch`]).
-    fn append(&mut self, groups: &[AggregateEvents]) -> Result<Vec<Committed>, Error>;
-    /// Committed events from `from` on, at most `max_events` and about
-    /// `max_bytes`.
-    fn read(&mut self, from: u64, max_events: usize, max_bytes: usize)
-    -> Result<Vec<Event>, Error>;
-    /// A run of raw log records from `from` on (bulk catch-up without
-    /// decoding); `None` when this log cannot serve raw records.
-    fn read_records(
-        &mut self,
-        _from: u64,
-        _max_bytes: usize,
-    ) -> Result<Option<(u64, u32, Vec<u8>)>, Error> {
-        Ok(None)
-    }
-    /// An aggregate's current version.
-    fn aggregate_version(&mut self, aggregate_id: &str) -> Result<u64, Error>;
-}
+/// Default [`ServerConfig::commit_pushes_max`].
+pub const COMMIT_PUSHES_MAX_DEFAULT: usize = 1_024;
+/// Pushes one client may have waiting for their answers; one more is
+/// refused (replicas push one at a time).
+pub const PUSHES_WAITING_PER_CLIENT_MAX: usize = 4;
 
 /// Decides whether a client may append an event (permissions, validation
 /// beyond the store's limits). Refused events become rejections.
@@ -83,9 +78,6 @@ pub trait PushPolicy: Send + Sync {
 /// How the server core behaves.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// Accepted tokens; empty means no authentication (loopback only: the
-    /// shell enforces that).
-    pub tokens: Vec<String>,
     pub limits: Limits,
     /// Most events in one push.
     pub push_events_max: usize,
@@ -93,18 +85,20 @@ pub struct ServerConfig {
     pub message_events_max: usize,
     /// About the most bytes of events in one message.
     pub message_bytes_max: usize,
-    /// How long a client refused for a conflict has priority on the
-    /// conflicting aggregates.
+    /// How long a client refused for a conflict has the turn on the
+    /// aggregates it needs.
     pub lease_ms: u64,
+    /// Most pushes in one group commit (1: every push syncs alone).
+    pub commit_pushes_max: usize,
     pub policy: Option<Arc<dyn PushPolicy>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
-            .field("tokens", &self.tokens.len())
             .field("push_events_max", &self.push_events_max)
             .field("lease_ms", &self.lease_ms)
+            .field("commit_pushes_max", &self.commit_pushes_max)
             .finish()
     }
 }
@@ -122,6 +116,7 @@ impl ServerConfig {
             ("push_events_max", self.push_events_max),
             ("message_events_max", self.message_events_max),
             ("message_bytes_max", self.message_bytes_max),
+            ("commit_pushes_max", self.commit_pushes_max),
         ] {
             if value == 0 {
                 return Err(InvalidInput::Setting {
@@ -155,12 +150,12 @@ pub const ENCODING_SLACK_BYTES: usize = 2 << 20;
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            tokens: Vec::new(),
             limits: Limits::default(),
             push_events_max: PUSH_EVENTS_MAX_DEFAULT,
             message_events_max: MESSAGE_EVENTS_MAX_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
             lease_ms: LEASE_MS_DEFAULT,
+            commit_pushes_max: COMMIT_PUSHES_MAX_DEFAULT,
             policy: None,
         }
     }
@@ -169,17 +164,47 @@ impl Default for ServerConfig {
 /// A connection, as the shell numbers them.
 pub type ClientId = u64;
 
-#[derive(Debug, Default)]
-struct Client {
-    name: String,
-    welcomed: bool,
-    /// Next position to send on the follow stream.
-    follow: Option<u64>,
-    /// The transport can carry raw records.
-    raw: bool,
+/// Who a connection is, as the shell authenticated it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's name (its HLC node id, or the transport's), for logs
+    /// and the push policy.
+    pub name: String,
+    /// Whether it may push (a read-only grant may only follow).
+    pub may_write: bool,
 }
 
-/// The client whose retry comes first, and the aggregates it needs.
+/// A group commit for the shell to carry out with
+/// [`super::CanonicalLog::append_pushes`], then hand back to
+/// [`ServerCore::handle_committed`].
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub id: u64,
+    pub pushes: Vec<Arc<[Proposal]>>,
+}
+
+/// What the shell should know besides messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CoreEvent {
+    /// A commit appended events: the log's head is now `head` (wake the
+    /// connections that follow the log).
+    HeadMoved { head: u64 },
+}
+
+/// A push waiting for its commit.
+#[derive(Debug)]
+struct Pending {
+    client: ClientId,
+    request: u64,
+    events: Arc<[Proposal]>,
+    /// Events refused for good so far, announced with the final answer.
+    rejections: Vec<(Uuid, String)>,
+    /// The aggregates it writes, sorted.
+    touched: Vec<String>,
+}
+
+/// The client whose push comes first, and the aggregates it needs.
 #[derive(Debug)]
 struct Turn {
     holder: ClientId,
@@ -187,28 +212,21 @@ struct Turn {
     until_ms: u64,
 }
 
-/// What a push came to, for shells that need more than the messages (the
-/// seed's JSON layer).
-#[derive(Debug, Clone, PartialEq)]
-pub enum PushOutcome {
-    Accepted {
-        placed: Vec<Placed>,
-    },
-    PullRequired {
-        conflicts: Vec<(String, u64)>,
-    },
-    /// Refused as a whole (a limit or a protocol error).
-    Refused,
-}
-
 /// The server's sync state for one store. See the module documentation.
 #[derive(Debug)]
 pub struct ServerCore {
     config: ServerConfig,
-    clients: HashMap<ClientId, Client>,
+    clients: HashMap<ClientId, ClientInfo>,
+    /// The log's head as the last commit (or the shell) reported it.
+    head: u64,
+    pending: VecDeque<Pending>,
+    in_flight: Option<(u64, Vec<Pending>)>,
+    next_commit: u64,
     turn: Option<Turn>,
-    /// Refused clients waiting for the turn, with what they touched.
+    /// Refused clients waiting for the turn, with what they need.
     queue: VecDeque<(ClientId, HashSet<String>)>,
+    transmit: VecDeque<(ClientId, ServerMessage)>,
+    events: VecDeque<CoreEvent>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> ServerMessage {
@@ -219,76 +237,20 @@ fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> ServerMess
     }
 }
 
-/// The final reply when storage failed: the client retries later.
-fn storage_failed(e: Error) -> (ServerMessage, PushOutcome) {
-    tracing::error!(error = %e, "sync push failed in storage");
-    let msg = error(
-        ErrorCode::Unavailable,
-        format!("the server could not store the push ({e}); retry later"),
-        false,
-    );
-    (msg, PushOutcome::Refused)
-}
-
-fn pull_required(
-    request: u64,
-    conflicts: Vec<(String, u64)>,
-    retry_after_ms: u64,
-    log: &dyn CanonicalLog,
-) -> (ServerMessage, PushOutcome) {
-    let msg = ServerMessage::PullRequired {
-        request,
-        conflicts: conflicts.clone(),
-        head: log.head(),
-        retry_after_ms,
-    };
-    (msg, PushOutcome::PullRequired { conflicts })
-}
-
-/// Every aggregate of a push whose server version is not the one the push
-/// builds on, with that version.
-fn conflicts(events: &[Proposal], log: &mut dyn CanonicalLog) -> Result<Vec<(String, u64)>, Error> {
-    let mut base: Vec<(&str, u64)> = Vec::new();
-    for e in events {
-        if !base.iter().any(|(a, _)| *a == e.aggregate_id) {
-            base.push((&e.aggregate_id, e.version - 1));
-        }
-    }
-    let mut out = Vec::new();
-    for (agg, expected) in base {
-        let current = log.aggregate_version(agg)?;
-        if current != expected {
-            out.push((agg.to_string(), current));
-        }
-    }
-    Ok(out)
-}
-
-/// Whether `token` opens a server configured with `tokens`: any token
-/// does when the list is empty (open mode), otherwise it must equal one of
-/// them. Every transport checks with this, so none leaks more than another.
-pub fn token_accepted(tokens: &[String], token: Option<&str>) -> bool {
-    tokens.is_empty() || token.is_some_and(|t| tokens.iter().any(|e| token_matches(t, e)))
-}
-
-/// Compares tokens in time independent of where they differ and of the
-/// expected token's length (the given token sets the number of steps).
-fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(!x);
-    }
-    diff == 0
-}
-
 impl ServerCore {
-    pub fn new(config: ServerConfig) -> ServerCore {
+    /// A core for a log whose head is `head`.
+    pub fn new(config: ServerConfig, head: u64) -> ServerCore {
         ServerCore {
             config,
             clients: HashMap::new(),
+            head,
+            pending: VecDeque::new(),
+            in_flight: None,
+            next_commit: 1,
             turn: None,
             queue: VecDeque::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
         }
     }
 
@@ -296,21 +258,17 @@ impl ServerCore {
         &self.config
     }
 
-    /// A new connection. `raw` says whether its transport carries raw log
-    /// records.
-    pub fn connect(&mut self, client: ClientId, raw: bool) {
-        self.clients.insert(
-            client,
-            Client {
-                raw,
-                ..Client::default()
-            },
-        );
+    /// An authenticated connection (the shell checked its credentials and
+    /// its grant on this store).
+    pub fn handle_connect(&mut self, client: ClientId, info: ClientInfo) {
+        self.clients.insert(client, info);
     }
 
-    /// The connection is gone: its leases pass on.
-    pub fn disconnect(&mut self, client: ClientId, now_ms: u64) {
+    /// The connection is gone: its waiting pushes are dropped (one in a
+    /// commit still completes; its answer is dropped) and its turn passes.
+    pub fn handle_disconnect(&mut self, now_ms: u64, client: ClientId) {
         self.clients.remove(&client);
+        self.pending.retain(|p| p.client != client);
         self.queue.retain(|(c, _)| *c != client);
         if self.turn.as_ref().is_some_and(|t| t.holder == client) {
             self.pass_turn(now_ms);
@@ -322,97 +280,62 @@ impl ServerCore {
         self.clients.len()
     }
 
-    /// Checks credentials; returns the welcome or a fatal error. Shells
-    /// that authenticate another way (e.g. an HTTP header) call this with
-    /// the token they got.
-    pub fn hello(
-        &mut self,
-        client: ClientId,
-        protocol: u32,
-        token: Option<&str>,
-        name: &str,
-        log: &dyn CanonicalLog,
-    ) -> ServerMessage {
-        if protocol != PROTOCOL_VERSION {
-            return error(
-                ErrorCode::Version,
-                format!(
-                    "this server speaks sync protocol {PROTOCOL_VERSION}, not {protocol}; upgrade the client or the server"
-                ),
-                true,
-            );
-        }
-        if !token_accepted(&self.config.tokens, token) {
-            return error(
-                ErrorCode::Unauthorized,
-                "missing or wrong token; pass the server's token",
-                true,
-            );
-        }
-        let c = self.clients.entry(client).or_default();
-        c.welcomed = true;
-        c.name = name.chars().take(crate::hlc::NODE_BYTES_MAX).collect();
-        ServerMessage::Welcome {
-            protocol: PROTOCOL_VERSION,
-            store_id: log.store_id(),
-            head: log.head(),
-        }
+    /// The log's head moved without this core (another node of a shared
+    /// log appended): later answers report at least this head.
+    pub fn handle_head(&mut self, head: u64) {
+        self.head = self.head.max(head);
     }
 
-    /// Handles one message; returns the replies, in order.
-    pub fn handle(
-        &mut self,
-        now_ms: u64,
-        client: ClientId,
-        msg: ClientMessage,
-        log: &mut dyn CanonicalLog,
-    ) -> Vec<ServerMessage> {
-        match msg {
-            ClientMessage::Hello {
-                protocol,
-                token,
-                client: name,
-                ..
-            } => {
-                vec![self.hello(client, protocol, token.as_deref(), &name, log)]
-            }
-            _ if !self.clients.get(&client).is_some_and(|c| c.welcomed) => {
-                vec![error(ErrorCode::Unexpected, "send Hello first", true)]
-            }
-            ClientMessage::Follow { from } => {
-                if let Some(c) = self.clients.get_mut(&client) {
-                    c.follow = Some(from.max(1));
-                }
-                Vec::new()
-            }
-            ClientMessage::Push {
-                request, events, ..
-            } => self.push(now_ms, client, request, events, log).0,
-        }
-    }
-
-    /// Handles a push; returns the replies and what happened.
-    ///
-    /// Every push gets exactly one final reply: `Accepted`, `PullRequired`
-    /// or a non-fatal `Error`. A `Rejected` listing the events refused for
-    /// good may come before it.
-    pub fn push(
+    /// A push. Every push gets exactly one final answer through
+    /// [`ServerCore::poll_transmit`] (`Accepted`, `PullRequired` or a
+    /// non-fatal `Error`), possibly preceded by a `Rejected` listing the
+    /// events refused for good.
+    pub fn handle_push(
         &mut self,
         now_ms: u64,
         client: ClientId,
         request: u64,
         events: Vec<Proposal>,
-        log: &mut dyn CanonicalLog,
-    ) -> (Vec<ServerMessage>, PushOutcome) {
-        if let Some(refusal) = self.check_push_size(&events) {
-            return (vec![refusal], PushOutcome::Refused);
+    ) {
+        self.expire_turn(now_ms);
+        let Some(info) = self.clients.get(&client) else {
+            return;
+        };
+        if !info.may_write {
+            self.send(
+                client,
+                error(
+                    ErrorCode::Unauthorized,
+                    "this token may read this store, not write to it",
+                    false,
+                ),
+            );
+            return;
         }
-        let name = self
-            .clients
-            .get(&client)
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        // Refuse for good what can never be appended; handle the rest.
+        let waiting = self.pending.iter().filter(|p| p.client == client).count()
+            + self
+                .in_flight
+                .as_ref()
+                .map_or(0, |(_, f)| f.iter().filter(|p| p.client == client).count());
+        if waiting >= PUSHES_WAITING_PER_CLIENT_MAX {
+            self.send(
+                client,
+                error(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "{waiting} pushes are waiting for their answers, the limit; wait for them before pushing more"
+                    ),
+                    false,
+                ),
+            );
+            return;
+        }
+        if let Some(refusal) = self.check_push_size(&events) {
+            self.send(client, refusal);
+            return;
+        }
+        let name = info.name.clone();
+        // Refuse for good what can never be appended; queue the rest.
         let mut rejections = Vec::new();
         let mut seen: HashMap<Uuid, usize> = HashMap::new();
         let mut accepted: Vec<Proposal> = Vec::with_capacity(events.len());
@@ -452,17 +375,23 @@ impl ServerCore {
                 }
             }
         }
-        let (last, outcome) =
-            self.append_push(now_ms, client, request, accepted, &mut rejections, log);
-        let mut replies = Vec::with_capacity(2);
-        if !rejections.is_empty() {
-            replies.push(ServerMessage::Rejected {
-                request,
-                rejections,
-            });
+        if accepted.is_empty() {
+            self.answer(client, request, rejections, Ok(Vec::new()));
+            return;
         }
-        replies.push(last);
-        (replies, outcome)
+        let mut touched: Vec<String> = accepted.iter().map(|e| e.aggregate_id.clone()).collect();
+        touched.sort();
+        touched.dedup();
+        if self.blocked(client, &touched) {
+            self.enqueue(client, touched.iter().cloned().collect());
+        }
+        self.pending.push_back(Pending {
+            client,
+            request,
+            events: accepted.into(),
+            rejections,
+            touched,
+        });
     }
 
     /// Refuses a push over the count or byte limits as a whole (non-fatal:
@@ -487,209 +416,224 @@ impl ServerCore {
         (bytes > max).then(|| limit(format!("{bytes} bytes is more than the limit of {max}")))
     }
 
-    /// Appends the checked events of a push. Events the store refuses one
-    /// by one (an id another aggregate holds, a timestamp beyond the
-    /// allowed drift) move to `rejections` and the rest is tried again.
-    fn append_push(
+    /// The next group commit, if none is in flight and some push may go:
+    /// waiting pushes in arrival order, one per client (a client's pushes
+    /// stay in order), none that another client's turn holds.
+    pub fn poll_commit(&mut self) -> Option<Commit> {
+        if self.in_flight.is_some() || self.pending.is_empty() {
+            return None;
+        }
+        let mut busy: HashSet<ClientId> = HashSet::new();
+        let mut taken = Vec::new();
+        let mut left = VecDeque::with_capacity(self.pending.len());
+        while let Some(p) = self.pending.pop_front() {
+            let blocked = self.blocked(p.client, &p.touched);
+            if blocked {
+                // It arrived before the turn was claimed, or waits for it
+                // again: it queues for the turn, in arrival order.
+                self.enqueue(p.client, p.touched.iter().cloned().collect());
+            }
+            let may_go = taken.len() < self.config.commit_pushes_max
+                && !busy.contains(&p.client)
+                && !blocked;
+            busy.insert(p.client);
+            if may_go {
+                taken.push(p);
+            } else {
+                left.push_back(p);
+            }
+        }
+        self.pending = left;
+        if taken.is_empty() {
+            return None;
+        }
+        let id = self.next_commit;
+        self.next_commit += 1;
+        let pushes = taken.iter().map(|p| p.events.clone()).collect();
+        self.in_flight = Some((id, taken));
+        Some(Commit { id, pushes })
+    }
+
+    /// The outcome of commit `id`: answers each of its pushes, moves the
+    /// turn, and re-queues (first) a push whose event was refused, without
+    /// that event.
+    pub fn handle_committed(
         &mut self,
         now_ms: u64,
-        client: ClientId,
-        request: u64,
-        mut accepted: Vec<Proposal>,
-        rejections: &mut Vec<(Uuid, String)>,
-        log: &mut dyn CanonicalLog,
-    ) -> (ServerMessage, PushOutcome) {
-        loop {
-            if accepted.is_empty() {
-                return self.accepted(now_ms, client, request, &[], Vec::new(), log);
-            }
-            let touched: Vec<String> = {
-                let mut v: Vec<String> = accepted.iter().map(|e| e.aggregate_id.clone()).collect();
-                v.sort();
-                v.dedup();
-                v
-            };
-            // Fairness: aggregates another client has the turn on wait.
-            let busy = self.blocked(client, &touched, now_ms);
-            if !busy.is_empty() {
-                let mut conflicts = Vec::with_capacity(busy.len());
-                for agg in busy {
-                    match log.aggregate_version(&agg) {
-                        Ok(v) => conflicts.push((agg, v)),
-                        Err(e) => return storage_failed(e),
-                    }
+        id: u64,
+        result: Result<CommitResult, StorageError>,
+    ) {
+        let Some((in_flight, pushes)) = self.in_flight.take() else {
+            return;
+        };
+        assert_eq!(in_flight, id, "commits complete one at a time, in order");
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                for p in pushes {
+                    let msg = error(ErrorCode::Unavailable, e.to_string(), false);
+                    self.answer(p.client, p.request, p.rejections, Err(msg));
                 }
-                let retry_after_ms = self
-                    .turn
-                    .as_ref()
-                    .map_or(0, |t| t.until_ms.saturating_sub(now_ms))
-                    .clamp(1, RETRY_AFTER_MS_MAX);
-                return pull_required(request, conflicts, retry_after_ms, log);
+                return;
             }
-            // One group per event: each is checked against the version the
-            // one before it left.
-            let groups: Vec<AggregateEvents> = accepted
-                .iter()
-                .map(|e| AggregateEvents {
-                    aggregate_id: e.aggregate_id.clone(),
-                    expected: ExpectedVersion::Exact(e.version - 1),
-                    events: vec![e.to_new_event()],
-                })
-                .collect();
-            let refused = match log.append(&groups) {
-                Ok(committed) => {
-                    let placed = committed
+        };
+        assert_eq!(result.outcomes.len(), pushes.len(), "one outcome per push");
+        let moved = result.head > self.head;
+        self.head = self.head.max(result.head);
+        let mut retry = Vec::new();
+        for (mut p, outcome) in pushes.into_iter().zip(result.outcomes) {
+            if !self.clients.contains_key(&p.client) {
+                // Gone while its push was written: nobody to answer, and no
+                // turn to claim or pass (its disconnect passed any).
+                continue;
+            }
+            match outcome {
+                PushOutcome::Appended(placed) => {
+                    self.written(now_ms, p.client, &p.touched);
+                    self.answer(p.client, p.request, p.rejections, Ok(placed));
+                }
+                PushOutcome::Conflict(conflicts) => {
+                    let needs = conflicts
                         .iter()
-                        .map(|c| Placed {
-                            event_id: c.event_id,
-                            position: c.position,
-                            version: c.version,
-                        })
+                        .map(|(a, _)| a.clone())
+                        .chain(p.touched.iter().cloned())
                         .collect();
-                    return self.accepted(now_ms, client, request, &touched, placed, log);
-                }
-                Err(Error::Conflict {
-                    aggregate_id,
-                    current,
-                    ..
-                }) => {
-                    let mut conflicts = match conflicts(&accepted, log) {
-                        Ok(c) => c,
-                        Err(e) => return storage_failed(e),
-                    };
-                    if conflicts.is_empty() {
-                        // A gap in the push's own versions.
-                        conflicts.push((aggregate_id, current));
+                    self.claim_turn(p.client, needs, now_ms);
+                    if self.blocked(p.client, &p.touched) {
+                        // Another client has the turn on these aggregates:
+                        // anything this client rebased now would be stale
+                        // again by its turn. Hold the push until then, and
+                        // answer it with what it missed once it can win.
+                        retry.push(p);
+                        continue;
                     }
-                    let needs = conflicts.iter().map(|(a, _)| a.clone()).chain(touched);
-                    self.claim_turn(client, needs.collect(), now_ms);
-                    return pull_required(request, conflicts, 0, log);
+                    let msg = ServerMessage::PullRequired {
+                        request: p.request,
+                        conflicts,
+                        head: self.head,
+                        retry_after_ms: 0,
+                    };
+                    self.answer(p.client, p.request, p.rejections, Err(msg));
                 }
-                Err(Error::EventIdReused {
-                    event_id,
-                    existing_aggregate,
-                    ..
-                }) => (
-                    event_id,
-                    format!("this event id is already used by aggregate {existing_aggregate:?}"),
-                ),
-                Err(Error::Invalid(InvalidInput::EventTimestamp { event_id, source })) => {
-                    (event_id, source.to_string())
+                PushOutcome::Refused { event_id, reason } => {
+                    p.rejections.push((event_id, reason));
+                    let rest: Vec<Proposal> = p
+                        .events
+                        .iter()
+                        .filter(|e| e.event_id != event_id)
+                        .cloned()
+                        .collect();
+                    if rest.is_empty() || rest.len() == p.events.len() {
+                        self.answer(p.client, p.request, p.rejections, Ok(Vec::new()));
+                    } else {
+                        p.events = rest.into();
+                        retry.push(p);
+                    }
                 }
-                Err(Error::Invalid(reason)) => {
+                PushOutcome::Invalid { reason } => {
                     // Not about one event: refuse them all, say why.
-                    let reason = reason.to_string();
-                    rejections.extend(accepted.iter().map(|e| (e.event_id, reason.clone())));
-                    return self.accepted(now_ms, client, request, &[], Vec::new(), log);
+                    p.rejections
+                        .extend(p.events.iter().map(|e| (e.event_id, reason.clone())));
+                    self.answer(p.client, p.request, p.rejections, Ok(Vec::new()));
                 }
-                Err(e) => return storage_failed(e),
-            };
-            accepted.retain(|e| e.event_id != refused.0);
-            rejections.push(refused);
+            }
+        }
+        for p in retry.into_iter().rev() {
+            self.pending.push_front(p);
+        }
+        if moved {
+            self.events
+                .push_back(CoreEvent::HeadMoved { head: self.head });
         }
     }
 
-    /// The final reply to a push that went through (in part or not at all).
-    fn accepted(
+    /// Sends a push's answer: its rejections first, then `Accepted` with
+    /// `placed`, or the refusal. Nothing goes to a client that left.
+    fn answer(
         &mut self,
-        now_ms: u64,
         client: ClientId,
         request: u64,
-        written: &[String],
-        placed: Vec<Placed>,
-        log: &dyn CanonicalLog,
-    ) -> (ServerMessage, PushOutcome) {
+        rejections: Vec<(Uuid, String)>,
+        result: Result<Vec<Placed>, ServerMessage>,
+    ) {
+        if !self.clients.contains_key(&client) {
+            return;
+        }
+        if !rejections.is_empty() {
+            self.send(
+                client,
+                ServerMessage::Rejected {
+                    request,
+                    rejections,
+                },
+            );
+        }
+        let last = match result {
+            Ok(placed) => ServerMessage::Accepted {
+                request,
+                placed,
+                head: self.head,
+            },
+            Err(msg) => msg,
+        };
+        self.send(client, last);
+    }
+
+    fn send(&mut self, client: ClientId, msg: ServerMessage) {
+        self.transmit.push_back((client, msg));
+    }
+
+    /// The next message to send, and to whom.
+    pub fn poll_transmit(&mut self) -> Option<(ClientId, ServerMessage)> {
+        self.transmit.pop_front()
+    }
+
+    /// The next thing the shell should know.
+    pub fn poll_event(&mut self) -> Option<CoreEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`ServerCore::handle_timeout`] should next be called: when the
+    /// turn runs out, if anyone waits for it.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let t = self.turn.as_ref()?;
+        (!self.queue.is_empty() || !self.pending.is_empty()).then_some(t.until_ms)
+    }
+
+    /// Time passed: a turn that ran out passes on.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.expire_turn(now_ms);
+    }
+
+    // --- the turn ---------------------------------------------------------
+
+    fn expire_turn(&mut self, now_ms: u64) {
+        if self.turn.as_ref().is_some_and(|t| t.until_ms <= now_ms) {
+            self.pass_turn(now_ms);
+        }
+    }
+
+    /// Whether another client's turn holds any of `touched`.
+    fn blocked(&self, client: ClientId, touched: &[String]) -> bool {
+        self.turn
+            .as_ref()
+            .is_some_and(|t| t.holder != client && touched.iter().any(|a| t.aggregates.contains(a)))
+    }
+
+    /// A push of `client` was appended: a holder's turn passes; a queued
+    /// client no longer needs what it wrote.
+    fn written(&mut self, now_ms: u64, client: ClientId, touched: &[String]) {
         if self.turn.as_ref().is_some_and(|t| t.holder == client) {
             self.pass_turn(now_ms);
         } else if let Some(i) = self.queue.iter().position(|(c, _)| *c == client) {
-            // What it waited for is written: it no longer needs a turn
-            // on those aggregates.
             let set = &mut self.queue[i].1;
-            for a in written {
+            for a in touched {
                 set.remove(a);
             }
             if set.is_empty() {
                 self.queue.remove(i);
             }
         }
-        let msg = ServerMessage::Accepted {
-            request,
-            placed: placed.clone(),
-            head: log.head(),
-        };
-        (msg, PushOutcome::Accepted { placed })
-    }
-
-    /// Whether `client` follows and has committed events to receive.
-    pub fn wants_events(&self, client: ClientId, head: u64) -> bool {
-        self.clients
-            .get(&client)
-            .and_then(|c| c.follow)
-            .is_some_and(|next| next <= head)
-    }
-
-    /// The next message of `client`'s follow stream, if it has events to
-    /// receive: call when its transport can take more.
-    pub fn poll_events(
-        &mut self,
-        client: ClientId,
-        log: &mut dyn CanonicalLog,
-    ) -> Result<Option<ServerMessage>, Error> {
-        let (max_events, max_bytes) = (
-            self.config.message_events_max,
-            self.config.message_bytes_max,
-        );
-        let Some(c) = self.clients.get_mut(&client) else {
-            return Ok(None);
-        };
-        let Some(next) = c.follow else {
-            return Ok(None);
-        };
-        if next > log.head() {
-            return Ok(None);
-        }
-        if c.raw
-            && let Some((first, count, records)) = log.read_records(next, max_bytes)?
-        {
-            debug_assert_eq!(first, next);
-            c.follow = Some(first + count as u64);
-            return Ok(Some(ServerMessage::Records {
-                first_position: first,
-                count,
-                records,
-            }));
-        }
-        let events = log.read(next, max_events, max_bytes)?;
-        let Some(last) = events.last() else {
-            return Ok(None);
-        };
-        c.follow = Some(last.position + 1);
-        Ok(Some(ServerMessage::Events { events }))
-    }
-
-    // --- the turn ---------------------------------------------------------
-
-    /// Aggregates of `touched` that another client has the turn on (the
-    /// client then queues for the turn).
-    fn blocked(&mut self, client: ClientId, touched: &[String], now_ms: u64) -> Vec<String> {
-        if self.turn.as_ref().is_some_and(|t| t.until_ms <= now_ms) {
-            self.pass_turn(now_ms);
-        }
-        let Some(turn) = &self.turn else {
-            return Vec::new();
-        };
-        if turn.holder == client {
-            return Vec::new();
-        }
-        let busy: Vec<String> = touched
-            .iter()
-            .filter(|a| turn.aggregates.contains(*a))
-            .cloned()
-            .collect();
-        if !busy.is_empty() {
-            self.enqueue(client, touched.iter().cloned().collect());
-        }
-        busy
     }
 
     /// A client refused for a conflict: it gets the turn if nobody has it
@@ -740,40 +684,10 @@ impl ServerCore {
     pub fn turn_holder(&self) -> Option<ClientId> {
         self.turn.as_ref().map(|t| t.holder)
     }
-}
 
-impl CanonicalLog for crate::Store {
-    fn store_id(&self) -> Uuid {
-        crate::Store::store_id(self)
-    }
-
-    fn head(&self) -> u64 {
-        crate::Store::head(self)
-    }
-
-    fn append(&mut self, groups: &[AggregateEvents]) -> Result<Vec<Committed>, Error> {
-        self.append_batch(groups)
-    }
-
-    fn read(
-        &mut self,
-        from: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Event>, Error> {
-        self.read_events(from, max_events, max_bytes)
-    }
-
-    fn read_records(
-        &mut self,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<Option<(u64, u32, Vec<u8>)>, Error> {
-        self.read_raw_records(from, max_bytes)
-    }
-
-    fn aggregate_version(&mut self, aggregate_id: &str) -> Result<u64, Error> {
-        crate::Store::aggregate_version(self, aggregate_id)
+    /// Pushes waiting for a commit (diagnostics).
+    pub fn pushes_waiting(&self) -> usize {
+        self.pending.len()
     }
 }
 
@@ -800,16 +714,13 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("lower one of them"), "{err}");
-        let config = ServerConfig {
-            push_events_max: 0,
-            ..ServerConfig::default()
-        };
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("push_events_max")
-        );
+        for name in ["push_events_max", "commit_pushes_max"] {
+            let mut config = ServerConfig::default();
+            match name {
+                "push_events_max" => config.push_events_max = 0,
+                _ => config.commit_pushes_max = 0,
+            }
+            assert!(config.validate().unwrap_err().to_string().contains(name));
+        }
     }
 }
