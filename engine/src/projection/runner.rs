@@ -19,6 +19,11 @@ use crate::store::Store;
 
 /// How long the follower thread sleeps when the log does not move.
 const FOLLOW_WAKE: Duration = Duration::from_millis(200);
+/// How long the follower lets new events gather after waking, so that a
+/// stream of small appends (a sync server's commits) is applied in fewer,
+/// larger views transactions. Reads do not wait for it: they catch up
+/// themselves.
+const FOLLOW_GATHER: Duration = Duration::from_millis(5);
 /// Suffix of a shadow database being rebuilt, after `views.sqlite.`.
 const SHADOW_INFIX: &str = "rebuild-";
 
@@ -824,10 +829,10 @@ impl Inner {
                         apply_frames(conn, &self.path, &*slot.projection, &frames, position, last)?;
                     match &failure {
                         None => {
-                            conn.execute(
+                            conn.prepare_cached(
                                 "UPDATE strata_projections SET position = ?2 WHERE name = ?1",
-                                params![slot.name(), last],
                             )
+                            .and_then(|mut st| st.execute(params![slot.name(), last]))
                             .map_err(ProjectionError::sqlite(&self.path, "moving a checkpoint"))?;
                         }
                         Some(f) => {
@@ -1163,8 +1168,8 @@ fn follow(inner: std::sync::Weak<Inner>) {
         };
         let log = strong.log.clone();
         drop(strong);
-        if applied >= head {
-            log.wait_beyond(head, FOLLOW_WAKE);
+        if applied >= head && log.wait_beyond(head, FOLLOW_WAKE) > head && !log.is_closed() {
+            std::thread::sleep(FOLLOW_GATHER);
         }
         if log.is_closed() {
             return;
