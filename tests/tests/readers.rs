@@ -61,7 +61,9 @@ fn long_lived_reader(dir: &std::path::Path, stop: &AtomicBool) -> ReaderLog {
         }
     }
     // Once the writer has stopped, a refresh shows everything.
-    store.refresh().unwrap();
+    if store.refresh().unwrap() > head {
+        log.moves += 1;
+    }
     log.last = Some({
         let seen = check_pairs_view(&store);
         (seen.head, seen.version)
