@@ -1,0 +1,123 @@
+// Size and speed of the Strata browser client (docs/BENCHMARKS.md), in
+// Debian's headless Chromium against a running strata-server:
+//   * bytes the page loads: the library's JS, SQLite's JS glue and Wasm
+//     (as served, and gzip -9 for reference);
+//   * time to first render (navigation start to the first counters drawn
+//     from the database), cold (new profile, empty OPFS) and warm (reload,
+//     with the events of this run in OPFS);
+//   * local append throughput over N events (default 10,000), offline so
+//     that only the browser is measured: awaited one by one, and all
+//     issued at once (they share transactions); the same from a second
+//     tab, whose appends go through the owner tab;
+//   * the time to push them all to the server once online.
+// Usage: node bench.mjs <server-url> [events]
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { chromium } from 'playwright-core';
+
+const [url, eventsArg] = process.argv.slice(2);
+if (!url) {
+  console.error('usage: node bench.mjs <server-url> [events]');
+  process.exit(2);
+}
+const N = Number(eventsArg ?? 10_000);
+const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'];
+const TIMEOUT_MS = 300_000;
+
+const out = { events: N, chromium: '', bytes: {}, first_render_ms: {}, append: {} };
+
+// Bytes, as served.
+const files = {
+  library_js: ['client/src/index.js', 'client/src/worker.js', 'client/src/engine.js', 'client/src/sync.js', 'client/src/errors.js', 'client/src/hlc.js'],
+  sqlite_js: ['client/sqlite/index.mjs'],
+  sqlite_wasm: ['client/sqlite/sqlite3.wasm'],
+  page: ['index.html', 'app.js', 'counter-views.js', 'style.css'],
+};
+for (const [k, list] of Object.entries(files)) {
+  let raw = 0;
+  let gz = 0;
+  for (const f of list) {
+    const b = Buffer.from(await (await fetch(new URL(f, url))).arrayBuffer());
+    raw += b.length;
+    gz += gzipSync(b, { level: 9 }).length;
+  }
+  out.bytes[k] = { raw, gzip: gz };
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'strata-bench-'));
+const context = await chromium.launchPersistentContext(dir, { executablePath, headless: true, args: FLAGS });
+try {
+  out.chromium = context.browser()?.version() ?? (await context.pages()[0]?.evaluate(() => navigator.userAgent)) ?? '';
+  const page = context.pages()[0] ?? (await context.newPage());
+  const firstRender = async () => {
+    await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: TIMEOUT_MS });
+    return page.evaluate(() => Math.round(performance.getEntriesByName('strata-first-render')[0].startTime));
+  };
+  await page.goto(url);
+  out.first_render_ms.cold = await firstRender();
+  await page.evaluate(() => globalThis.strataStore.setOnline(false));
+
+  // Awaited one by one.
+  out.append.sequential = await page.evaluate(async (n) => {
+    const s = globalThis.strataStore;
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) await s.append('bench-seq', 'CounterIncremented', { value: 1 });
+    const ms = performance.now() - t0;
+    return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
+  }, N);
+  // All at once.
+  out.append.concurrent = await page.evaluate(async (n) => {
+    const s = globalThis.strataStore;
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: n }, () => s.append('bench-all', 'CounterIncremented', { value: 1 })));
+    const ms = performance.now() - t0;
+    return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
+  }, N);
+  // From a second tab, through the owner.
+  const other = await context.newPage();
+  await other.goto(url);
+  await other.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: TIMEOUT_MS });
+  const n2 = Math.min(N, 2000);
+  out.append.other_tab_sequential = await other.evaluate(async (n) => {
+    const s = globalThis.strataStore;
+    if (s.status().owner !== 'another-tab') throw new Error(`the second tab should go through the first: ${JSON.stringify(s.status())}`);
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) await s.append('bench-tab', 'CounterIncremented', { value: 1 });
+    const ms = performance.now() - t0;
+    return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
+  }, n2);
+  await other.close();
+  const pending = await page.evaluate(() => globalThis.strataStore.status().pending);
+  if (pending !== 2 * N + n2) throw new Error(`expected ${2 * N + n2} pending, found ${pending}`);
+
+  // Push them all.
+  out.push = await page.evaluate(async () => {
+    const s = globalThis.strataStore;
+    const n = s.status().pending;
+    const t0 = performance.now();
+    await s.setOnline(true);
+    await new Promise((resolve) => {
+      const off = s.on('status', (st) => {
+        if (st.pending === 0 && st.connection === 'online') {
+          off();
+          resolve(undefined);
+        }
+      });
+    });
+    const ms = performance.now() - t0;
+    return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
+  });
+
+  // Warm: reload with everything in OPFS.
+  await page.reload();
+  out.first_render_ms.warm = await firstRender();
+  out.first_render_ms.warm_events_in_store = await page.evaluate(() => globalThis.strataStore.status().position);
+  console.log(JSON.stringify(out));
+} finally {
+  await context.close();
+  rmSync(dir, { recursive: true, force: true });
+}
