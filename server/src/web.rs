@@ -31,7 +31,11 @@ const WASM: &str = "application/wasm";
 /// the modules' relative imports work unchanged from a checkout.
 pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("/", HTML, include_bytes!("../web/static/index.html")),
-    ("/index.html", HTML, include_bytes!("../web/static/index.html")),
+    (
+        "/index.html",
+        HTML,
+        include_bytes!("../web/static/index.html"),
+    ),
     ("/app.js", JS, include_bytes!("../web/static/app.js")),
     (
         "/counter-views.js",

@@ -28,9 +28,11 @@ impl Response {
 
 async fn get(addr: SocketAddr, path: &str, host: &str) -> Response {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -107,7 +109,9 @@ async fn the_page_and_every_client_file_are_served_with_security_headers() {
         files(&web, &web.join(dir), &mut found);
     }
     for f in found.drain(..) {
-        if f.extension().is_some_and(|e| e == "js" || e == "mjs" || e == "wasm") {
+        if f.extension()
+            .is_some_and(|e| e == "js" || e == "mjs" || e == "wasm")
+        {
             served.push((format!("/{}", f.display()), web.join(f)));
         }
     }

@@ -90,6 +90,7 @@ try {
   await click(a, 'incr');
   await click(a, 'incr');
   await settle(a, 3, { online: false });
+  await a.page.waitForFunction(() => document.getElementById('pending').dataset.count === '2', null, { timeout: TIMEOUT_MS }).catch(() => {});
   const offline = await read(a);
   if (offline.pending !== 2 || offline.conn !== 'offline') throw new Error(`A offline: ${JSON.stringify(offline)}`);
 

@@ -151,10 +151,7 @@ fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
 }
 
@@ -248,10 +245,7 @@ fn every_tab_is_persistent_and_the_server_holds_exactly_what_the_pages_show() {
     let dir = artifacts();
     let summary = run_script(
         "tabs.mjs",
-        &[
-            format!("http://{}/", server.addr).as_ref(),
-            dir.as_os_str(),
-        ],
+        &[format!("http://{}/", server.addr).as_ref(), dir.as_os_str()],
     );
     assert_eq!(summary["ok"], true, "{summary}");
     for shot in [

@@ -465,7 +465,9 @@ function sendStatus(now) {
 }
 
 function changed() {
+  // Status first: a page that re-reads its views on `changed` then never
+  // shows new values beside an old pending count.
+  sendStatus(true);
   post({ kind: 'changed' });
   bcast({ kind: 'changed' });
-  statusSoon();
 }

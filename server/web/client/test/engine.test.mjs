@@ -1,13 +1,16 @@
 // The engine over in-memory SQLite in Node: appends, the fast and slow
 // paths of receiving the server's events, rejections, the rebase hook,
 // projection rebuilds, and Y3 (views after any interleaving equal a fresh
-// replay of the final log). Run: node --test server/web/client/test/
+// replay of the final log). Run: node --test server/web/client/test/engine.test.mjs
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import init from '../sqlite/index.mjs';
 import { Engine, prepareAppend } from '../src/engine.js';
 import { StrataError } from '../src/errors.js';
+
+// Node 18 has Web Crypto only as a module; SQLite and uuidv7 want the global.
+if (!globalThis.crypto) globalThis.crypto = (await import('node:crypto')).webcrypto;
 
 const wasm = readFileSync(new URL('../sqlite/sqlite3.wasm', import.meta.url));
 const sqlite3 = await init({
