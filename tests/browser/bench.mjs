@@ -6,10 +6,12 @@
 //     from the database), cold (new profile, empty OPFS) and warm (reload,
 //     with the events of this run in OPFS);
 //   * local append throughput over N events (default 10,000), offline so
-//     that only the browser is measured: awaited one by one, and all
-//     issued at once (they share transactions); the same from a second
-//     tab, whose appends go through the owner tab;
-//   * the time to push them all to the server once online.
+//     that only the browser is measured: the library alone, awaited one by
+//     one and all issued at once (they share transactions), and one by one
+//     from a second tab (through the owner tab, at most 2,000); then the
+//     same on the counter page, whose live query and inspector re-read
+//     after every change;
+//   * the time to push the page's events to the server once online.
 // Usage: node bench.mjs <server-url> [events]
 
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -50,51 +52,70 @@ for (const [k, list] of Object.entries(files)) {
 
 const dir = mkdtempSync(join(tmpdir(), 'strata-bench-'));
 const context = await chromium.launchPersistentContext(dir, { executablePath, headless: true, args: FLAGS });
+const rate = (n, ms) => ({ events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) });
 try {
-  out.chromium = context.browser()?.version() ?? (await context.pages()[0]?.evaluate(() => navigator.userAgent)) ?? '';
+  out.chromium = context.browser()?.version() ?? '';
   const page = context.pages()[0] ?? (await context.newPage());
   const firstRender = async () => {
     await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: TIMEOUT_MS });
     return page.evaluate(() => Math.round(performance.getEntriesByName('strata-first-render')[0].startTime));
   };
+
+  // The library alone: a same-origin document without the app (the
+  // stylesheet), importing the library, offline so that only the browser
+  // is measured.
+  await page.goto(new URL('style.css', url).toString());
+  const lib = await page.evaluate(async (n) => {
+    const { openStore } = await import('/client/src/index.js');
+    const s = await openStore({ name: 'bench-lib', server: null });
+    globalThis.benchStore = s;
+    let t0 = performance.now();
+    for (let i = 0; i < n; i++) await s.append('seq', 'CounterIncremented', { value: 1 });
+    const seq = performance.now() - t0;
+    t0 = performance.now();
+    await Promise.all(Array.from({ length: n }, () => s.append('all', 'CounterIncremented', { value: 1 })));
+    const all = performance.now() - t0;
+    return { seq, all };
+  }, N);
+  out.append.library_sequential = rate(N, lib.seq);
+  out.append.library_concurrent = rate(N, lib.all);
+  // From a second tab, through the first.
+  const other = await context.newPage();
+  await other.goto(new URL('style.css', url).toString());
+  const n2 = Math.min(N, 2000);
+  const viaTab = await other.evaluate(async (n) => {
+    const { openStore } = await import('/client/src/index.js');
+    const s = await openStore({ name: 'bench-lib', server: null });
+    if (s.status().owner !== 'another-tab') throw new Error(`the second tab should go through the first: ${JSON.stringify(s.status())}`);
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) await s.append('tab', 'CounterIncremented', { value: 1 });
+    return performance.now() - t0;
+  }, n2);
+  out.append.library_other_tab_sequential = rate(n2, viaTab);
+  await other.close();
+
+  // The counter page: cold first render, then appends with its live query
+  // and inspector running, then the push of all of them, then a warm reload.
   await page.goto(url);
   out.first_render_ms.cold = await firstRender();
   await page.evaluate(() => globalThis.strataStore.setOnline(false));
-
-  // Awaited one by one.
-  out.append.sequential = await page.evaluate(async (n) => {
+  const pageSeq = await page.evaluate(async (n) => {
     const s = globalThis.strataStore;
     const t0 = performance.now();
-    for (let i = 0; i < n; i++) await s.append('bench-seq', 'CounterIncremented', { value: 1 });
-    const ms = performance.now() - t0;
-    return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
+    for (let i = 0; i < n; i++) await s.append('counter', 'CounterIncremented', { value: 1 });
+    return performance.now() - t0;
   }, N);
-  // All at once.
-  out.append.concurrent = await page.evaluate(async (n) => {
+  out.append.counter_page_sequential = rate(N, pageSeq);
+  const pageAll = await page.evaluate(async (n) => {
     const s = globalThis.strataStore;
     const t0 = performance.now();
-    await Promise.all(Array.from({ length: n }, () => s.append('bench-all', 'CounterIncremented', { value: 1 })));
-    const ms = performance.now() - t0;
-    return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
+    await Promise.all(Array.from({ length: n }, () => s.append('likes', 'CounterIncremented', { value: 1 })));
+    return performance.now() - t0;
   }, N);
-  // From a second tab, through the owner.
-  const other = await context.newPage();
-  await other.goto(url);
-  await other.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: TIMEOUT_MS });
-  const n2 = Math.min(N, 2000);
-  out.append.other_tab_sequential = await other.evaluate(async (n) => {
-    const s = globalThis.strataStore;
-    if (s.status().owner !== 'another-tab') throw new Error(`the second tab should go through the first: ${JSON.stringify(s.status())}`);
-    const t0 = performance.now();
-    for (let i = 0; i < n; i++) await s.append('bench-tab', 'CounterIncremented', { value: 1 });
-    const ms = performance.now() - t0;
-    return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
-  }, n2);
-  await other.close();
+  out.append.counter_page_concurrent = rate(N, pageAll);
   const pending = await page.evaluate(() => globalThis.strataStore.status().pending);
-  if (pending !== 2 * N + n2) throw new Error(`expected ${2 * N + n2} pending, found ${pending}`);
+  if (pending !== 2 * N) throw new Error(`expected ${2 * N} pending, found ${pending}`);
 
-  // Push them all.
   out.push = await page.evaluate(async () => {
     const s = globalThis.strataStore;
     const n = s.status().pending;
@@ -112,7 +133,6 @@ try {
     return { events: n, ms: Math.round(ms), events_per_s: Math.round((n / ms) * 1000) };
   });
 
-  // Warm: reload with everything in OPFS.
   await page.reload();
   out.first_render_ms.warm = await firstRender();
   out.first_render_ms.warm_events_in_store = await page.evaluate(() => globalThis.strataStore.status().position);
