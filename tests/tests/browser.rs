@@ -158,45 +158,16 @@ fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
 #[test]
 fn the_seed_counter_flow_in_two_real_browsers_ends_at_4_everywhere() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (chromium, browser_dir) = prerequisites();
     let cli = strata_cli();
-    let data = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = strata_server::Config::new(
-        data.path().to_path_buf(),
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    );
-    let server = runtime.spawn(strata_server::serve(
-        config,
-        move |bound: &strata_server::Bound| {
-            let _ = ready_tx.send(bound.http);
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let addr = ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server started");
+    let server = Server::start();
     let screenshot = artifacts().join("browser-counter.png");
-    let out = Command::new("node")
-        .arg(browser_dir.join("counter.mjs"))
-        .arg(format!("http://{addr}/"))
-        .arg(&screenshot)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser flow failed:\n{stdout}\n{stderr}"
+    let summary = run_script(
+        "counter.mjs",
+        &[
+            format!("http://{}/", server.addr).as_ref(),
+            screenshot.as_os_str(),
+        ],
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(
         (
             summary["a"]["value"].as_i64(),
@@ -209,7 +180,7 @@ fn the_seed_counter_flow_in_two_real_browsers_ends_at_4_everywhere() {
 
     // The server agrees: its log holds 4 increments of the counter, and
     // the CLI (read-only, beside the running server) shows 4.
-    let store = data.path().join(strata_server::DEFAULT_STORE);
+    let store = server.store();
     let show = Command::new(&cli)
         .arg("--store")
         .arg(&store)
@@ -234,8 +205,7 @@ fn the_seed_counter_flow_in_two_real_browsers_ends_at_4_everywhere() {
             .all(|e| e.aggregate_id == "counter" && e.event_type == "CounterIncremented")
     );
 
-    stop_tx.send(()).unwrap();
-    runtime.block_on(server).unwrap().unwrap();
+    server.stop();
 }
 
 #[test]

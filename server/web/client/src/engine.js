@@ -820,14 +820,28 @@ export class Engine {
    *  per aggregate); rebases if not. A database that another client
    *  version wrote, or an interrupted older build, could leave a gap. */
   checkOverlay() {
-    const bad = this.db.selectValue(`
-      SELECT count(*) FROM strata_outbox o
-      WHERE o.version != (SELECT coalesce(max(version), 0) FROM events e WHERE e.aggregate_id = o.aggregate_id)
-                        + (SELECT count(*) FROM strata_outbox p WHERE p.aggregate_id = o.aggregate_id AND p.seq <= o.seq)`);
-    if (Number(bad) > 0) {
+    // One pass in push order (a correlated count would be quadratic in
+    // the outbox, and an offline tab may hold many thousands).
+    /** @type {Map<string, number>} */
+    const next = new Map();
+    /** @type {Set<string>} */
+    const off = new Set();
+    const stmt = this.db.prepare('SELECT aggregate_id, version FROM strata_outbox ORDER BY seq');
+    try {
+      while (stmt.step()) {
+        const id = /** @type {string} */ (stmt.get(0));
+        const version = Number(stmt.get(1));
+        const expected = (next.get(id) ?? this.committedVersion(id)) + 1;
+        if (version !== expected) off.add(id);
+        next.set(id, version);
+      }
+    } finally {
+      stmt.finalize();
+    }
+    if (off.size > 0) {
       this.db.transaction(() => {
         this.undoAll();
-        this.reapplyPending(new Set(this.db.selectValues('SELECT DISTINCT aggregate_id FROM strata_outbox')));
+        this.reapplyPending(off);
       });
     }
   }
@@ -911,7 +925,9 @@ export class Engine {
 
   /** Counts for status. */
   counts() {
-    const oldest = this.stmts.value('SELECT min(created_ms) FROM strata_outbox');
+    // The oldest in push order: one row by the primary key, where min()
+    // would read the whole outbox after every append.
+    const oldest = this.stmts.value('SELECT created_ms FROM strata_outbox ORDER BY seq LIMIT 1');
     return {
       pending: this.pendingCount,
       oldestPendingMs: oldest == null ? null : Number(oldest),
