@@ -13,6 +13,7 @@
 //   7. A projection version bump rebuilds the view by replay.
 //   8. An event the server refuses shows in the page and its inspector.
 //   9. A browser without OPFS says so instead of running in memory.
+//  10. A ?server= link to another server is refused by the page.
 // Screenshots of the page and its inspector go to <artifacts dir>. Prints
 // a JSON summary on its last stdout line; exits non-zero on any failure.
 //
@@ -253,6 +254,15 @@ try {
   if (!/OPFS/.test(nopfs.error) || !/not available/.test(nopfs.storage)) throw new Error(`no-OPFS page: ${JSON.stringify(nopfs)}`);
   await f.page.close();
   log('9. no OPFS is said: ok');
+
+  // --- 10. a crafted ?server= link is refused (issue 13, item 5) -----------------
+  const g = await p2.context.newPage();
+  await g.goto(`${url}?server=${encodeURIComponent('ws://127.0.0.1:9/ws')}`);
+  await g.waitForFunction(() => document.body.dataset.ready === 'error', null, { timeout: TIMEOUT_MS });
+  const refused = await g.evaluate(() => document.getElementById('error').textContent);
+  if (!/refusing to send your events there/.test(refused)) throw new Error(`?server= to another origin: ${refused}`);
+  await g.close();
+  log('10. ?server= to another server refused: ok');
 
   await shot(d, 'tabs-profile1.png');
   Object.assign(summary, { ok: true, profile1: await read(d), profile2: await read(e), burst: N });

@@ -5,11 +5,12 @@
 //!   A goes offline and adds 2; B adds 1; A comes back — ends at 4 in both
 //!   pages, after a reload, on the server, and in `strata counter show` run
 //!   on the server's store.
-//! * Issue 17 (tests/browser/tabs.mjs): the browser client with several
+//! * Issues 17 and 13 (tests/browser/tabs.mjs): the browser client with several
 //!   tabs of one profile (all persistent; the owner tab closing or freezing
 //!   with events pending; appends in flight across the change of owner), a
 //!   second profile converging, a reload, a projection version bump, a
-//!   rejection, and a browser without OPFS. The server's log must then hold
+//!   rejection, a browser without OPFS, and a `?server=` link to another
+//!   server (refused). The server's log must then hold
 //!   exactly the events the pages show, each once.
 //!
 //! Screenshots go to `<target>/tmp/browser-artifacts/` (printed).
