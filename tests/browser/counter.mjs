@@ -45,8 +45,8 @@ async function browser(name) {
 
 async function read(b) {
   return b.page.evaluate(() => ({
-    value: Number(document.getElementById('value').textContent),
-    pending: Number(document.getElementById('pending').textContent),
+    value: Number(document.querySelector('[data-counter="counter"] .value').textContent),
+    pending: Number(document.getElementById('pending').dataset.count),
     conn: document.getElementById('conn').dataset.state,
     storage: document.getElementById('storage').textContent,
     error: document.getElementById('error').textContent,
@@ -60,7 +60,8 @@ async function settle(b, value, { online = true } = {}) {
     await b.page.waitForFunction(
       ([v, on]) => {
         const s = (id) => document.getElementById(id);
-        return Number(s('value').textContent) === v && (!on || (Number(s('pending').textContent) === 0 && s('conn').dataset.state === 'online'));
+        const value = Number(document.querySelector('[data-counter="counter"] .value')?.textContent);
+        return value === v && (!on || (Number(s('pending').dataset.count) === 0 && s('conn').dataset.state === 'online'));
       },
       [value, online],
       { timeout: TIMEOUT_MS },
@@ -70,7 +71,8 @@ async function settle(b, value, { online = true } = {}) {
   }
 }
 
-const click = (b, id) => b.page.click(`#${id}`);
+const click = (b, id) =>
+  b.page.click(id === 'offline' ? '#offline' : `[data-counter="counter"] button[data-op="${id}"]`);
 
 let a;
 let bb;
@@ -88,6 +90,7 @@ try {
   await click(a, 'incr');
   await click(a, 'incr');
   await settle(a, 3, { online: false });
+  await a.page.waitForFunction(() => document.getElementById('pending').dataset.count === '2', null, { timeout: TIMEOUT_MS }).catch(() => {});
   const offline = await read(a);
   if (offline.pending !== 2 || offline.conn !== 'offline') throw new Error(`A offline: ${JSON.stringify(offline)}`);
 

@@ -1,8 +1,19 @@
-//! The web counter in two real browsers (issue 7): Debian's Chromium driven
-//! by playwright-core (tests/browser/counter.mjs) against a real server on
-//! loopback. The seed's flow — A +1; B sees 1; A goes offline and adds 2; B
-//! adds 1; A comes back — ends at 4 in both pages, after a reload, on the
-//! server, and in `strata counter show` run on the server's store.
+//! The web counter in real browsers: Debian's Chromium driven by
+//! playwright-core against a real server on loopback.
+//!
+//! * Issue 7 (tests/browser/counter.mjs): the seed's flow — A +1; B sees 1;
+//!   A goes offline and adds 2; B adds 1; A comes back — ends at 4 in both
+//!   pages, after a reload, on the server, and in `strata counter show` run
+//!   on the server's store.
+//! * Issues 17 and 13 (tests/browser/tabs.mjs): the browser client with several
+//!   tabs of one profile (all persistent; the owner tab closing or freezing
+//!   with events pending; appends in flight across the change of owner), a
+//!   second profile converging, a reload, a projection version bump, a
+//!   rejection, a browser without OPFS, and a `?server=` link to another
+//!   server (refused). The server's log must then hold
+//!   exactly the events the pages show, each once.
+//!
+//! Screenshots go to `<target>/tmp/browser-artifacts/` (printed).
 //!
 //! Needs `chromium` and `node` with tests/browser's packages installed;
 //! `.ci/run` installs them. Without them this test fails, saying so: it is
@@ -66,49 +77,98 @@ fn prerequisites() -> (PathBuf, PathBuf) {
     (chromium, browser_dir)
 }
 
-#[test]
-fn the_seed_counter_flow_in_two_real_browsers_ends_at_4_everywhere() {
+/// Where screenshots go: kept after the test, never committed.
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    eprintln!("browser test artifacts in {}", dir.display());
+    dir
+}
+
+/// One browser test at a time: each starts several Chromiums, and CI has
+/// two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A server on loopback, open (no tokens), in a fresh data directory.
+struct Server {
+    addr: std::net::SocketAddr,
+    data: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), strata_server::ServerError>>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let config = strata_server::Config::new(
+            data.path().to_path_buf(),
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+        );
+        let task = runtime.spawn(strata_server::serve(
+            config,
+            move |bound: &strata_server::Bound| {
+                let _ = ready_tx.send(bound.http);
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server started");
+        Server {
+            addr,
+            data,
+            stop: Some(stop_tx),
+            task: Some(task),
+            runtime,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.data.path().join(strata_server::DEFAULT_STORE)
+    }
+
+    fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        let task = self.task.take().unwrap();
+        self.runtime.block_on(task).unwrap().unwrap();
+    }
+}
+
+/// Runs a script of tests/browser and returns its JSON summary.
+fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
     let (chromium, browser_dir) = prerequisites();
-    let cli = strata_cli();
-    let data = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = strata_server::Config::new(
-        data.path().to_path_buf(),
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    );
-    let server = runtime.spawn(strata_server::serve(
-        config,
-        move |bound: &strata_server::Bound| {
-            let _ = ready_tx.send(bound.http);
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let addr = ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server started");
-    let artifacts = workspace().join("tests/artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let screenshot = artifacts.join("browser-counter.png");
     let out = Command::new("node")
-        .arg(browser_dir.join("counter.mjs"))
-        .arg(format!("http://{addr}/"))
-        .arg(&screenshot)
+        .arg(browser_dir.join(script))
+        .args(args)
         .env("CHROMIUM", &chromium)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser flow failed:\n{stdout}\n{stderr}"
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn the_seed_counter_flow_in_two_real_browsers_ends_at_4_everywhere() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cli = strata_cli();
+    let server = Server::start();
+    let screenshot = artifacts().join("browser-counter.png");
+    let summary = run_script(
+        "counter.mjs",
+        &[
+            format!("http://{}/", server.addr).as_ref(),
+            screenshot.as_os_str(),
+        ],
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(
         (
             summary["a"]["value"].as_i64(),
@@ -121,7 +181,7 @@ fn the_seed_counter_flow_in_two_real_browsers_ends_at_4_everywhere() {
 
     // The server agrees: its log holds 4 increments of the counter, and
     // the CLI (read-only, beside the running server) shows 4.
-    let store = data.path().join(strata_server::DEFAULT_STORE);
+    let store = server.store();
     let show = Command::new(&cli)
         .arg("--store")
         .arg(&store)
@@ -146,6 +206,67 @@ fn the_seed_counter_flow_in_two_real_browsers_ends_at_4_everywhere() {
             .all(|e| e.aggregate_id == "counter" && e.event_type == "CounterIncremented")
     );
 
-    stop_tx.send(()).unwrap();
-    runtime.block_on(server).unwrap().unwrap();
+    server.stop();
+}
+
+#[test]
+fn every_tab_is_persistent_and_the_server_holds_exactly_what_the_pages_show() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start();
+    let dir = artifacts();
+    let summary = run_script(
+        "tabs.mjs",
+        &[format!("http://{}/", server.addr).as_ref(), dir.as_os_str()],
+    );
+    assert_eq!(summary["ok"], true, "{summary}");
+    for shot in [
+        "tabs-offline-owner.png",
+        "tabs-rejection-inspector.png",
+        "tabs-profile1.png",
+    ] {
+        assert!(dir.join(shot).exists(), "{shot} was not saved");
+    }
+    // The server refused the reused id with a reason naming it.
+    let reason = summary["rejection"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "{summary}");
+
+    // Y4 and Y3: the server's log holds every event the pages counted, each
+    // once, and nothing of the refused one; its sums are the pages' values.
+    let events: Vec<strata::Event> = strata::Store::open_read_only(server.store())
+        .unwrap()
+        .read_all(1)
+        .map(Result::unwrap)
+        .collect();
+    let ids: std::collections::HashSet<_> = events.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), events.len(), "an event id is in the log twice");
+    let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
+    for e in &events {
+        let data: serde_json::Value = serde_json::from_slice(&e.data).unwrap();
+        let value = data["value"].as_i64().unwrap();
+        let sign = match e.event_type.as_str() {
+            "CounterIncremented" => 1,
+            "CounterDecremented" => -1,
+            "CounterCreated" => 0,
+            other => panic!("unexpected event type {other}"),
+        };
+        *sums.entry(e.aggregate_id.clone()).or_default() += sign * value;
+    }
+    let burst = summary["burst"].as_i64().unwrap();
+    let expected: std::collections::BTreeMap<String, i64> = [
+        ("burst".to_owned(), burst),
+        ("counter".to_owned(), 6),
+        ("likes".to_owned(), 2),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(sums, expected, "{summary}");
+    for profile in ["profile1", "profile2"] {
+        let shown: std::collections::BTreeMap<String, i64> =
+            serde_json::from_value(summary[profile]["counters"].clone()).unwrap();
+        assert_eq!(shown, expected, "{profile}: {summary}");
+    }
+    // 2 + 3 in the first steps, one each in steps 4, 6 and 8; "likes" was
+    // created and incremented twice.
+    assert_eq!(events.len() as i64, 8 + 3 + burst);
+    server.stop();
 }
