@@ -302,6 +302,8 @@ struct Plan<'a> {
     /// The largest position of an existing event some batch answered with:
     /// it must be durable before the answer goes out.
     existing_max: u64,
+    /// Batches with new events planned so far (numbers their records).
+    batches: usize,
 }
 
 impl Plan<'_> {
@@ -313,6 +315,7 @@ impl Plan<'_> {
             new_ids: HashMap::new(),
             versions: HashMap::new(),
             existing_max: 0,
+            batches: 0,
         }
     }
 }
@@ -320,6 +323,9 @@ impl Plan<'_> {
 /// One planned event, borrowing its fields from the caller's batch.
 #[derive(Debug)]
 struct PlannedRecord<'a> {
+    /// Which planned batch it belongs to: a batch is never split across
+    /// frames.
+    batch: usize,
     position: u64,
     event_id: Uuid,
     version: u64,
@@ -329,6 +335,31 @@ struct PlannedRecord<'a> {
     event_type: &'a str,
     data: &'a [u8],
     metadata: Option<&'a [u8]>,
+}
+
+/// Packs units of `(records, bytes)` into log frames, whole units only, at
+/// most `records_max` records and the format's payload per frame; returns
+/// each frame's record count. A unit above those limits gets a frame of
+/// its own (a batch within the store's limits always fits one:
+/// `Limits::validate`).
+fn pack_frames(units: &[(usize, usize)], records_max: usize) -> Vec<usize> {
+    use crate::log::format::{BATCH_EVENTS_MAX, BATCH_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
+    let payload_max = FRAME_PAYLOAD_BYTES_MAX as usize - BATCH_HEADER_BYTES;
+    let records_max = records_max.min(BATCH_EVENTS_MAX as usize);
+    let mut frames = Vec::new();
+    let (mut records, mut bytes) = (0, 0);
+    for &(n, b) in units {
+        if records > 0 && (records + n > records_max || bytes + b > payload_max) {
+            frames.push(records);
+            (records, bytes) = (0, 0);
+        }
+        records += n;
+        bytes += b;
+    }
+    if records > 0 {
+        frames.push(records);
+    }
+    frames
 }
 
 /// The fields of an existing event (aggregate, type, payload, metadata)
@@ -993,6 +1024,7 @@ impl Store {
             plan.new_ids.insert(e.event_id, plan.records.len());
             new_at.insert(e.event_id, (position, *v));
             plan.records.push(PlannedRecord {
+                batch: plan.batches,
                 position,
                 event_id: e.event_id,
                 version: *v,
@@ -1006,6 +1038,7 @@ impl Store {
         for (agg, v) in versions {
             plan.versions.insert(agg, v);
         }
+        plan.batches += 1;
         let mut committed = Vec::with_capacity(total);
         for g in groups {
             for e in &g.events {
@@ -1054,12 +1087,10 @@ impl Store {
     }
 
     /// Writes the planned records (writer lock held), in as few frames as
-    /// the format allows, never splitting a batch, and records them in the
-    /// tail.
+    /// the format allows, never splitting a batch (each batch is atomic
+    /// because it lies in one frame), and records them in the tail.
     fn write_planned(&self, writer: &mut Writer, plan: &Plan<'_>) -> Result<()> {
         let inner = &*self.inner;
-        let payload_max = crate::log::format::FRAME_PAYLOAD_BYTES_MAX as usize
-            - crate::log::format::BATCH_HEADER_BYTES;
         let fields: Vec<RecordFields<'_>> = plan
             .records
             .iter()
@@ -1079,30 +1110,29 @@ impl Store {
                 }
             })
             .collect();
-        let mut rest = &fields[..];
-        while !rest.is_empty() {
-            // Whole frames: a single batch within the limits always fits
-            // one (`Limits::validate`).
-            let mut n = 0;
-            let mut bytes = 0;
-            for f in rest {
-                let len = f.encoded_len();
-                if n > 0
-                    && (n == crate::log::format::BATCH_EVENTS_MAX as usize
-                        || bytes + len > payload_max)
-                {
-                    break;
-                }
-                bytes += len;
-                n += 1;
+        // One unit per batch: its records and their bytes.
+        let mut units: Vec<(usize, usize)> = Vec::new();
+        let mut unit_batch = None;
+        for (r, f) in plan.records.iter().zip(&fields) {
+            if unit_batch == Some(r.batch) {
+                let u = units.last_mut().expect("a unit for this batch");
+                u.0 += 1;
+                u.1 += f.encoded_len();
+            } else {
+                unit_batch = Some(r.batch);
+                units.push((1, f.encoded_len()));
             }
-            let (chunk, after) = rest.split_at(n);
+        }
+        let mut rest = &fields[..];
+        for records in pack_frames(&units, crate::log::format::BATCH_EVENTS_MAX as usize) {
+            let (chunk, after) = rest.split_at(records);
             rest = after;
             let appended = writer.log.append(&inner.log, chunk)?;
             debug_assert_eq!(appended.first_position, chunk[0].position);
-            debug_assert_eq!(appended.last_position, chunk[n - 1].position);
+            debug_assert_eq!(appended.last_position, chunk[records - 1].position);
             self.record_tail(writer, chunk, &appended);
         }
+        debug_assert!(rest.is_empty());
         Ok(())
     }
 
@@ -1473,26 +1503,13 @@ impl Store {
         for f in &fields {
             inner.hlc.restore(f.hlc_physical_ms, f.hlc_counter);
         }
-        // Whole frames: at most the format's count and payload per batch
-        // (a single event within the limits always fits).
-        let payload_max = crate::log::format::FRAME_PAYLOAD_BYTES_MAX as usize
-            - crate::log::format::BATCH_HEADER_BYTES;
+        // Frames of at most the store's batch size (each event is a unit: a
+        // copy of the server's log may break anywhere).
+        let units: Vec<(usize, usize)> = fields.iter().map(|f| (1, f.encoded_len())).collect();
         let mut last = 0;
         let mut rest = &fields[..];
-        while !rest.is_empty() {
-            let mut n = 0;
-            let mut bytes = 0;
-            for f in rest {
-                let len = f.encoded_len();
-                if n > 0
-                    && (n == inner.options.limits.batch_events_max || bytes + len > payload_max)
-                {
-                    break;
-                }
-                bytes += len;
-                n += 1;
-            }
-            let (chunk, after) = rest.split_at(n);
+        for records in pack_frames(&units, inner.options.limits.batch_events_max) {
+            let (chunk, after) = rest.split_at(records);
             rest = after;
             let appended = writer.log.append(&inner.log, chunk)?;
             self.record_tail(writer, chunk, &appended);
@@ -2305,5 +2322,44 @@ impl LogRows<'_> {
             }
         }
         Ok(self.pending.front())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_frames;
+    use crate::log::format::{BATCH_EVENTS_MAX, BATCH_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
+
+    /// S3 for group commits: batches of one `append_batches` call share
+    /// frames, but a batch is never split across two (a crash between
+    /// them would keep half of it).
+    #[test]
+    fn s3_pack_frames_keeps_every_batch_whole() {
+        let payload = FRAME_PAYLOAD_BYTES_MAX as usize - BATCH_HEADER_BYTES;
+        let third = payload / 3;
+        // Three batches fill a frame but for a few bytes; the fourth goes on.
+        assert_eq!(
+            pack_frames(&[(10, third), (20, third), (30, third), (5, 100)], 1_000),
+            [60, 5]
+        );
+        // A batch that would cross the payload limit starts the next frame.
+        assert_eq!(
+            pack_frames(&[(1, third * 2), (2, third * 2)], 1_000),
+            [1, 2]
+        );
+        // The record limit is a limit on whole batches too.
+        assert_eq!(
+            pack_frames(&[(600, 10), (600, 10), (1, 1)], 1_000),
+            [600, 601]
+        );
+        // One unit alone may pass it (it was checked against the store's
+        // own limits); the format's count bounds the limit given.
+        assert_eq!(pack_frames(&[(1_500, 10)], 1_000), [1_500]);
+        assert_eq!(
+            pack_frames(&[(1, 1); 3], usize::MAX),
+            [3],
+            "records_max is capped at {BATCH_EVENTS_MAX}, not exceeded"
+        );
+        assert!(pack_frames(&[], 10).is_empty());
     }
 }
