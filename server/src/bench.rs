@@ -435,33 +435,16 @@ async fn quic_receive_all(
     events: u64,
 ) -> Result<(u64, u64, Duration), SyncBenchError> {
     let start = Instant::now();
-    let tls = crate::tls::client_config(&Trust::Pin(server.fingerprint.clone())).map_err(failed)?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.config).map_err(failed)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(crate::quic::transport_config(
-        crate::quic::IDLE_TIMEOUT,
-    )));
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))?;
-    let conn = endpoint
-        .connect_with(config, server.quic, crate::client::SERVER_NAME_DEFAULT)
-        .map_err(failed)?
-        .await
-        .map_err(failed)?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(failed)?;
+    let (endpoint, conn, mut send, mut recv) = quic_client(server, "bench").await?;
     let mut buf = Vec::new();
-    for msg in [
-        ClientMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            store: crate::DEFAULT_STORE.into(),
-            token: None,
-            client: "bench".into(),
-        },
-        ClientMessage::Follow { from: 1 },
-    ] {
-        write_frame(&mut send, &mut buf, &msg, crate::quic::SEND_TIMEOUT)
-            .await
-            .map_err(failed)?;
-    }
+    write_frame(
+        &mut send,
+        &mut buf,
+        &ClientMessage::Follow { from: 1 },
+        crate::quic::SEND_TIMEOUT,
+    )
+    .await
+    .map_err(failed)?;
     let (mut received, mut bytes) = (0u64, 0u64);
     while received < events {
         match read_frame::<ServerMessage>(&mut recv, None)
@@ -473,7 +456,6 @@ async fn quic_receive_all(
                 bytes += records.len() as u64;
             }
             Frame::Message(ServerMessage::Events { events: evs }) => received += evs.len() as u64,
-            Frame::Message(ServerMessage::Welcome { .. }) => {}
             Frame::Message(other) => return Err(failed(format!("unexpected {other:?}"))),
             Frame::Malformed(e) => return Err(failed(e)),
         }

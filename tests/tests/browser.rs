@@ -20,37 +20,10 @@
 //! never skipped silently.
 
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::time::Duration;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The `strata` binary of this build, built if needed.
-fn strata_cli() -> PathBuf {
-    let target = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = target.join("strata");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "strata-cli"])
-            .current_dir(workspace())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the strata CLI failed");
-    }
-    bin
-}
+use strata_tests::{strata_cli, workspace};
 
 fn prerequisites() -> (PathBuf, PathBuf) {
     let chromium =

@@ -146,18 +146,7 @@ async fn send(ws: &mut Ws, v: &Value) {
 
 /// The next JSON text message; panics on anything else.
 async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(RECV_TIMEOUT, ws.next())
-            .await
-            .expect("a message arrives")
-            .expect("the connection is open")
-            .expect("the connection is healthy");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a JSON text message, got {other:?}"),
-        }
-    }
+    serde_json::from_str(&recv_text(ws).await).unwrap()
 }
 
 /// The next text message, as the server wrote it.
