@@ -8,7 +8,7 @@ use std::sync::Arc;
 use strata::hlc::Timestamp;
 use strata::projection::counter::{self, CounterProjection};
 use strata::projection::{ViewOptions, Views};
-use strata::sync::proto::{ClientMessage, Proposal, ServerMessage};
+use strata::sync::proto::{ClientMessage, ErrorCode, Proposal, ServerMessage};
 use strata::sync::{
     CanonicalLog, ClientInfo, PendingEvent, RebaseDecision, RebaseHook, Replica, ReplicaConfig,
     ReplicaCore, ReplicaOptions, ServerConfig, ServerCore, SyncError,
@@ -26,6 +26,8 @@ struct Server {
     follow: std::collections::HashMap<u64, u64>,
     /// Messages for each connection, not yet delivered.
     out: std::collections::HashMap<u64, std::collections::VecDeque<ServerMessage>>,
+    /// What the tokens of clients connecting from now on grant.
+    may_write: bool,
 }
 
 impl Server {
@@ -43,6 +45,7 @@ impl Server {
             next: 1,
             follow: Default::default(),
             out: Default::default(),
+            may_write: true,
         }
     }
 
@@ -63,7 +66,7 @@ impl Server {
                     id,
                     ClientInfo {
                         name: client,
-                        may_write: true,
+                        may_write: self.may_write,
                     },
                 );
                 let welcome = ServerMessage::Welcome {
@@ -601,6 +604,62 @@ fn a_push_over_the_byte_limit_is_refused_whole_and_the_replica_backs_off_smaller
         "{}",
         rejections[0].reason
     );
+}
+
+/// A token that may only read: the replica follows the store, and its
+/// first push ends the session with `Unauthorized` (no retry can change a
+/// grant); its events stay pending, for a token that may write.
+#[test]
+fn a_push_with_a_read_only_grant_ends_the_session_and_keeps_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(&dir.path().join("server"));
+    let mut writer = connect(&mut server, replica(&dir.path().join("w"), None), "w");
+    writer
+        .replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(1)])
+        .unwrap();
+    writer
+        .core
+        .handle_local_change(0, &mut writer.replica.storage())
+        .unwrap();
+    pump(&mut server, &mut [&mut writer]);
+    assert_eq!(server.store.head(), 1);
+
+    server.may_write = false;
+    let mut reader = connect(&mut server, replica(&dir.path().join("r"), None), "r");
+    reader
+        .replica
+        .append("counter", ExpectedVersion::Any, vec![counter::increment(5)])
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..20 {
+        while let Some(m) = reader.core.poll_transmit() {
+            server.receive(0, reader.id, m);
+        }
+        let mut moved = false;
+        while let Some(m) = server.next_for(reader.id) {
+            moved = true;
+            if let Err(e) = reader
+                .core
+                .handle_message(0, m, &mut reader.replica.storage())
+            {
+                refused = Some(e);
+                break;
+            }
+        }
+        if refused.is_some() || !moved {
+            break;
+        }
+    }
+    match refused {
+        Some(SyncError::Refused {
+            code: ErrorCode::Unauthorized,
+            message,
+        }) => assert!(message.contains("read"), "{message}"),
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(server.store.head(), 1, "nothing was written");
+    assert_eq!(reader.replica.pending().len(), 1, "the event stays pending");
 }
 
 #[test]

@@ -447,9 +447,14 @@ async fn quic_receive_all(
     .map_err(failed)?;
     let (mut received, mut bytes) = (0u64, 0u64);
     while received < events {
-        match read_frame::<ServerMessage>(&mut recv, None)
-            .await
-            .map_err(failed)?
+        match read_frame::<ServerMessage>(
+            &mut recv,
+            strata::sync::wire::MESSAGE_BYTES_MAX,
+            None,
+            None,
+        )
+        .await
+        .map_err(failed)?
         {
             Frame::Message(ServerMessage::Records { count, records, .. }) => {
                 received += count as u64;
@@ -830,7 +835,7 @@ async fn quic_client(
     write_frame(&mut send, &mut buf, &hello, crate::quic::SEND_TIMEOUT)
         .await
         .map_err(failed)?;
-    match read_frame::<ServerMessage>(&mut recv, None)
+    match read_frame::<ServerMessage>(&mut recv, strata::sync::wire::MESSAGE_BYTES_MAX, None, None)
         .await
         .map_err(failed)?
     {
@@ -870,9 +875,14 @@ async fn fanin_client(
         write_frame(&mut send, &mut buf, &push, crate::quic::SEND_TIMEOUT)
             .await
             .map_err(failed)?;
-        match read_frame::<ServerMessage>(&mut recv, None)
-            .await
-            .map_err(failed)?
+        match read_frame::<ServerMessage>(
+            &mut recv,
+            strata::sync::wire::MESSAGE_BYTES_MAX,
+            None,
+            None,
+        )
+        .await
+        .map_err(failed)?
         {
             Frame::Message(ServerMessage::Accepted { request, .. }) if request == version => {}
             Frame::Message(other) => {

@@ -726,7 +726,13 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// passes on.
 async fn read_ahead(mut recv: RecvStream, tx: mpsc::Sender<Result<Frame<ServerMessage>, String>>) {
     loop {
-        let frame = read_frame::<ServerMessage>(&mut recv, None).await;
+        let frame = read_frame::<ServerMessage>(
+            &mut recv,
+            strata::sync::wire::MESSAGE_BYTES_MAX,
+            None,
+            None,
+        )
+        .await;
         let end = frame.is_err();
         let item = frame.map_err(|e| match e {
             FrameError::Finished => "the server finished the stream".to_owned(),

@@ -32,6 +32,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
@@ -43,14 +44,16 @@ use strata::sync::{ClientId, ClientInfo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::admission::Pending;
+use crate::metrics::Held;
 use crate::registry::Hosted;
 use crate::tls::Identity;
 use crate::{AppState, DEFAULT_STORE, ServerError};
 
-/// Longest a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest from the handshake to the client's `Hello`.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `Hello`: what a client may send before it has authenticated.
+/// Read outside [`INBOUND_BYTES_MAX`], so that connections announcing
+/// large frames before authenticating take nothing from clients that have.
+pub const HELLO_BYTES_MAX: usize = 16 << 10;
 /// A client whose stream does not take a message within this is
 /// disconnected.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,18 +151,21 @@ pub(crate) enum FrameError {
     Finished,
     #[error("the peer finished its stream inside a message")]
     Truncated,
-    #[error(transparent)]
-    TooLarge(wire::WireError),
+    #[error("a message of {len} bytes is more than the limit of {max}")]
+    TooLarge { len: usize, max: usize },
     #[error("{0}")]
     Stream(#[from] quinn::ReadError),
 }
 
-/// Reads one length-prefixed message. The length is checked before the
-/// payload is allocated; with `budget`, the payload's bytes are reserved
-/// from it while it is read and decoded.
+/// Reads one length-prefixed message of at most `max` bytes (at most
+/// [`wire::MESSAGE_BYTES_MAX`]). The length is checked before the payload
+/// is allocated; with `budget`, the payload's bytes are reserved from it
+/// while it is read and decoded. `counted` adds the bytes read.
 pub(crate) async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
+    max: usize,
     budget: Option<&Semaphore>,
+    counted: Option<&AtomicU64>,
 ) -> Result<Frame<T>, FrameError> {
     let mut prefix = [0u8; wire::LENGTH_BYTES];
     match recv.read_exact(&mut prefix).await {
@@ -168,7 +174,11 @@ pub(crate) async fn read_frame<T: DeserializeOwned>(
         Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Stream(e)),
     }
-    let len = wire::payload_len(prefix).map_err(FrameError::TooLarge)?;
+    let max = max.min(wire::MESSAGE_BYTES_MAX);
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
     let _reserved = match budget {
         // The budget is never closed and each message is at most
         // MESSAGE_BYTES_MAX <= INBOUND_BYTES_MAX, so this always succeeds
@@ -181,6 +191,9 @@ pub(crate) async fn read_frame<T: DeserializeOwned>(
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Stream(e)),
+    }
+    if let Some(c) = counted {
+        c.fetch_add((wire::LENGTH_BYTES + len) as u64, Ordering::Relaxed);
     }
     Ok(match wire::decode::<T>(&payload) {
         Ok(msg) => Frame::Message(msg),
@@ -264,23 +277,23 @@ struct Shared {
 }
 
 impl QuicServer {
-    /// Binds the endpoint with the server's identity (created on first
-    /// start under `<data>/tls/`).
+    /// Binds the endpoint with the server's identity.
     pub fn bind(
         addr: SocketAddr,
+        identity: &Identity,
         state: Arc<AppState>,
         stop: watch::Receiver<bool>,
     ) -> Result<QuicServer, ServerError> {
         let tls_err = |e: crate::tls::TlsError| ServerError::Tls(e.to_string());
-        let identity =
-            Identity::load_or_create(&state.config.data_dir, Some(addr.ip())).map_err(tls_err)?;
-        let crypto = crate::tls::server_config(&identity).map_err(tls_err)?;
+        let crypto = crate::tls::server_config(identity).map_err(tls_err)?;
         let crypto =
             QuicServerConfig::try_from(crypto).map_err(|e| ServerError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config
             .transport_config(Arc::new(transport_config(IDLE_TIMEOUT)))
-            .max_incoming(state.config.connections_max + REFUSALS_MAX);
+            .max_incoming(
+                state.config.connections_max + state.config.unauthenticated_max + REFUSALS_MAX,
+            );
         let endpoint = quinn::Endpoint::server(config, addr)
             .map_err(|source| ServerError::Bind { addr, source })?;
         let addr = endpoint.local_addr().map_err(|source| ServerError::Io {
@@ -291,7 +304,7 @@ impl QuicServer {
         Ok(QuicServer {
             endpoint,
             addr,
-            fingerprint: identity.fingerprint,
+            fingerprint: identity.fingerprint.clone(),
             state,
             stop,
         })
@@ -323,17 +336,26 @@ impl QuicServer {
                 _ = stop.wait_for(|s| *s) => break,
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    match shared.state.connections.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tasks.spawn(serve_connection(shared.clone(), incoming, permit));
+                    // Places for connections that have not authenticated
+                    // are their own: a crowd of them never takes the
+                    // places of clients that have.
+                    match shared.state.admit_unauthenticated(incoming.remote_address().ip()) {
+                        Some(pending) => {
+                            tasks.spawn(serve_connection(shared.clone(), incoming, pending));
                         }
-                        Err(_) => match shared.refusals.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                let max = shared.state.config.connections_max;
-                                tasks.spawn(refuse_busy(incoming, max, permit));
+                        None => {
+                            shared.state.metrics.quic.refused_total.fetch_add(1, Ordering::Relaxed);
+                            match shared.refusals.clone().try_acquire_owned() {
+                                Ok(permit) => {
+                                    let message = format!(
+                                        "this address has {} connections that have not authenticated yet, its limit; retry later",
+                                        shared.state.config.unauthenticated_per_address_max,
+                                    );
+                                    tasks.spawn(refuse_busy(incoming, message, permit));
+                                }
+                                Err(_) => incoming.refuse(),
                             }
-                            Err(_) => incoming.refuse(),
-                        },
+                        }
                     }
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -357,17 +379,14 @@ impl QuicServer {
     }
 }
 
-/// Tells a client over the connection limit to come back later.
-async fn refuse_busy(incoming: quinn::Incoming, max: usize, _permit: OwnedSemaphorePermit) {
+/// Tells a client over a connection cap to come back later.
+async fn refuse_busy(incoming: quinn::Incoming, message: String, _permit: OwnedSemaphorePermit) {
     let remote = incoming.remote_address();
+    tracing::warn!(%remote, %message, "refused a sync connection");
     let refuse = async {
         let conn = incoming.await.ok()?;
         let (mut send, _recv) = conn.accept_bi().await.ok()?;
-        let msg = error(
-            ErrorCode::Unavailable,
-            format!("the server is at its limit of {max} sync connections; retry later"),
-            true,
-        );
+        let msg = error(ErrorCode::Unavailable, message, true);
         let mut buf = Vec::new();
         write_frame(&mut send, &mut buf, &msg, SEND_TIMEOUT)
             .await
@@ -376,7 +395,6 @@ async fn refuse_busy(incoming: quinn::Incoming, max: usize, _permit: OwnedSemaph
         Some(())
     };
     let _ = tokio::time::timeout(REFUSE_TIMEOUT, refuse).await;
-    tracing::warn!(%remote, max, "refused a sync connection: at the connection limit");
 }
 
 /// How a connection ended, for the log.
@@ -405,13 +423,14 @@ enum Local {
 const LOCAL_MESSAGES_MAX: usize = 8;
 
 /// One connection, from handshake to goodbye.
-async fn serve_connection(
-    shared: Arc<Shared>,
-    incoming: quinn::Incoming,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming, pending: Pending) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    let unauthenticated = Held::new(&shared.state, |m| &m.quic.unauthenticated_open);
+    // Everything before authentication, the handshake included, within
+    // one deadline.
+    let auth_timeout = shared.state.config.auth_timeout;
+    let deadline = tokio::time::Instant::now() + auth_timeout;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "QUIC handshake failed");
@@ -422,7 +441,7 @@ async fn serve_connection(
             return;
         }
     };
-    let (mut send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "connection ended before a stream");
@@ -434,10 +453,35 @@ async fn serve_connection(
         }
     };
     let mut buf = Vec::new();
-    let Some((hosted, id, routed)) = hello(&shared, &conn, &mut send, &mut recv, &mut buf).await
+    let welcomed = tokio::select! {
+        w = hello(&shared, &conn, &mut send, &mut recv, &mut buf, deadline) => w,
+        () = pending.evicted() => {
+            let msg = error(
+                ErrorCode::Unavailable,
+                "too many connections are waiting to authenticate; send Hello at once after connecting, and retry",
+                true,
+            );
+            refuse_connection(&conn, &mut send, &mut buf, msg).await;
+            return;
+        }
+    };
+    let Some(Welcomed {
+        hosted,
+        id,
+        routed,
+        permit: _permit,
+    }) = welcomed
     else {
         return;
     };
+    drop((unauthenticated, pending));
+    let _open = Held::new(&shared.state, |m| &m.quic.connections_open);
+    shared
+        .state
+        .metrics
+        .quic
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     tracing::info!(%remote, store = %hosted.name, client = id, "replica connected");
     let (local_tx, local_rx) = mpsc::channel(LOCAL_MESSAGES_MAX);
     let reader = tokio::spawn(read_loop(
@@ -474,28 +518,47 @@ async fn serve_connection(
     }
 }
 
-/// Reads `Hello`, checks the protocol and the token, opens the store and
-/// welcomes the client. `None` when the connection is over.
+/// A client past `Hello`: connected to its store's core, holding a place
+/// among authenticated connections.
+struct Welcomed {
+    hosted: Arc<Hosted>,
+    id: ClientId,
+    routed: mpsc::Receiver<ServerMessage>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Reads `Hello` (at most [`HELLO_BYTES_MAX`], by `deadline`), checks the
+/// protocol and the token, takes a place among authenticated connections,
+/// opens the store and welcomes the client. `None` when the connection is
+/// over.
 async fn hello(
     shared: &Shared,
     conn: &Connection,
     send: &mut SendStream,
     recv: &mut RecvStream,
     buf: &mut Vec<u8>,
-) -> Option<(Arc<Hosted>, ClientId, mpsc::Receiver<ServerMessage>)> {
+    deadline: tokio::time::Instant,
+) -> Option<Welcomed> {
     let remote = conn.remote_address();
     let refuse = |code, message: String| error(code, message, true);
-    let first = tokio::time::timeout(
-        HELLO_TIMEOUT,
-        read_frame::<ClientMessage>(recv, Some(&shared.inbound)),
+    let bytes_in = &shared.state.metrics.quic.bytes_in_total;
+    let first = tokio::time::timeout_at(
+        deadline,
+        read_frame::<ClientMessage>(recv, HELLO_BYTES_MAX, None, Some(bytes_in)),
     )
     .await;
     let hello = match first {
         Err(_) => Err(refuse(
             ErrorCode::Unexpected,
-            format!("no Hello within {HELLO_TIMEOUT:?}"),
+            format!(
+                "no Hello within {:?} of connecting",
+                shared.state.config.auth_timeout
+            ),
         )),
-        Ok(Err(FrameError::TooLarge(e))) => Err(refuse(ErrorCode::TooLarge, e.to_string())),
+        Ok(Err(e @ FrameError::TooLarge { .. })) => Err(refuse(
+            ErrorCode::TooLarge,
+            format!("{e}: Hello is small; send it first"),
+        )),
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "connection ended before Hello");
             return None;
@@ -522,7 +585,7 @@ async fn hello(
                     ),
                 ))
             } else {
-                match shared.state.auth.check(token.as_deref(), &name) {
+                match shared.state.check(token.as_deref(), &name, remote.ip()) {
                     Ok(grant) => Ok((name, client, grant)),
                     Err(e) => Err(refuse(ErrorCode::Unauthorized, e.to_string())),
                 }
@@ -537,13 +600,46 @@ async fn hello(
             return None;
         }
     };
+    let Ok(permit) = shared.state.connections.clone().try_acquire_owned() else {
+        shared
+            .state
+            .metrics
+            .quic
+            .refused_total
+            .fetch_add(1, Ordering::Relaxed);
+        let max = shared.state.config.connections_max;
+        tracing::warn!(%remote, max, "refused a sync connection: at the connection limit");
+        let msg = refuse(
+            ErrorCode::Unavailable,
+            format!("the server is at its limit of {max} sync connections; retry later"),
+        );
+        refuse_connection(conn, send, buf, msg).await;
+        return None;
+    };
+    // A grant to write may create the store; a grant to read only opens
+    // one that exists.
     let registry = shared.state.registry.clone();
     let opened = {
         let name = name.clone();
-        tokio::task::spawn_blocking(move || registry.get(&name)).await
+        tokio::task::spawn_blocking(move || {
+            if grant.write {
+                registry.get(&name).map(Some)
+            } else {
+                registry.get_existing(&name)
+            }
+        })
+        .await
     };
     let hosted = match opened {
-        Ok(Ok(h)) => h,
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => {
+            let msg = refuse(
+                ErrorCode::Unauthorized,
+                format!("no store {name:?} here, and this token may only read, not create it"),
+            );
+            refuse_connection(conn, send, buf, msg).await;
+            return None;
+        }
         Ok(Err(e)) => {
             let code = match e {
                 ServerError::BadStoreName { .. } => ErrorCode::Malformed,
@@ -569,15 +665,34 @@ async fn hello(
         store_id: hosted.store.store_id(),
         head: hosted.store.head(),
     };
-    if write_frame(send, buf, &welcome, SEND_TIMEOUT)
-        .await
-        .is_err()
-    {
+    if send_message(shared, send, buf, &welcome).await.is_err() {
         conn.close(VarInt::from_u32(close::REFUSED), b"failed");
         hosted.disconnect(id);
         return None;
     }
-    Some((hosted, id, routed))
+    Some(Welcomed {
+        hosted,
+        id,
+        routed,
+        permit,
+    })
+}
+
+/// [`write_frame`] with [`SEND_TIMEOUT`], counting the bytes sent.
+async fn send_message(
+    shared: &Shared,
+    send: &mut SendStream,
+    buf: &mut Vec<u8>,
+    msg: &ServerMessage,
+) -> Result<(), SendError> {
+    write_frame(send, buf, msg, SEND_TIMEOUT).await?;
+    shared
+        .state
+        .metrics
+        .quic
+        .bytes_out_total
+        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Sends a fatal refusal and closes the connection.
@@ -605,7 +720,13 @@ async fn read_loop(
 ) {
     let mut malformed = 0u32;
     loop {
-        let reply = match read_frame::<ClientMessage>(&mut recv, Some(&shared.inbound)).await {
+        let read = read_frame::<ClientMessage>(
+            &mut recv,
+            wire::MESSAGE_BYTES_MAX,
+            Some(&shared.inbound),
+            Some(&shared.state.metrics.quic.bytes_in_total),
+        );
+        let reply = match read.await {
             Ok(Frame::Message(ClientMessage::Push {
                 request, events, ..
             })) => {
@@ -624,7 +745,7 @@ async fn read_loop(
                 tracing::debug!(client = id, %reason, malformed, "malformed sync message");
                 Local::Reply(error(ErrorCode::Malformed, reason, fatal))
             }
-            Err(FrameError::TooLarge(e)) => {
+            Err(e @ FrameError::TooLarge { .. }) => {
                 Local::Reply(error(ErrorCode::TooLarge, e.to_string(), true))
             }
             Err(FrameError::Finished) => return,
@@ -668,7 +789,7 @@ async fn write_loop(
                 "the server is shutting down; retry later",
                 true,
             );
-            let _ = write_frame(send, buf, &bye, SEND_TIMEOUT).await;
+            let _ = send_message(shared, send, buf, &bye).await;
             return End::Shutdown;
         }
         let next = match routed.try_recv() {
@@ -686,7 +807,7 @@ async fn write_loop(
             },
         };
         if let Some(msg) = next {
-            if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+            if let Err(e) = send_message(shared, send, buf, &msg).await {
                 return failed(e);
             }
             if is_fatal(&msg) {
@@ -728,7 +849,7 @@ async fn write_loop(
                         }
                         _ => from,
                     });
-                    if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                    if let Err(e) = send_message(shared, send, buf, &msg).await {
                         return failed(e);
                     }
                     continue;
@@ -741,7 +862,7 @@ async fn write_loop(
                         "the server could not read its log; retry later",
                         true,
                     );
-                    let _ = write_frame(send, buf, &msg, SEND_TIMEOUT).await;
+                    let _ = send_message(shared, send, buf, &msg).await;
                     return End::Refused;
                 }
                 Err(e) => return End::Failed(format!("reading the log panicked: {e}")),
@@ -755,7 +876,7 @@ async fn write_loop(
             }
             msg = routed.recv() => match msg {
                 Some(msg) => {
-                    if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                    if let Err(e) = send_message(shared, send, buf, &msg).await {
                         return failed(e);
                     }
                     if is_fatal(&msg) {
@@ -766,7 +887,7 @@ async fn write_loop(
             },
             msg = local.recv() => match msg {
                 Some(Local::Reply(msg)) => {
-                    if let Err(e) = write_frame(send, buf, &msg, SEND_TIMEOUT).await {
+                    if let Err(e) = send_message(shared, send, buf, &msg).await {
                         return failed(e);
                     }
                     if is_fatal(&msg) {
@@ -862,7 +983,12 @@ mod tests {
     }
 
     async fn recv(recv: &mut RecvStream) -> ServerMessage {
-        match tokio::time::timeout(Duration::from_secs(10), read_frame(recv, None)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame(recv, wire::MESSAGE_BYTES_MAX, None, None),
+        )
+        .await
+        {
             Ok(Ok(Frame::Message(m))) => m,
             other => panic!("expected a message, got {other:?}"),
         }

@@ -12,12 +12,12 @@
 //! blocks in `fdatasync`, and it must not wait behind connection tasks in
 //! the runtime's queue between commits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata::projection::counter::CounterProjection;
 use strata::projection::todo::TodoProjection;
@@ -29,11 +29,14 @@ use strata::{Options, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::ServerError;
+use crate::metrics::StoreMetrics;
 
 /// Longest store name.
 pub const STORE_NAME_BYTES_MAX: usize = 64;
 /// Store served when a client names none.
 pub const DEFAULT_STORE: &str = "default";
+/// Stores closed at once on shutdown.
+pub const CLOSE_THREADS_MAX: usize = 16;
 /// Messages from the core waiting for one connection's writer. A client
 /// that lets more pile up is too slow (or does not read): it is dropped.
 pub const ROUTE_MESSAGES_MAX: usize = 64;
@@ -62,16 +65,6 @@ pub fn validate_store_name(name: &str) -> Result<(), ServerError> {
     }
 }
 
-/// Counters of one hosted store's sync (read by `strata bench` and the
-/// metrics).
-#[derive(Debug, Default)]
-pub struct SyncStats {
-    /// Group commits carried out.
-    pub commits: AtomicU64,
-    /// Pushes those commits held.
-    pub pushes: AtomicU64,
-}
-
 /// One hosted store.
 pub struct Hosted {
     pub name: String,
@@ -90,7 +83,11 @@ pub struct Hosted {
     pub head: watch::Receiver<u64>,
     head_tx: watch::Sender<u64>,
     next_client: AtomicU64,
-    pub stats: SyncStats,
+    /// Counters for `/metrics` and `strata bench`.
+    pub stats: StoreMetrics,
+    /// When each push waiting for its answer reached the core, by client
+    /// and request (for the latency histogram).
+    started: Mutex<HashMap<ClientId, VecDeque<(u64, Instant)>>>,
 }
 
 impl std::fmt::Debug for Hosted {
@@ -157,6 +154,7 @@ impl Hosted {
         if messages.is_empty() {
             return;
         }
+        self.count_answers(&messages);
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         for (client, msg) in messages {
             let Some(tx) = routes.get(&client) else {
@@ -165,6 +163,52 @@ impl Hosted {
             if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg) {
                 tracing::warn!(store = %self.name, client, max = ROUTE_MESSAGES_MAX, "client does not take its answers; dropped");
                 routes.remove(&client);
+            }
+        }
+    }
+
+    /// Counts the answers among `messages`, and the latency of the pushes
+    /// they end.
+    fn count_answers(&self, messages: &[(ClientId, ServerMessage)]) {
+        let m = &self.stats;
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        for (client, msg) in messages {
+            let request = match msg {
+                ServerMessage::Accepted { request, .. } => {
+                    m.accepted.fetch_add(1, Ordering::Relaxed);
+                    Some(*request)
+                }
+                ServerMessage::PullRequired { request, .. } => {
+                    m.pull_required.fetch_add(1, Ordering::Relaxed);
+                    Some(*request)
+                }
+                ServerMessage::Rejected { rejections, .. } => {
+                    m.rejections
+                        .fetch_add(rejections.len() as u64, Ordering::Relaxed);
+                    continue;
+                }
+                ServerMessage::Error { .. } => {
+                    m.errors.fetch_add(1, Ordering::Relaxed);
+                    // Errors name no request: it ends the oldest waiting.
+                    None
+                }
+                _ => continue,
+            };
+            let Some(queue) = started.get_mut(client) else {
+                continue;
+            };
+            let at = match request {
+                Some(r) => queue
+                    .iter()
+                    .position(|(q, _)| *q == r)
+                    .and_then(|i| queue.remove(i)),
+                None => queue.pop_front(),
+            };
+            if let Some((_, at)) = at {
+                m.push_latency.observe(at.elapsed());
+            }
+            if queue.is_empty() {
+                started.remove(client);
             }
         }
     }
@@ -188,12 +232,24 @@ impl Hosted {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&client);
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&client);
         // Its turn may pass, letting held pushes go.
         self.drive(true, |core| core.handle_disconnect(now_ms(), client));
     }
 
     /// A push from `client`; its answer comes through the client's queue.
     pub fn push(&self, client: ClientId, request: u64, events: Vec<Proposal>) {
+        {
+            let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+            let queue = started.entry(client).or_default();
+            // Bounded like the core's own queue of waiting pushes.
+            if queue.len() < strata::sync::server::PUSHES_WAITING_PER_CLIENT_MAX + 1 {
+                queue.push_back((request, Instant::now()));
+            }
+        }
         self.drive(true, |core| {
             core.handle_push(now_ms(), client, request, events)
         });
@@ -356,7 +412,8 @@ impl Registry {
             head: head_rx,
             head_tx,
             next_client: AtomicU64::new(1),
-            stats: SyncStats::default(),
+            stats: StoreMetrics::default(),
+            started: Mutex::new(HashMap::new()),
         });
         let committer = {
             let hosted = hosted.clone();
@@ -371,6 +428,32 @@ impl Registry {
         *hosted.committer.lock().unwrap_or_else(|e| e.into_inner()) = Some(committer);
         stores.insert(name.to_owned(), hosted.clone());
         Ok(hosted)
+    }
+
+    /// The hosted store `name` if it exists (opened if needed), `None` if
+    /// there is no such store: readers never create one.
+    pub fn get_existing(&self, name: &str) -> Result<Option<Arc<Hosted>>, ServerError> {
+        validate_store_name(name)?;
+        if let Some(h) = self.get_open(name) {
+            return Ok(Some(h));
+        }
+        if !self.data_dir.join(name).join(strata::log::LOG_DIR).is_dir() {
+            return Ok(None);
+        }
+        self.get(name).map(Some)
+    }
+
+    /// Every open store.
+    pub fn open_stores(&self) -> Vec<Arc<Hosted>> {
+        let mut all: Vec<Arc<Hosted>> = self
+            .stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// The hosted store `name` if it is open.
@@ -393,13 +476,18 @@ impl Registry {
             .drain()
             .map(|(_, h)| h)
             .collect();
+        // Several at once (each close mostly waits on its disk and its
+        // threads), by at most CLOSE_THREADS_MAX threads.
+        let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {
-            for h in &stores {
-                scope.spawn(move || {
-                    h.stop_committer();
-                    h.views.clone().close();
-                    if let Err(e) = h.store.clone().close() {
-                        tracing::error!(store = %h.name, error = %e, "closing a store");
+            for _ in 0..stores.len().min(CLOSE_THREADS_MAX) {
+                scope.spawn(|| {
+                    while let Some(h) = stores.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        h.stop_committer();
+                        h.views.clone().close();
+                        if let Err(e) = h.store.clone().close() {
+                            tracing::error!(store = %h.name, error = %e, "closing a store");
+                        }
                     }
                 });
             }

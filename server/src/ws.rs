@@ -9,10 +9,19 @@
 //!   defaults to `default`. The token comes from `Authorization: Bearer
 //!   <t>`, else from the `token` query parameter (browsers cannot set
 //!   headers on a WebSocket), else from a first `{"type":"auth","token":…}`
-//!   message (a good one gets no reply). A wrong or missing token gets an
-//!   `error` message and a close (1008). A bad store name is 400; a store
-//!   that does not exist is 404 for a client without a valid token at
-//!   upgrade time (it may not create stores by naming them).
+//!   message (a good one gets no reply) sent within
+//!   [`crate::Config::auth_timeout`].
+//!   A wrong or missing token, or one that does not grant the store, gets
+//!   an `error` message and a close (1008). A bad store name is 400. The
+//!   store is opened only once the token is checked: a token that may
+//!   write it creates it if missing, one that may only read is refused
+//!   when it does not exist.
+//! * Before authenticating, a connection holds a place of its own
+//!   ([`crate::Config::unauthenticated_max`], and per address), never one
+//!   of the authenticated ones (503 when none is left); it may read only
+//!   [`crate::http::UNAUTHENTICATED_READ_BYTES_MAX`] bytes (the upgrade
+//!   request and a small `auth` message; more ends the connection), and it
+//!   is never woken by commits.
 //! * Origin rule, checked before upgrading (a browser page cannot lie about
 //!   its Origin, so this keeps other sites' pages away; non-browser
 //!   clients send no Origin and are held to the token instead). Allowed:
@@ -29,8 +38,9 @@
 //!
 //!   Anything else (including `null`) is refused with 403 and a plain-text
 //!   reason.
-//! * Limits: one permit of [`crate::AppState::connections`] per connection
-//!   (503 when none is left); messages up to [`WS_MESSAGE_BYTES_MAX`] reach
+//! * Limits: one permit of [`crate::AppState::connections`] per
+//!   authenticated connection (503 at the upgrade when none is left, or an
+//!   `unavailable` error and a close 1013 after a late `auth`); messages up to [`WS_MESSAGE_BYTES_MAX`] reach
 //!   the session, which answers those above
 //!   [`strata::sync::seed::SEED_MESSAGE_BYTES_MAX`] with an `error`
 //!   message; larger frames end the connection (1009). Binary frames get
@@ -50,6 +60,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -59,9 +71,13 @@ use axum::{Extension, Router};
 use strata::sync::proto::ServerMessage;
 use strata::sync::seed::{Auth, SEED_MESSAGE_BYTES_MAX, SeedSession, SeedStep, error_json};
 use strata::sync::{CanonicalLog, ClientInfo};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use crate::AppState;
+use crate::admission::Pending;
+use crate::auth::{AuthError, Grant};
+use crate::http::ReadBudget;
+use crate::metrics::Held;
 use crate::registry::{DEFAULT_STORE, Hosted, validate_store_name};
 
 /// Default [`crate::Config::ws_send_timeout`]: the longest one send to a
@@ -98,18 +114,50 @@ fn refuse(status: StatusCode, reason: String) -> Response {
     (status, format!("{reason}\n")).into_response()
 }
 
+/// Where a connection stands at the upgrade.
+enum Admission {
+    /// Its token (or the open server) was checked: a place among
+    /// authenticated connections is held.
+    Ready {
+        grant: Grant,
+        permit: OwnedSemaphorePermit,
+    },
+    /// Its token was refused; the client is told after the upgrade, in
+    /// the protocol's words.
+    Refused(AuthError),
+    /// No token yet: it waits for `auth` in a place of its own.
+    Waiting(Pending),
+}
+
+fn at_limit(state: &AppState) -> Response {
+    state
+        .metrics
+        .ws
+        .refused_total
+        .fetch_add(1, Ordering::Relaxed);
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the server has {} connections, its limit; retry later",
+            state.config.connections_max
+        ),
+    )
+}
+
 async fn upgrade(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    budget: Option<Extension<ReadBudget>>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+    let ip = crate::peer_ip_of(peer);
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let open = state.config.tokens.is_empty();
+        let open = state.auth.is_open();
         if let Err(reason) = check_origin(&origin, host, &state.config.allowed_origins, open) {
             tracing::info!(peer = ?peer, origin = %echo(&origin), "refused /ws: origin");
             return refuse(StatusCode::FORBIDDEN, reason);
@@ -120,15 +168,36 @@ async fn upgrade(
         return refuse(StatusCode::BAD_REQUEST, e.to_string());
     }
     let token = bearer(&headers).or(query.token);
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        tracing::warn!(peer = ?peer, max = state.config.connections_max, "refused /ws: connection limit");
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the server has {} connections, its limit; retry later",
-                state.config.connections_max
-            ),
-        );
+    let admission = if token.is_some() || state.auth.is_open() {
+        match state.check(token.as_deref(), &store, ip) {
+            Ok(grant) => match state.connections.clone().try_acquire_owned() {
+                Ok(permit) => Admission::Ready { grant, permit },
+                Err(_) => {
+                    tracing::warn!(peer = ?peer, max = state.config.connections_max, "refused /ws: connection limit");
+                    return at_limit(&state);
+                }
+            },
+            Err(e) => Admission::Refused(e),
+        }
+    } else {
+        match state.admit_unauthenticated(ip) {
+            Some(pending) => Admission::Waiting(pending),
+            None => {
+                state
+                    .metrics
+                    .ws
+                    .refused_total
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = ?peer, "refused /ws: too many connections from this address waiting to authenticate");
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "this address has {} connections that have not authenticated yet, its limit; send the token with the upgrade or retry later",
+                        state.config.unauthenticated_per_address_max,
+                    ),
+                );
+            }
+        }
     };
     let stop = state.stop.clone();
     ws.max_message_size(WS_MESSAGE_BYTES_MAX)
@@ -141,14 +210,14 @@ async fn upgrade(
                 state,
                 store,
                 peer,
+                budget: budget.map(|Extension(b)| b),
             };
-            conn.run(token).await;
-            drop(permit);
+            conn.run(admission).await;
         })
 }
 
 /// The token of an `Authorization: Bearer <t>` header.
-fn bearer(headers: &HeaderMap) -> Option<String> {
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -234,6 +303,24 @@ fn is_loopback_name(host: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
+/// Whether a `Host` header names this machine's loopback (any port): what
+/// an open server answers, so that a name re-pointed at 127.0.0.1 (DNS
+/// rebinding) does not reach it.
+pub fn is_loopback_authority(host: &str) -> bool {
+    split_host_port(&host.trim().to_ascii_lowercase()).is_some_and(|(h, _)| is_loopback_name(h))
+}
+
+/// Whether an `Origin` is a loopback page (`http` or `https`, any port).
+pub fn is_loopback_origin(origin: &str) -> bool {
+    let origin = origin.trim().to_ascii_lowercase();
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !authority.contains(['/', '@'])
+        && split_host_port(authority).is_some_and(|(h, _)| is_loopback_name(h))
+}
+
 /// Why a connection ends.
 #[derive(Debug)]
 enum End {
@@ -250,6 +337,9 @@ enum End {
     ReadFailed(String),
     /// Authentication refused, or the store could not be opened.
     Refused(String),
+    /// Authenticated, but every place for authenticated connections is
+    /// taken.
+    Busy(String),
     /// A blocking task panicked.
     Internal(String),
 }
@@ -263,6 +353,16 @@ struct Connection {
     /// The store the client named.
     store: String,
     peer: Option<SocketAddr>,
+    /// The connection's pre-authentication read budget, lifted once the
+    /// client has authenticated.
+    budget: Option<ReadBudget>,
+}
+
+/// An authenticated client with its store open.
+struct Admitted2 {
+    hosted: Arc<Hosted>,
+    grant: Grant,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Runs `f` on a blocking thread (it reads the log).
@@ -273,14 +373,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Connection {
-    async fn run(mut self, token: Option<String>) {
-        let end = match self.admit(token).await {
-            Ok(hosted) => {
+    async fn run(mut self, admission: Admission) {
+        let end = match self.admit(admission).await {
+            Ok(Admitted2 {
+                hosted,
+                grant,
+                _permit,
+            }) => {
+                let _open = Held::new(&self.state, |m| &m.ws.connections_open);
+                self.state
+                    .metrics
+                    .ws
+                    .connections_total
+                    .fetch_add(1, Ordering::Relaxed);
                 let (client, routed) = hosted.connect(ClientInfo {
                     name: "seed-json".into(),
-                    may_write: true,
+                    may_write: grant.write,
                 });
-                tracing::info!(store = %hosted.name, client, peer = ?self.peer, "ws client connected");
+                tracing::info!(store = %hosted.name, client, peer = ?self.peer, write = grant.write, "ws client connected");
                 let end = self.serve(&hosted, SeedSession::new(client), routed).await;
                 hosted.disconnect(client);
                 end
@@ -305,6 +415,7 @@ impl Connection {
         let close = match &end {
             End::Shutdown => Some((close_code::AWAY, "the server is shutting down".to_owned())),
             End::Refused(reason) => Some((close_code::POLICY, reason.clone())),
+            End::Busy(reason) => Some((close_code::AGAIN, reason.clone())),
             End::ReadFailed(e) if e.contains("Space limit exceeded") => {
                 Some((close_code::SIZE, e.clone()))
             }
@@ -319,22 +430,82 @@ impl Connection {
     }
 
     /// Authenticates the client (with the token of the upgrade request, or
-    /// else from its first message, `auth`) and only then opens the store.
-    async fn admit(&mut self, token: Option<String>) -> Result<Arc<Hosted>, End> {
-        let auth = self.state.auth.clone();
-        let token = match token {
-            Some(t) => Some(t),
-            None if auth.is_open() => None,
-            None => Some(self.read_auth().await?),
+    /// else from its first message, `auth`, within the auth timeout), and
+    /// only then opens the store.
+    async fn admit(&mut self, admission: Admission) -> Result<Admitted2, End> {
+        let (grant, permit) = match admission {
+            Admission::Ready { grant, permit } => (grant, permit),
+            Admission::Refused(e) => return Err(self.refuse_auth(&e).await),
+            Admission::Waiting(place) => {
+                let _waiting = Held::new(&self.state, |m| &m.ws.unauthenticated_open);
+                let limit = self.state.config.auth_timeout;
+                let read = tokio::select! {
+                    read = tokio::time::timeout(limit, self.read_auth()) => read,
+                    () = place.evicted() => {
+                        let reason = "too many connections are waiting to authenticate; send the token with the upgrade, or auth at once, and retry".to_owned();
+                        self.send(error_json("unavailable", &reason, None)).await?;
+                        return Err(End::Busy(reason));
+                    }
+                };
+                let token = match read {
+                    Ok(token) => token?,
+                    Err(_) => {
+                        let reason = format!(
+                            "no auth message within {limit:?}; send {{\"type\":\"auth\",\"token\":…}} first"
+                        );
+                        self.send(error_json("unauthorized", &reason, None)).await?;
+                        return Err(End::Refused(reason));
+                    }
+                };
+                let ip = crate::peer_ip_of(self.peer);
+                let grant = match self.state.check(Some(&token), &self.store, ip) {
+                    Ok(grant) => grant,
+                    Err(e) => return Err(self.refuse_auth(&e).await),
+                };
+                let Ok(permit) = self.state.connections.clone().try_acquire_owned() else {
+                    self.state
+                        .metrics
+                        .ws
+                        .refused_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "the server has {} connections, its limit; retry later",
+                        self.state.config.connections_max
+                    );
+                    self.send(error_json("unavailable", &reason, None)).await?;
+                    return Err(End::Busy(reason));
+                };
+                drop(place);
+                (grant, permit)
+            }
         };
-        if let Err(e) = auth.check(token.as_deref(), &self.store) {
-            let reason = e.to_string();
-            self.send(error_json("unauthorized", &reason, None)).await?;
-            return Err(End::Refused(reason));
+        if let Some(budget) = &self.budget {
+            budget.lift();
         }
-        let (registry, name) = (self.state.registry.clone(), self.store.clone());
-        match blocking(move || registry.get(&name)).await? {
-            Ok(h) => Ok(h),
+        let (registry, name, write) =
+            (self.state.registry.clone(), self.store.clone(), grant.write);
+        let opened = blocking(move || {
+            if write {
+                registry.get(&name).map(Some)
+            } else {
+                registry.get_existing(&name)
+            }
+        })
+        .await?;
+        match opened {
+            Ok(Some(hosted)) => Ok(Admitted2 {
+                hosted,
+                grant,
+                _permit: permit,
+            }),
+            Ok(None) => {
+                let reason = format!(
+                    "no store {:?} here, and this token may only read, not create it",
+                    self.store
+                );
+                self.send(error_json("unauthorized", &reason, None)).await?;
+                Err(End::Refused(reason))
+            }
             Err(e) => {
                 tracing::error!(store = %self.store, error = %e, "refused /ws: store");
                 let reason = format!("store {:?} cannot be opened; retry later", self.store);
@@ -342,6 +513,15 @@ impl Connection {
                 Err(End::Refused(reason))
             }
         }
+    }
+
+    /// Tells the client its token was refused; the connection ends.
+    async fn refuse_auth(&mut self, e: &AuthError) -> End {
+        let reason = e.to_string();
+        if let Err(end) = self.send(error_json("unauthorized", &reason, None)).await {
+            return end;
+        }
+        End::Refused(reason)
     }
 
     /// Waits for the client's `auth` message; other messages get an
@@ -356,16 +536,18 @@ impl Connection {
             match msg {
                 None | Some(Ok(Message::Close(_))) => return Err(End::ClientGone),
                 Some(Err(e)) => return Err(End::ReadFailed(e.to_string())),
-                Some(Ok(Message::Text(text))) => match Auth::parse(text.as_str()) {
-                    Ok(a) => return Ok(a.token),
-                    Err(reply) => {
-                        let refused = reply.contains("\"unauthorized\"");
-                        self.send(reply.clone()).await?;
-                        if refused {
-                            return Err(End::Refused(close_reason(&[reply])));
+                Some(Ok(Message::Text(text))) => {
+                    match self.count_in(Auth::parse(text.as_str()), text.len()) {
+                        Ok(a) => return Ok(a.token),
+                        Err(reply) => {
+                            let refused = reply.contains("\"unauthorized\"");
+                            self.send(reply.clone()).await?;
+                            if refused {
+                                return Err(End::Refused(close_reason(&[reply])));
+                            }
                         }
                     }
-                },
+                }
                 Some(Ok(Message::Binary(_))) => {
                     let msg = error_json(
                         "malformed",
@@ -427,6 +609,7 @@ impl Connection {
                 Woke::Socket(None | Some(Ok(Message::Close(_)))) => return End::ClientGone,
                 Woke::Socket(Some(Err(e))) => return End::ReadFailed(e.to_string()),
                 Woke::Socket(Some(Ok(Message::Text(text)))) => {
+                    self.count_in((), text.len());
                     // Parsed and checked here, outside the core's lock; only
                     // the push itself goes to the core.
                     let step = match with_session(hosted, &mut session, move |s, log| {
@@ -489,6 +672,11 @@ impl Connection {
     /// One send, bounded by the send timeout and cut short by the stop
     /// signal.
     async fn send(&mut self, text: String) -> Result<(), End> {
+        self.state
+            .metrics
+            .ws
+            .bytes_out_total
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
         tokio::select! {
             biased;
             _ = self.stop.wait_for(|s| *s) => Err(End::Shutdown),
@@ -498,6 +686,16 @@ impl Connection {
                 Err(_) => Err(End::SlowClient),
             },
         }
+    }
+
+    /// Counts `bytes` received; passes `value` through.
+    fn count_in<T>(&self, value: T, bytes: usize) -> T {
+        self.state
+            .metrics
+            .ws
+            .bytes_in_total
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        value
     }
 
     /// Sends a close frame (if any) and waits briefly for the client's

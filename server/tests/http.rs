@@ -7,9 +7,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
@@ -62,7 +64,7 @@ async fn serves_events_of_the_default_store_as_seed_json() {
     assert_eq!(events[0]["version"], 1);
     let (status, _) = get(addr, "/events?limit=0").await;
     assert_eq!(status, 400);
-    let (status, body) = get(addr, "/health").await;
+    let (status, body) = get(addr, "/health?store=default").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"head\":1"), "{body}");
     stop_tx.send(()).unwrap();

@@ -50,7 +50,9 @@ async fn get(addr: SocketAddr, path: &str, host: &str) -> Response {
     }
 }
 
-async fn start() -> (
+async fn start(
+    tokens: &[&str],
+) -> (
     SocketAddr,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), strata_server::ServerError>>,
@@ -59,11 +61,12 @@ async fn start() -> (
     let data = tempfile::tempdir().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = strata_server::Config::new(
+    let mut config = strata_server::Config::new(
         data.path().to_path_buf(),
         "127.0.0.1:0".parse().unwrap(),
         None,
     );
+    config.tokens = tokens.iter().map(|t| t.to_string()).collect();
     let server = tokio::spawn(strata_server::serve(
         config,
         move |bound: &strata_server::Bound| {
@@ -94,7 +97,7 @@ fn files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[tokio::test]
 async fn the_page_and_every_client_file_are_served_with_security_headers() {
-    let (addr, stop, server, _data) = start().await;
+    let (addr, stop, server, _data) = start(&[]).await;
     let host = addr.to_string();
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
 
@@ -156,18 +159,25 @@ async fn the_page_and_every_client_file_are_served_with_security_headers() {
         assert_eq!(r.header("x-frame-options"), Some("DENY"), "{url}");
     }
 
-    // A Host header cannot smuggle directives into the policy.
-    let r = get(addr, "/", "evil.example;script-src").await;
-    assert_eq!(r.status, 200);
-    let csp = r.header("content-security-policy").unwrap();
-    assert!(!csp.contains("evil"), "{csp}");
-    assert!(csp.contains("connect-src 'self';"), "{csp}");
-
     // The sync endpoint is not a page: it gets no page policy.
     let r = get(addr, "/health", &host).await;
     assert_eq!(r.status, 200);
     assert!(r.header("content-security-policy").is_none());
 
+    // A server without tokens answers loopback names only (DNS rebinding).
+    let r = get(addr, "/", "evil.example").await;
+    assert_eq!(r.status, 421);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // With tokens, any name reaches the page, but a Host header cannot
+    // smuggle directives into the policy.
+    let (addr, stop, server, _data) = start(&["page-test-token-0001"]).await;
+    let r = get(addr, "/", "evil.example;script-src").await;
+    assert_eq!(r.status, 200);
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(!csp.contains("evil"), "{csp}");
+    assert!(csp.contains("connect-src 'self';"), "{csp}");
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -5,6 +5,8 @@
 //   saved. Prints a JSON summary on stdout; exits non-zero on any failure.
 //
 // Usage: node counter.mjs <server-url> <screenshot.png>
+// With IGNORE_HTTPS_ERRORS=1 the browsers accept the server's self-signed
+// certificate (as a user who clicked through the warning).
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -34,7 +36,8 @@ async function browser(name) {
   // A fresh user-data-dir per browser: separate OPFS, like two devices.
   const dir = mkdtempSync(join(tmpdir(), `strata-${name}-`));
   profiles.push(dir);
-  const context = await chromium.launchPersistentContext(dir, { executablePath, headless: true, args: FLAGS });
+  const ignoreHTTPSErrors = process.env.IGNORE_HTTPS_ERRORS === '1';
+  const context = await chromium.launchPersistentContext(dir, { executablePath, headless: true, args: FLAGS, ignoreHTTPSErrors });
   const page = context.pages()[0] ?? (await context.newPage());
   page.on('console', (m) => console.error(`[${name}] ${m.text()}`));
   page.on('pageerror', (e) => console.error(`[${name}] page error: ${e.message}`));

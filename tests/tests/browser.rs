@@ -243,3 +243,131 @@ fn every_tab_is_persistent_and_the_server_holds_exactly_what_the_pages_show() {
     assert_eq!(events.len() as i64, 8 + 3 + burst);
     server.stop();
 }
+
+/// The README's server section, as a new user runs it (issue 13): a token
+/// file, `strata serve --https` (HTTPS and WSS on the HTTP port with the
+/// server's own certificate, QUIC beside it), two browsers given the token
+/// once as `#token=` and accepting the self-signed certificate, and a
+/// replica synced with `strata sync --fingerprint` and `STRATA_TOKEN`. The
+/// seed's flow ends at 4 in the browsers; the replica adds 1; the server
+/// and the replica both hold 5.
+#[test]
+fn the_readme_way_a_token_file_and_tls_sync_a_replica_and_two_browsers() {
+    use std::io::BufRead;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cli = strata_cli();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "readme-token-0123456789abcdef";
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{token} * write\n")).unwrap();
+    let data = dir.path().join("server-data");
+    let mut server = KillOnDrop(
+        Command::new(&cli)
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .arg("--token-file")
+            .arg(&tokens)
+            .args(["--https", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let mut page = None;
+    let mut quic = None;
+    while quic.is_none() {
+        let line = lines
+            .next()
+            .expect("the server prints where it listens")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("strata-server: web demo at ") {
+            page = Some(url.to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("strata-server: QUIC sync at quic://") {
+            let (addr, fp) = rest.split_once(" (certificate SHA-256 ").unwrap();
+            quic = Some((addr.to_owned(), fp.trim_end_matches(')').to_owned()));
+        }
+    }
+    let page = page.expect("the page's URL");
+    let (quic, fingerprint) = quic.unwrap();
+    assert!(page.starts_with("https://"), "{page}");
+
+    let screenshot = artifacts().join("browser-readme-tls.png");
+    let (chromium, browser_dir) = prerequisites();
+    let out = Command::new("node")
+        .arg(browser_dir.join("counter.mjs"))
+        .arg(format!("{page}#token={token}"))
+        .arg(&screenshot)
+        .env("CHROMIUM", &chromium)
+        .env("IGNORE_HTTPS_ERRORS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["a"]["value"], 4, "{summary}");
+    assert_eq!(summary["b"]["value"], 4, "{summary}");
+
+    let replica = dir.path().join("replica");
+    let strata = |args: &[&str]| {
+        let out = Command::new(&cli)
+            .arg("--store")
+            .arg(&replica)
+            .args(args)
+            .env("STRATA_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "strata {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sync = ["sync", "--server", &quic, "--fingerprint", &fingerprint];
+    strata(&sync);
+    assert_eq!(strata(&["counter", "show", "counter"]), "4\n");
+    strata(&["counter", "incr", "counter"]);
+    strata(&sync);
+    let status = strata(&["sync", "--status"]);
+    let pending = status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pending:"))
+        .map(str::trim);
+    assert_eq!(pending, Some("0"), "{status}");
+
+    // SIGTERM: the server closes its stores; the log holds 5 increments.
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.0.wait().unwrap().success());
+    let show = Command::new(&cli)
+        .arg("--store")
+        .arg(data.join(strata_server::DEFAULT_STORE))
+        .args(["counter", "show", "counter"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&show.stdout), "5\n");
+}
+
+/// A child process killed if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

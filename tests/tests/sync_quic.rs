@@ -402,7 +402,7 @@ async fn y3_order_dependent_todo_view_converges_on_every_replica() {
 async fn refused_without_the_token_and_with_a_wrong_pin() {
     let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(data.path(), &["s3cret"]).await;
+    let server = start_server(data.path(), &["s3cret-token-0002"]).await;
     let r = open_replica(dir.path());
     incr(&r, "counter-1");
 
@@ -431,7 +431,7 @@ async fn refused_without_the_token_and_with_a_wrong_pin() {
 
     let mut opts = server.options();
     opts.trust = Trust::Pin("ab".repeat(32));
-    opts.token = Some("s3cret".into());
+    opts.token = Some("s3cret-token-0002".into());
     let err = sync_until_idle(r.clone(), opts).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, ClientError::FingerprintMismatch(_)), "{text}");
@@ -445,8 +445,12 @@ async fn refused_without_the_token_and_with_a_wrong_pin() {
     );
 
     let mut opts = server.options();
-    opts.token = Some("s3cret".into());
-    opts.trust = Trust::CaFile(data.path().join("tls").join("cert.pem"));
+    opts.token = Some("s3cret-token-0002".into());
+    opts.trust = Trust::CaFile(
+        data.path()
+            .join(strata_server::tls::TLS_DIR)
+            .join(strata_server::tls::CERT_FILE),
+    );
     // The address as the server prints it.
     opts.server = format!("quic://{}/", server.addr);
     let report = sync(&r, &opts).await;

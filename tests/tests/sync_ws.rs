@@ -13,193 +13,18 @@
 //! authentication, and one slow subscriber stalling everyone.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use strata::sync::seed::SEED_MESSAGE_BYTES_MAX;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long any single expected message may take to arrive.
-const RECV_TIMEOUT: Duration = Duration::from_secs(20);
-
-// --- the server ------------------------------------------------------------
-
-struct Server {
-    addr: SocketAddr,
-    data: tempfile::TempDir,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), strata_server::ServerError>>,
-}
-
-async fn start(tweak: impl FnOnce(&mut strata_server::Config)) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let mut config = strata_server::Config::new(
-        data.path().to_path_buf(),
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-    );
-    tweak(&mut config);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(strata_server::serve(
-        config,
-        move |bound: &strata_server::Bound| {
-            let _ = ready_tx.send(bound.http);
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let addr = tokio::time::timeout(RECV_TIMEOUT, ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
-    Server {
-        addr,
-        data,
-        stop,
-        task,
-    }
-}
-
-impl Server {
-    fn url(&self, query: &str) -> String {
-        format!("ws://{}/ws{query}", self.addr)
-    }
-
-    /// Stops the server, waits for `serve` to return, and hands back its
-    /// data directory.
-    async fn stop(self) -> tempfile::TempDir {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("serve returns promptly after the stop signal")
-            .unwrap()
-            .unwrap();
-        self.data
-    }
-
-    /// `GET /events` of a store, as JSON.
-    async fn events(&self, store: &str) -> Vec<Value> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(self.addr).await.unwrap();
-        let req = format!(
-            "GET /events?from=1&limit=10000&store={store} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        let body = out.split_once("\r\n\r\n").unwrap().1;
-        serde_json::from_str(body).unwrap()
-    }
-}
-
-// --- raw WebSocket helpers ---------------------------------------------------
-
-async fn connect(url: &str) -> Ws {
-    connect_request(url, &[]).await.unwrap()
-}
-
-async fn connect_request(url: &str, headers: &[(&str, &str)]) -> Result<Ws, tungstenite::Error> {
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("the handshake completes")
-        .map(|(ws, _)| ws)
-}
-
-/// The refusal of an upgrade: status and body.
-async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    match connect_request(url, headers).await {
-        Err(tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (resp.status().as_u16(), body)
-        }
-        Err(e) => panic!("expected an HTTP refusal, got {e}"),
-        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
-    }
-}
-
-async fn send(ws: &mut Ws, v: &Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
-
-/// The next JSON text message; panics on anything else.
-async fn recv(ws: &mut Ws) -> Value {
-    serde_json::from_str(&recv_text(ws).await).unwrap()
-}
-
-/// The next text message, as the server wrote it.
-async fn recv_text(ws: &mut Ws) -> String {
-    loop {
-        let msg = tokio::time::timeout(RECV_TIMEOUT, ws.next())
-            .await
-            .expect("a message arrives")
-            .expect("the connection is open")
-            .expect("the connection is healthy");
-        match msg {
-            Message::Text(t) => return t.as_str().to_owned(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-/// Reads until a message of type `kind`, skipping `server_new_events`.
-async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let v = recv(ws).await;
-        if v["type"] == kind {
-            return v;
-        }
-        assert_eq!(
-            v["type"], "server_new_events",
-            "while waiting for {kind}: {v}"
-        );
-    }
-}
-
-async fn expect_error(ws: &mut Ws, code: &str) -> Value {
-    let v = recv_type(ws, "error").await;
-    assert_eq!(v["code"], code, "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    v
-}
-
-/// Reads until the server closes; returns its close frame.
-async fn recv_close(ws: &mut Ws) -> Option<CloseFrame> {
-    loop {
-        match tokio::time::timeout(RECV_TIMEOUT, ws.next())
-            .await
-            .expect("the server closes")
-        {
-            Some(Ok(Message::Close(frame))) => return frame,
-            Some(Ok(_)) => {}
-            Some(Err(e)) => panic!("expected a close frame, got {e}"),
-            None => return None,
-        }
-    }
-}
+use strata_tests::net::{
+    RECV_TIMEOUT, Ws, connect, connect_request, expect_error, http_get, recv, recv_close,
+    recv_text, recv_type, refused, send, start,
+};
 
 /// A seed event object (what a client proposes).
 fn event(id: &str, aggregate: &str, version: u64, data: Value) -> Value {
@@ -523,7 +348,7 @@ async fn seed_counter_flow_ends_at_four_everywhere() {
     assert!(a.local.is_empty() && b.local.is_empty());
 
     // The server's log: the same four events, in version order.
-    let log = server.events("default").await;
+    let log = server.events("default", None).await;
     assert_eq!(log.len(), 4);
     let log_ids: std::collections::BTreeSet<String> = log
         .iter()
@@ -709,7 +534,7 @@ async fn bad_messages_get_errors_and_the_server_keeps_serving() {
     .await;
     expect_error(&mut ws, "malformed").await;
     assert!(
-        server.events("default").await.is_empty(),
+        server.events("default", None).await.is_empty(),
         "nothing refused was written"
     );
 
@@ -734,7 +559,7 @@ async fn bad_messages_get_errors_and_the_server_keeps_serving() {
     .await;
     let r = recv_type(&mut ws, "server_sync_response").await;
     assert_eq!(r["status"], "OK", "{r}");
-    let log = server.events("default").await;
+    let log = server.events("default", None).await;
     assert_eq!(
         log.iter().filter(|e| e["event_id"] == id.as_str()).count(),
         1,
@@ -813,7 +638,7 @@ async fn an_event_id_reused_with_other_content_is_rejected_never_ok() {
             .all(|e| e["event_data"]["value"] != 1000),
         "{r}"
     );
-    let log = server.events("default").await;
+    let log = server.events("default", None).await;
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["event_data"], json!({"value": 1}));
 
@@ -826,7 +651,7 @@ async fn an_event_id_reused_with_other_content_is_rejected_never_ok() {
         recv_type(&mut ws, "server_sync_response").await["status"],
         "OK"
     );
-    assert_eq!(server.events("default").await.len(), 1);
+    assert_eq!(server.events("default", None).await.len(), 1);
     server.stop().await;
 }
 
@@ -879,16 +704,7 @@ async fn event_data_and_metadata_travel_verbatim() {
     let missing = recv_text(&mut later).await;
     assert!(missing.contains(&expected), "{missing}");
 
-    let stored = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(b"GET /events?from=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let stored = http_get(server.addr, "/events?from=1", &[]).await.text();
     assert!(stored.contains(&expected), "{stored}");
     assert!(
         stored.contains(&format!(r#""metadata":{metadata}"#)),
@@ -939,7 +755,7 @@ async fn y5_seed_clients_retrying_at_once_on_one_aggregate_all_land_in_order() {
             done.push(t.await.unwrap());
         }
         let total = clients as u64 * per_client;
-        let log = server.events("default").await;
+        let log = server.events("default", None).await;
         assert_eq!(log.len() as u64, total.min(10_000), "{clients} clients");
         let ids: Vec<String> = log
             .iter()
@@ -979,7 +795,7 @@ async fn y5_seed_clients_retrying_at_once_on_one_aggregate_all_land_in_order() {
 
 // --- 4. security ---------------------------------------------------------------------
 
-const TOKEN: &str = "s3cret-token";
+const TOKEN: &str = "s3cret-token-0001";
 
 /// A server with tokens refuses clients without one (an error message,
 /// then a close) and accepts the token as a bearer header, a query
@@ -1078,7 +894,8 @@ async fn tokens_and_origins_are_checked() {
     server.stop().await;
 
     // A server without tokens (loopback only) does not take a page whose
-    // name points at it (DNS rebinding) for its own.
+    // name points at it (DNS rebinding) for its own: it answers loopback
+    // names only (421), and pages of loopback origins only (403).
     let open = start(|_| {}).await;
     let port = open.addr.port();
     let (host, origin) = (
@@ -1089,8 +906,9 @@ async fn tokens_and_origins_are_checked() {
         refused(&open.url(""), &[("origin", &origin), ("host", &host)])
             .await
             .0,
-        403
+        421
     );
+    assert_eq!(refused(&open.url(""), &[("origin", &origin)]).await.0, 403);
     ok(connect_request(
         &open.url(""),
         &[("origin", &format!("http://127.0.0.1:{port}"))],

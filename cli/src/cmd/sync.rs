@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "ca")]
     fingerprint: Option<String>,
     /// Trust the certificates in this PEM or DER file (e.g. the server's
-    /// tls/cert.pem, or a CA) instead of pinning.
+    /// .tls/cert.pem, or a CA) instead of pinning.
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Name the server's certificate must hold (checked with --ca).

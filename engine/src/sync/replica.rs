@@ -341,6 +341,12 @@ impl ReplicaCore {
                 // later, and smaller if it was too large; a single event
                 // too large can never pass, so it becomes a rejection.
                 let pushed = self.in_flight.take().map(|f| f.events).unwrap_or_default();
+                if code == ErrorCode::Unauthorized {
+                    // The token may read this store, not write to it: no
+                    // retry can change that. The events stay pending for
+                    // a token that may.
+                    return Err(SyncError::Refused { code, message });
+                }
                 if code == ErrorCode::TooLarge {
                     if let [id] = pushed[..] {
                         let reason = format!("the server refused it as too large: {message}");

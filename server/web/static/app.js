@@ -48,6 +48,29 @@ function chooseServer() {
   return u.toString();
 }
 
+/** Where this origin's browser keeps the server's token. */
+const TOKEN_KEY = 'strata-token';
+
+/**
+ * The server's token, if it asks for one. Given once as `#token=…` (a
+ * fragment never goes to the server, into its logs or into a Referer), it is
+ * kept in this origin's localStorage and taken out of the address bar;
+ * `#token=` with nothing forgets it. Only this page's scripts can read it:
+ * the CSP allows no other.
+ */
+function chooseToken() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.has('token')) {
+    const given = hash.get('token') ?? '';
+    if (given) localStorage.setItem(TOKEN_KEY, given);
+    else localStorage.removeItem(TOKEN_KEY);
+    hash.delete('token');
+    const rest = hash.toString();
+    history.replaceState(null, '', `${location.pathname}${location.search}${rest ? `#${rest}` : ''}`);
+  }
+  return localStorage.getItem(TOKEN_KEY) ?? undefined;
+}
+
 function showError(/** @type {string} */ message) {
   $('error').hidden = false;
   $('error').textContent = message;
@@ -85,7 +108,7 @@ async function main() {
   const name = new URL(server, location.href).searchParams.get('store') ?? 'default';
   let store;
   try {
-    store = await openStore({ name, server, schema: new URL('./counter-views.js', import.meta.url) });
+    store = await openStore({ name, server, token: chooseToken(), schema: new URL('./counter-views.js', import.meta.url) });
   } catch (e) {
     showError(`Could not start: ${/** @type {Error} */ (e).message}`);
     $('storage').textContent = e instanceof StrataError && e.code === 'no_opfs' ? 'not available in this browser' : 'unavailable';
