@@ -13,7 +13,7 @@
 //!   have several lines; it gets the widest mode of the lines that match.
 //!   The file is read again on `SIGHUP` (a file that does not parse keeps
 //!   the grants in force and says why in the log).
-//! * Tokens are at least [`TOKEN_BYTES_MIN`] bytes, without white space;
+//! * Tokens are at least [`TOKEN_BYTES_MIN`] bytes of visible ASCII other than `#`;
 //!   an empty or short token is refused at start.
 //! * Without any token the server is open: everyone may read and write,
 //!   and [`crate::Config::check`] allows that on loopback only.
@@ -84,9 +84,9 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
     #[error(
-        "a token is {len} bytes; tokens must be {TOKEN_BYTES_MIN} to {TOKEN_BYTES_MAX} bytes without white space (make one with e.g. `openssl rand -hex 24`)"
+        "a token is {len} bytes{what}; tokens must be {TOKEN_BYTES_MIN} to {TOKEN_BYTES_MAX} visible ASCII characters other than # (make one with e.g. `openssl rand -hex 24`)"
     )]
-    BadToken { len: usize },
+    BadToken { len: usize, what: &'static str },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -153,13 +153,23 @@ fn digest(token: &str) -> Digest {
 }
 
 fn check_token(token: &str) -> Result<(), AuthConfigError> {
-    let ok = (TOKEN_BYTES_MIN..=TOKEN_BYTES_MAX).contains(&token.len())
-        && !token.chars().any(char::is_whitespace);
-    if ok {
-        Ok(())
+    let len = token.len();
+    // Visible ASCII: a token travels in an HTTP header, a token file line
+    // (where `#` starts a comment) and a page's `#token=` fragment.
+    let what = if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic() || *c == '#') {
+        if c.is_whitespace() {
+            " with white space"
+        } else if c == '#' {
+            " with a #"
+        } else {
+            " with a character that is not visible ASCII"
+        }
+    } else if (TOKEN_BYTES_MIN..=TOKEN_BYTES_MAX).contains(&len) {
+        return Ok(());
     } else {
-        Err(AuthConfigError::BadToken { len: token.len() })
-    }
+        ""
+    };
+    Err(AuthConfigError::BadToken { len, what })
 }
 
 /// The grants in force: rules by token digest.
@@ -403,8 +413,15 @@ mod tests {
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
-    fn short_empty_or_spaced_tokens_are_refused_at_start() {
-        for bad in ["", "s3cret", "fifteen-bytes!!", "has a space in it ok"] {
+    fn short_empty_spaced_or_hashed_tokens_are_refused_at_start() {
+        for bad in [
+            "",
+            "s3cret",
+            "fifteen-bytes!!",
+            "has a space in it ok",
+            "sixteen-bytes-#k",
+            "sixteen-bytes-\u{e9}k",
+        ] {
             assert!(
                 matches!(
                     Auth::new(vec![bad.into()], None),

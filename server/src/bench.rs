@@ -39,6 +39,11 @@
 //!   alone (what contention costs); each run reports events/s, the most
 //!   rounds one request took, and p99 request latency, and checks that
 //!   every event landed once, versions contiguous.
+//! * `server_shutdown`: [`SHUTDOWN_STORES`] hosted stores, each holding a
+//!   few events, open in a registry; `strata_eps` is stores closed per
+//!   second by [`crate::Registry::close`] (several at once), `baseline_eps`
+//!   the same stores, opened again, closed one after another (the server
+//!   before issue 13).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -62,7 +67,10 @@ pub const WORKLOADS: &[&str] = &[
     "sync_push_contention",
     "sync_push_fanin",
     "sync_push_contention_json",
+    "server_shutdown",
 ];
+/// Stores open in `server_shutdown` (the issue's probe had 101).
+pub const SHUTDOWN_STORES: usize = 101;
 /// Clients in `sync_push_fanin`.
 pub const FANIN_REPLICAS: usize = 64;
 /// One-event pushes each `sync_push_fanin` client makes.
@@ -181,6 +189,11 @@ pub fn run(
         report(&r);
         results.push(r);
     }
+    if wanted("server_shutdown") {
+        let r = server_shutdown(&config.dir.join("shutdown"))?;
+        report(&r);
+        results.push(r);
+    }
     drop(runtime);
     let _ = std::fs::remove_dir_all(&config.dir);
     Ok(results)
@@ -240,6 +253,11 @@ async fn start_server_with(
         "127.0.0.1:0".parse().expect("an address"),
         Some("127.0.0.1:0".parse().expect("an address")),
     );
+    // Every bench client comes from 127.0.0.1, as a load generator's would:
+    // the per-address limits meant for one device on the internet would
+    // measure the throttle, not the server. The totals stay as shipped.
+    config.unauthenticated_per_address_max = config.unauthenticated_max;
+    config.http_connections_per_address_max = config.http_connections_max;
     tweak(&mut config);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1165,4 +1183,38 @@ async fn sync_push_contention_json(dir: &Path) -> Result<WorkloadResult, SyncBen
         "alone_p99_push_ms",
         ms(quantile(&alone.latencies, 0.99)),
     ))
+}
+
+/// `server_shutdown`: see the module documentation.
+fn server_shutdown(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {
+    let names: Vec<String> = (0..SHUTDOWN_STORES).map(|i| format!("s-{i}")).collect();
+    let open_all = || -> Result<Arc<crate::Registry>, SyncBenchError> {
+        let registry = Arc::new(crate::Registry::new(
+            dir.to_path_buf(),
+            strata::sync::ServerConfig::default(),
+        ));
+        for name in &names {
+            let hosted = registry.get(name)?;
+            if hosted.store.head() == 0 {
+                let events = (0..4).map(|i| NewEvent::new("Noted", strata::bench::payload(i)));
+                hosted
+                    .store
+                    .append("a", ExpectedVersion::NoStream, events.collect())?;
+            }
+        }
+        Ok(registry)
+    };
+    // Baseline first: the stores' first opening (creating files) is not
+    // timed, and both runs close the same stores.
+    let registry = open_all()?;
+    let started = Instant::now();
+    registry.close_with(1);
+    let baseline = started.elapsed();
+    let registry = open_all()?;
+    let started = Instant::now();
+    registry.close();
+    let strata = started.elapsed();
+    let r = result("server_shutdown", SHUTDOWN_STORES as u64, strata, baseline);
+    let r = with(r, "parallel_ms", strata.as_millis() as u64);
+    Ok(with(r, "one_by_one_ms", baseline.as_millis() as u64))
 }

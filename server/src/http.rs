@@ -1,9 +1,9 @@
 //! The HTTP port: its own accept loop (rather than `axum::serve`) so that
 //! every connection is bounded before it has shown a token.
 //!
-//! * **TLS** (rustls) when the server has a certificate for HTTP: `https:`
-//!   and `wss:`. Plain HTTP only on loopback, or with
-//!   [`crate::Config::http_plaintext`] (behind a TLS proxy).
+//! * **TLS** (rustls) when [`crate::Config::http_is_tls`]: `https:` and
+//!   `wss:`. Plain HTTP on loopback, or off it with
+//!   [`crate::HttpTls::Never`] (`--http-plaintext`, behind a TLS proxy).
 //! * **Caps**: at most [`crate::Config::http_connections_max`] connections,
 //!   and [`crate::Config::http_connections_per_address_max`] from one
 //!   address; beyond them a connection is closed at once.
@@ -18,8 +18,10 @@
 //!   handler does): before that only requests without bodies and a small
 //!   `auth` message fit. A connection past its budget is closed.
 //!
-//! Every request gets its [`ConnectInfo`] and the connection's
-//! [`ReadBudget`] as extensions.
+//! Every request gets its [`ConnectInfo`], the connection's [`ReadBudget`]
+//! and its [`Place`] as extensions; a handler that upgrades the connection
+//! (`/ws`) keeps the place for as long as the WebSocket lives, so upgraded
+//! connections count against the caps too.
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::admission::ConnectionCount;
+use crate::admission::{Admitted, ConnectionCount};
 
 /// Default [`crate::Config::http_header_timeout`]: the longest a client
 /// may take to send a request's headers, and the longest a keep-alive
@@ -94,6 +96,14 @@ impl ReadBudget {
             });
     }
 }
+
+/// A connection's place under the HTTP caps, given back when the last
+/// clone drops: the connection's task holds one, and so does a WebSocket
+/// made of the connection.
+#[derive(Debug, Clone)]
+pub struct Place(
+    #[expect(dead_code, reason = "held for its Drop: the place is given back")] Arc<Admitted>,
+);
 
 /// A connection's stream with its read budget.
 struct Budgeted<S> {
@@ -271,8 +281,8 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let stop = stop.clone();
         let header_timeout = options.header_timeout;
+        let place = Place(Arc::new(admitted));
         tasks.spawn(async move {
-            let _admitted = admitted;
             let stream = match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
@@ -289,7 +299,7 @@ pub async fn serve(
                 }
                 None => Stream::Plain(tcp),
             };
-            serve_connection(stream, peer, app, header_timeout, stop).await;
+            serve_connection(stream, peer, place, app, header_timeout, stop).await;
         });
     }
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -302,6 +312,7 @@ pub async fn serve(
 async fn serve_connection(
     stream: Stream,
     peer: SocketAddr,
+    place: Place,
     app: Router,
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
@@ -316,6 +327,7 @@ async fn serve_connection(
             budget.refill(UNAUTHENTICATED_READ_BYTES_MAX);
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(budget.clone());
+            req.extensions_mut().insert(place.clone());
             req
         },
     );

@@ -249,8 +249,8 @@ pub struct Config {
     pub http_connections_per_address_max: usize,
     /// Listen address of `/metrics` without a token.
     pub metrics: Option<SocketAddr>,
-    /// Longest from connecting to authenticating; default
-    /// [`AUTH_TIMEOUT`].
+    /// Longest from connecting (QUIC) or from the upgrade (`/ws`) to
+    /// authenticating; default [`AUTH_TIMEOUT`].
     pub auth_timeout: std::time::Duration,
     /// Longest an HTTP client may take to send a request's headers, and
     /// keep a connection idle; default [`http::HEADER_READ_TIMEOUT`].
@@ -427,12 +427,24 @@ impl AppState {
         peer: IpAddr,
     ) -> Result<auth::Grant, auth::AuthError> {
         let checked = self.auth.check(token, store, peer);
+        self.count_failure(&checked);
+        checked
+    }
+
+    /// Checks that `token` grants every store (`/metrics`), counting
+    /// failures.
+    pub fn check_all(&self, token: Option<&str>, peer: IpAddr) -> Result<(), auth::AuthError> {
+        let checked = self.auth.check_all(token, peer);
+        self.count_failure(&checked);
+        checked
+    }
+
+    fn count_failure<T>(&self, checked: &Result<T, auth::AuthError>) {
         if checked.is_err() {
             self.metrics
                 .auth_failures_total
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        checked
     }
 }
 
@@ -510,6 +522,12 @@ pub async fn serve(
         if !config.http.ip().is_loopback() {
             tracing::warn!(addr = %config.http, "plain HTTP off loopback (--http-plaintext): put a TLS proxy in front");
         }
+        if config.tls_cert.is_some() {
+            tracing::warn!(
+                addr = %config.http,
+                "--tls-cert is not used: the HTTP port speaks plain HTTP here (pass --https to use it on loopback)"
+            );
+        }
         None
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -586,6 +604,7 @@ pub async fn serve(
     let metrics_task = metrics_listener.map(|l| {
         let app = Router::new()
             .route("/metrics", get(metrics_open))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
             .with_state(state.clone());
         tokio::spawn(http::serve(
             l,
@@ -751,6 +770,9 @@ async fn health(
     let Some(store) = q.store else {
         return Json(serde_json::json!({ "ok": true })).into_response();
     };
+    if let Err(e) = registry::validate_store_name(&store) {
+        return refuse(StatusCode::BAD_REQUEST, e);
+    }
     let token = request_token(&headers, q.token.as_deref());
     if let Err(e) = state.check(token.as_deref(), &store, peer_ip(peer)) {
         return auth_refusal(&e);
@@ -836,13 +858,18 @@ async fn events(
         Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("no store {store:?} here")),
         Err(r) => return r,
     };
+    // Position 0 is before the first event.
+    let from = q.from.max(1);
     let read = tokio::task::spawn_blocking(
         move || -> Result<(Vec<EventJson>, u64, u64), strata::Error> {
             let events = hosted
                 .store
-                .read_events(q.from, q.limit, EVENTS_PAGE_BYTES_MAX)?;
-            let next = events.last().map_or(q.from, |e| e.position + 1);
-            let json: Vec<EventJson> = events.iter().take(q.limit).map(EventJson::from).collect();
+                .read_events(from, q.limit, EVENTS_PAGE_BYTES_MAX)?;
+            // A read returns whole batches and may pass `limit`: the page
+            // ends at `limit`, and the next starts right after it.
+            let page = &events[..events.len().min(q.limit)];
+            let next = page.last().map_or(from, |e| e.position + 1);
+            let json: Vec<EventJson> = page.iter().map(EventJson::from).collect();
             Ok((json, next, hosted.store.head()))
         },
     )
@@ -900,7 +927,7 @@ async fn metrics_authenticated(
     headers: HeaderMap,
 ) -> Response {
     let token = ws::bearer(&headers);
-    if let Err(e) = state.auth.check_all(token.as_deref(), peer_ip(peer)) {
+    if let Err(e) = state.check_all(token.as_deref(), peer_ip(peer)) {
         return auth_refusal(&e);
     }
     render_metrics(&state)

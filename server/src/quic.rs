@@ -45,6 +45,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::admission::Pending;
+use crate::auth::AuthError;
 use crate::metrics::Held;
 use crate::registry::Hosted;
 use crate::tls::Identity;
@@ -453,18 +454,10 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming, pendin
         }
     };
     let mut buf = Vec::new();
-    let welcomed = tokio::select! {
-        w = hello(&shared, &conn, &mut send, &mut recv, &mut buf, deadline) => w,
-        () = pending.evicted() => {
-            let msg = error(
-                ErrorCode::Unavailable,
-                "too many connections are waiting to authenticate; send Hello at once after connecting, and retry",
-                true,
-            );
-            refuse_connection(&conn, &mut send, &mut buf, msg).await;
-            return;
-        }
-    };
+    let welcomed = hello(
+        &shared, &conn, &mut send, &mut recv, &mut buf, deadline, pending,
+    )
+    .await;
     let Some(Welcomed {
         hosted,
         id,
@@ -474,7 +467,7 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming, pendin
     else {
         return;
     };
-    drop((unauthenticated, pending));
+    drop(unauthenticated);
     let _open = Held::new(&shared.state, |m| &m.quic.connections_open);
     shared
         .state
@@ -531,6 +524,10 @@ struct Welcomed {
 /// protocol and the token, takes a place among authenticated connections,
 /// opens the store and welcomes the client. `None` when the connection is
 /// over.
+///
+/// The connection may be evicted from its waiting place (`pending`) only
+/// while its `Hello` has not arrived: once the server has read it, the
+/// answer is the token's, never a cancelled store open.
 async fn hello(
     shared: &Shared,
     conn: &Connection,
@@ -538,15 +535,26 @@ async fn hello(
     recv: &mut RecvStream,
     buf: &mut Vec<u8>,
     deadline: tokio::time::Instant,
+    pending: Pending,
 ) -> Option<Welcomed> {
     let remote = conn.remote_address();
     let refuse = |code, message: String| error(code, message, true);
     let bytes_in = &shared.state.metrics.quic.bytes_in_total;
-    let first = tokio::time::timeout_at(
-        deadline,
-        read_frame::<ClientMessage>(recv, HELLO_BYTES_MAX, None, Some(bytes_in)),
-    )
-    .await;
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(
+            deadline,
+            read_frame::<ClientMessage>(recv, HELLO_BYTES_MAX, None, Some(bytes_in)),
+        ) => first,
+        () = pending.evicted() => {
+            let msg = refuse(
+                ErrorCode::Unavailable,
+                "too many connections are waiting to authenticate; send Hello at once after connecting, and retry".into(),
+            );
+            refuse_connection(conn, send, buf, msg).await;
+            return None;
+        }
+    };
+    drop(pending);
     let hello = match first {
         Err(_) => Err(refuse(
             ErrorCode::Unexpected,
@@ -587,6 +595,10 @@ async fn hello(
             } else {
                 match shared.state.check(token.as_deref(), &name, remote.ip()) {
                     Ok(grant) => Ok((name, client, grant)),
+                    // Waiting out the throttle is the remedy: retryable.
+                    Err(e @ AuthError::TooManyFailures { .. }) => {
+                        Err(refuse(ErrorCode::Unavailable, e.to_string()))
+                    }
                     Err(e) => Err(refuse(ErrorCode::Unauthorized, e.to_string())),
                 }
             }

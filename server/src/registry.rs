@@ -465,10 +465,16 @@ impl Registry {
             .cloned()
     }
 
-    /// Closes every store, all at once: stops the committers, then syncs
-    /// and closes each store and its views on its own thread. Nothing
+    /// Closes every store, [`CLOSE_THREADS_MAX`] at a time: stops each
+    /// committer, then syncs and closes the store and its views. Nothing
     /// acknowledged is lost (acknowledged means synced already).
     pub fn close(&self) {
+        self.close_with(CLOSE_THREADS_MAX);
+    }
+
+    /// [`Registry::close`] by at most `threads` threads (1: one store after
+    /// another, the baseline of the `server_shutdown` benchmark).
+    pub fn close_with(&self, threads: usize) {
         let stores: Vec<Arc<Hosted>> = self
             .stores
             .lock()
@@ -476,11 +482,11 @@ impl Registry {
             .drain()
             .map(|(_, h)| h)
             .collect();
-        // Several at once (each close mostly waits on its disk and its
-        // threads), by at most CLOSE_THREADS_MAX threads.
+        // Several at once: each close mostly waits on its disk and on its
+        // threads ending.
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {
-            for _ in 0..stores.len().min(CLOSE_THREADS_MAX) {
+            for _ in 0..stores.len().min(threads.max(1)) {
                 scope.spawn(|| {
                     while let Some(h) = stores.get(next.fetch_add(1, Ordering::Relaxed)) {
                         h.stop_committer();

@@ -76,7 +76,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use crate::AppState;
 use crate::admission::Pending;
 use crate::auth::{AuthError, Grant};
-use crate::http::ReadBudget;
+use crate::http::{Place, ReadBudget};
 use crate::metrics::Held;
 use crate::registry::{DEFAULT_STORE, Hosted, validate_store_name};
 
@@ -148,6 +148,7 @@ async fn upgrade(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     budget: Option<Extension<ReadBudget>>,
+    place: Option<Extension<Place>>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -212,6 +213,8 @@ async fn upgrade(
                 peer,
                 budget: budget.map(|Extension(b)| b),
             };
+            // The HTTP connection's place stays taken while this lives.
+            let _place = place;
             conn.run(admission).await;
         })
 }
@@ -299,8 +302,17 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
     (!host.is_empty()).then_some((host, port))
 }
 
+/// `localhost`, or a loopback address written as an IP (127.0.0.0/8,
+/// `[::1]`): names a DNS answer cannot re-point.
 fn is_loopback_name(host: &str) -> bool {
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    if host == "localhost" {
+        return true;
+    }
+    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().map(std::net::IpAddr::V6),
+        None => host.parse::<std::net::Ipv4Addr>().map(std::net::IpAddr::V4),
+    };
+    ip.is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a `Host` header names this machine's loopback (any port): what
@@ -510,18 +522,24 @@ impl Connection {
                 tracing::error!(store = %self.store, error = %e, "refused /ws: store");
                 let reason = format!("store {:?} cannot be opened; retry later", self.store);
                 self.send(error_json("unavailable", &reason, None)).await?;
-                Err(End::Refused(reason))
+                Err(End::Busy(reason))
             }
         }
     }
 
-    /// Tells the client its token was refused; the connection ends.
+    /// Tells the client its token was refused; the connection ends. A
+    /// throttled address is told `unavailable` (close 1013): waiting is
+    /// its remedy, not another token.
     async fn refuse_auth(&mut self, e: &AuthError) -> End {
         let reason = e.to_string();
-        if let Err(end) = self.send(error_json("unauthorized", &reason, None)).await {
+        let (code, end) = match e {
+            AuthError::TooManyFailures { .. } => ("unavailable", End::Busy(reason.clone())),
+            _ => ("unauthorized", End::Refused(reason.clone())),
+        };
+        if let Err(end) = self.send(error_json(code, &reason, None)).await {
             return end;
         }
-        End::Refused(reason)
+        end
     }
 
     /// Waits for the client's `auth` message; other messages get an
@@ -781,12 +799,16 @@ mod tests {
             "https://localhost:8443",
             "http://[::1]:9",
             "HTTP://LOCALHOST:1",
+            "http://127.0.0.2",
+            "http://[0:0:0:0:0:0:0:1]:5",
         ] {
             assert!(ok(o, Some("strata.example"), false), "{o}");
             assert!(ok(o, None, true), "{o}");
         }
         for o in [
-            "http://127.0.0.2",
+            "http://128.0.0.1",
+            "http://[::2]",
+            "http://0x7f.0.0.1",
             "http://localhost.evil.com",
             "http://127.0.0.1.evil.com",
             "file://localhost",
@@ -823,6 +845,29 @@ mod tests {
             Some("strata.example"),
             false
         ));
+    }
+
+    #[test]
+    fn loopback_hosts_are_loopback_names_or_addresses_only() {
+        for h in [
+            "localhost",
+            "LocalHost:80",
+            "127.0.0.1:8080",
+            "127.9.9.9",
+            "[::1]:1",
+        ] {
+            assert!(is_loopback_authority(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "127.0.0.1.nip.io",
+            "localhost.",
+            "[::1",
+            "",
+            "10.0.0.1:1",
+        ] {
+            assert!(!is_loopback_authority(h), "{h}");
+        }
     }
 
     #[test]

@@ -350,8 +350,37 @@ async fn event_pages_are_capped_in_bytes() {
                 .unwrap();
         }
         store.close().unwrap();
+        // One batch of five: pages cut through it.
+        let store = Store::open(data.path().join("batched"), Options::default()).unwrap();
+        let batch = (0..5).map(|i| NewEvent::new("Small", format!("{{\"i\":{i}}}").into_bytes()));
+        store
+            .append("one", ExpectedVersion::Exact(0), batch.collect())
+            .unwrap();
+        store.close().unwrap();
     }
     let server = start_in(data, |_| {}).await;
+    // `limit` is kept inside a batch, and the next page starts where this
+    // one stopped: nothing skipped, nothing twice.
+    let mut from = 0u64;
+    let mut seen = Vec::new();
+    loop {
+        let r = http_get(
+            server.addr,
+            &format!("/events?store=batched&from={from}&limit=2"),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let events: Vec<Value> = serde_json::from_slice(&r.body).unwrap();
+        assert!(events.len() <= 2, "{} events for limit=2", events.len());
+        seen.extend(events.iter().map(|e| e["version"].as_u64().unwrap()));
+        match r.header("strata-next-from") {
+            Some(next) => from = next.parse().unwrap(),
+            None => break,
+        }
+        assert!(seen.len() <= 5, "pages never end: {seen:?}");
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
     let mut from = 1u64;
     let mut seen = Vec::new();
     let mut pages = 0;
@@ -805,6 +834,31 @@ async fn failed_authentications_are_throttled_per_address() {
     assert_eq!(from(ATTACKER, ADMIN).await, 429);
     assert_eq!(from(ATTACKER_2, ADMIN).await, 200);
     assert_eq!(from(CLIENT, READER).await, 200);
+    // The throttle is the remedy's kind of refusal on the sync transports
+    // too: "unavailable", retry later, not "your token is wrong".
+    let (_endpoint, _conn, mut qsend, mut recv) = quic_raw(&server, ATTACKER).await;
+    quic_send(&mut qsend, &hello(Some(ADMIN))).await;
+    match quic_recv(&mut recv).await {
+        Some(ServerMessage::Error {
+            code: ErrorCode::Unavailable,
+            fatal: true,
+            message,
+        }) => assert!(message.contains("too many failed attempts"), "{message}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let tcp = connect_from(ATTACKER, server.addr).await.unwrap();
+    let url = format!("ws://{}/ws", server.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    send(&mut ws, &json!({"type": "auth", "token": ADMIN})).await;
+    let refusal = expect_error(&mut ws, "unavailable").await;
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many failed attempts")),
+        "{refusal}"
+    );
+    let close = recv_close(&mut ws).await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1013);
     let text = metrics(&server).await;
     assert!(
         series(&text, "strata_auth_failures_total").unwrap() >= 20.0,

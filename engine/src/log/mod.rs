@@ -325,12 +325,19 @@ impl Log {
     /// Blocks until the visible position exceeds `position`, the timeout
     /// passes, or the log is closed. Returns the visible position.
     pub fn wait_beyond(&self, position: u64, timeout: Duration) -> u64 {
+        self.wait_beyond_unless(position, timeout, &AtomicBool::new(false))
+    }
+
+    /// [`Log::wait_beyond`] that also returns once `stop` is set. `stop` is
+    /// read under the wait's lock, so a stopper that sets it and then calls
+    /// [`Log::wake_all`] is never missed.
+    pub fn wait_beyond_unless(&self, position: u64, timeout: Duration, stop: &AtomicBool) -> u64 {
         let v = &self.shared.visible;
         let deadline = Instant::now() + timeout;
         let mut guard = lock(&v.lock);
         loop {
             let now = v.get();
-            if now > position || v.closed.load(Ordering::Acquire) {
+            if now > position || v.closed.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
                 return now;
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -150,7 +150,7 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever a view is built, swapped or fails.
     changed: Condvar,
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -515,7 +515,7 @@ impl Views {
                     cursor: None,
                 }),
                 changed: Condvar::new(),
-                stop: AtomicBool::new(false),
+                stop: Arc::new(AtomicBool::new(false)),
                 thread: Mutex::new(None),
             }),
         };
@@ -1167,8 +1167,16 @@ fn follow(inner: std::sync::Weak<Inner>) {
                 .unwrap_or(head)
         };
         let log = strong.log.clone();
+        let stop = strong.stop.clone();
         drop(strong);
-        if applied >= head && log.wait_beyond(head, FOLLOW_WAKE) > head && !log.is_closed() {
+        // The stop flag is checked under the log's wait lock, so a close
+        // that comes between the check at the top and this wait is not
+        // missed (it would cost up to FOLLOW_WAKE).
+        if applied >= head
+            && log.wait_beyond_unless(head, FOLLOW_WAKE, &stop) > head
+            && !log.is_closed()
+            && !stop.load(Ordering::Acquire)
+        {
             std::thread::sleep(FOLLOW_GATHER);
         }
         if log.is_closed() {
