@@ -24,6 +24,7 @@ pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod client;
+pub mod pg;
 pub mod quic;
 pub mod registry;
 pub mod tls;
