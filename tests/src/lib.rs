@@ -1,5 +1,8 @@
 //! Helpers shared by the end-to-end tests: where the workspace and the
-//! `strata` binary are, and the "pairs" workload of the readers tests.
+//! `strata` binary are, the "pairs" workload of the readers tests, and a
+//! temporary PostgreSQL ([`pg::PgCluster`]).
+
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
