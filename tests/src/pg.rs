@@ -307,16 +307,20 @@ fn os_user_ids(user: &str) -> (u32, u32) {
 /// newest version under [`DEBIAN_PG_LIB`]. Panics, saying how to install
 /// PostgreSQL, when there is none.
 pub fn pg_bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(PG_BIN_ENV) {
+    find_pg_bin(std::env::var_os(PG_BIN_ENV), Path::new(DEBIAN_PG_LIB))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_pg_bin(env: Option<std::ffi::OsString>, lib: &Path) -> Result<PathBuf, String> {
+    if let Some(dir) = env {
         let dir = PathBuf::from(dir);
-        assert!(
-            dir.join("initdb").exists(),
-            "{PG_BIN_ENV}={} has no initdb",
-            dir.display()
-        );
-        return dir;
+        return if dir.join("initdb").exists() {
+            Ok(dir)
+        } else {
+            Err(format!("{PG_BIN_ENV}={} has no initdb", dir.display()))
+        };
     }
-    let newest = std::fs::read_dir(DEBIAN_PG_LIB)
+    let newest = std::fs::read_dir(lib)
         .into_iter()
         .flatten()
         .flatten()
@@ -326,10 +330,40 @@ pub fn pg_bin_dir() -> PathBuf {
             bin.join("initdb").exists().then_some((version, bin))
         })
         .max();
-    match newest {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "PostgreSQL is not installed (no {DEBIAN_PG_LIB}/<version>/bin/initdb): the PostgreSQL tests need it; install Debian's package (apt-get install -y postgresql), as .ci/run does, or set {PG_BIN_ENV} to the directory of initdb, pg_ctl and psql"
-        ),
+    newest.map(|(_, bin)| bin).ok_or_else(|| {
+        format!(
+            "PostgreSQL is not installed (no {}/<version>/bin/initdb): the PostgreSQL tests need it; install Debian's package (apt-get install -y postgresql), as .ci/run does, or set {PG_BIN_ENV} to the directory of initdb, pg_ctl and psql",
+            lib.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_postgresql_the_error_says_how_to_install_it() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_pg_bin(None, empty.path()).unwrap_err();
+        assert!(err.contains("PostgreSQL is not installed"), "{err}");
+        assert!(err.contains("apt-get install -y postgresql"), "{err}");
+        assert!(err.contains(".ci/run"), "{err}");
+    }
+
+    #[test]
+    fn the_newest_installed_version_is_chosen() {
+        let lib = tempfile::tempdir().unwrap();
+        for v in ["9", "15", "13", "notaversion"] {
+            let bin = lib.path().join(v).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+        }
+        // A newer version without initdb (a client-only install) is skipped.
+        std::fs::create_dir_all(lib.path().join("17/bin")).unwrap();
+        assert_eq!(
+            find_pg_bin(None, lib.path()).unwrap(),
+            lib.path().join("15/bin")
+        );
     }
 }
