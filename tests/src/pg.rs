@@ -4,6 +4,11 @@
 //! only on a Unix socket in its own temporary directory (no port to
 //! collide with), and stopped and deleted when dropped.
 //!
+//! A watchdog process stops the cluster and deletes its directory when the
+//! test process ends, however it ends (a panic, an abort, a kill): so the
+//! cluster that a test binary's tests share ([`PgCluster::shared`]), which
+//! no drop reaches, is torn down too, and nothing is left running.
+//!
 //! PostgreSQL refuses to run as root, and CI runs as root: then every
 //! PostgreSQL command runs as the `postgres` user the package creates
 //! (`runuser -u postgres --`), in a directory handed to that user.
@@ -17,9 +22,9 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Mutex, OnceLock};
 
 /// Environment variable naming the directory of `initdb`, `pg_ctl` and
 /// `psql`, when they are not in Debian's place.
@@ -35,6 +40,8 @@ pub const PG_SUPERUSER: &str = "postgres";
 pub const PG_PORT: u16 = 5432;
 /// Longest `pg_ctl` waits for the server to start or stop.
 pub const PG_CTL_WAIT_S: u32 = 60;
+/// How often the watchdog looks whether the test process is still there.
+const WATCHDOG_POLL_S: f32 = 0.2;
 /// Longest path of the socket directory: a Unix socket's path must fit in
 /// 107 bytes, and `/.s.PGSQL.5432` follows it.
 const SOCKET_DIR_BYTES_MAX: usize = 80;
@@ -56,6 +63,8 @@ pub struct PgCluster {
     settings: Vec<(String, String)>,
     running: AtomicBool,
     next_db: AtomicU64,
+    /// Stops the cluster when the process ends; a drop stops it first.
+    watchdog: Mutex<Option<Child>>,
 }
 
 impl PgCluster {
@@ -100,6 +109,7 @@ impl PgCluster {
                 .collect(),
             running: AtomicBool::new(false),
             next_db: AtomicU64::new(1),
+            watchdog: Mutex::new(None),
         };
         let data = cluster.data_dir();
         let out = cluster.run(
@@ -123,23 +133,42 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let watchdog = cluster.start_watchdog();
+        *cluster.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = Some(watchdog);
         cluster.start_again();
         cluster
     }
 
     /// The cluster this process's tests share: started by the first test
-    /// that asks, stopped when the last one holding it is done (a later
-    /// test then starts a new one). Each test makes its own database in it
-    /// ([`PgCluster::create_database`]).
-    pub fn shared() -> Arc<PgCluster> {
-        static SHARED: Mutex<Weak<PgCluster>> = Mutex::new(Weak::new());
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = shared.upgrade() {
-            return c;
-        }
-        let c = Arc::new(PgCluster::start());
-        *shared = Arc::downgrade(&c);
-        c
+    /// that asks, stopped by its watchdog when the process ends. Each test
+    /// makes its own database in it ([`PgCluster::create_database`]).
+    pub fn shared() -> &'static PgCluster {
+        static SHARED: OnceLock<PgCluster> = OnceLock::new();
+        SHARED.get_or_init(PgCluster::start)
+    }
+
+    /// Starts the watchdog: a shell that waits for this process to end,
+    /// then stops the server and deletes the directory.
+    fn start_watchdog(&self) -> Child {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let script = format!(
+            "while kill -0 \"$1\" 2>/dev/null; do sleep {WATCHDOG_POLL_S}; done; {} \"$2\" -D \"$3\" stop -m immediate -w >/dev/null 2>&1; rm -rf \"$4\"",
+            match self.run_as {
+                Some(user) => format!("runuser -u {user} --"),
+                None => String::new(),
+            }
+        );
+        Command::new("sh")
+            .args(["-c", &script, "strata-pg-watchdog"])
+            .arg(std::process::id().to_string())
+            .arg(&pg_ctl)
+            .arg(self.data_dir())
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the cluster's watchdog (sh)")
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -270,6 +299,13 @@ impl Drop for PgCluster {
         if self.running.swap(false, Ordering::AcqRel) {
             // Immediate: nothing of a test cluster needs to survive.
             let _ = self.pg_ctl(&["stop", "-m", "immediate"]);
+        }
+        // Stopped: the watchdog has nothing left to do (the directory goes
+        // with the TempDir).
+        let watchdog = self.watchdog.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut w) = watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
         }
     }
 }

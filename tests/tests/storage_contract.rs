@@ -71,7 +71,7 @@ struct Postgres {
     log: PgLog,
     rt: tokio::runtime::Runtime,
     db_name: String,
-    cluster: Arc<PgCluster>,
+    cluster: &'static PgCluster,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -877,4 +877,94 @@ fn postgres_a_newer_schema_is_refused_and_migrations_run_once() {
         cluster.sql(&db, "SELECT count(*) FROM strata_schema"),
         (SCHEMA_VERSION + 1).to_string()
     );
+}
+
+/// Stores in one database are separate logs: each has its own id and its
+/// own positions from 1, and reads one store's events only.
+#[test]
+fn postgres_stores_in_one_database_are_separate_logs() {
+    let pg = Postgres::new();
+    let db = pg.log.database();
+    let other = db.open_log("other").unwrap();
+    assert_ne!(other.store_id(), pg.log.store_id());
+    let a = [event("a", 1), event("a", 2)];
+    commit(&pg.log, &[push(&a)]);
+    // The same ids and aggregate in another store are other events.
+    let r = commit(&other, &[push(&a[..1])]);
+    assert_eq!(placed(&r.outcomes[0])[0].position, 1);
+    assert_eq!((pg.log.head().unwrap(), other.head().unwrap()), (2, 1));
+    assert_eq!(read_all(&other).len(), 1);
+    assert_eq!(read_all(&pg.log).len(), 2);
+    let err = db.open_log("Not Valid").unwrap_err();
+    assert!(matches!(err, PgError::BadStoreName { .. }), "{err}");
+}
+
+/// What the log finds broken in the database is reported as damage, with
+/// where; never handed out as an event.
+#[test]
+fn postgres_a_bad_row_is_reported_as_damage() {
+    let pg = Postgres::new();
+    commit(&pg.log, &[push(&[event("a", 1)])]);
+    pg.sql("UPDATE strata_events SET hlc = 'not a clock' WHERE position = 1");
+    let err = pg.log.read(1, 10, 1 << 20).unwrap_err();
+    assert!(
+        matches!(&err, strata::sync::StorageError::Damaged { .. }),
+        "{err:?}"
+    );
+    assert!(err.detail().contains("position 1"), "{}", err.detail());
+}
+
+/// The database goes away under a node and comes back: calls fail as
+/// unavailable meanwhile (the sync core answers `Unavailable` and clients
+/// retry), then work again without reconnecting the node by hand; the
+/// listener reconnects by itself and hears commits again.
+#[test]
+fn postgres_a_restarted_database_is_unavailable_then_serves_again() {
+    // A cluster of its own: the shared one must not stop under other tests.
+    let cluster = PgCluster::start();
+    let db_name = cluster.create_database();
+    let rt = runtime();
+    let mut config = PgConfig::new(cluster.url(&db_name));
+    config.connect_timeout = Duration::from_secs(2);
+    let db = rt.block_on(PgDatabase::connect(config)).unwrap();
+    let log = db.open_log(STORE).unwrap();
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let heard = updates.clone();
+    let listener = db.listen(
+        ListenerConfig {
+            poll_interval: Duration::from_secs(3600),
+            reconnect_delay: Duration::from_millis(50),
+        },
+        move |u| heard.lock().unwrap().push(u),
+    );
+    commit(&log, &[push(&[event("a", 1)])]);
+    wait_for(&updates, |u| u.head == 1, "a commit before the restart");
+
+    cluster.stop();
+    let held = event("a", 2);
+    let err = log
+        .append_pushes(&[push(std::slice::from_ref(&held))])
+        .unwrap_err();
+    assert!(
+        matches!(err, strata::sync::StorageError::Unavailable { .. }),
+        "{err:?}"
+    );
+    assert!(log.read(1, 10, 1 << 20).is_err());
+    cluster.start_again();
+
+    // Connections the restart closed are replaced as they are found closed.
+    let deadline = Instant::now() + LISTEN_DEADLINE;
+    let r = loop {
+        match log.append_pushes(&[push(std::slice::from_ref(&held))]) {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "still failing: {e:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(placed(&r.outcomes[0])[0].position, 2);
+    wait_for(&updates, |u| u.head == 2, "a commit after the restart");
+    assert!(listener.connections() >= 2);
+    assert_eq!(read_all(&log).len(), 2);
 }

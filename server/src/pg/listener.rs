@@ -114,7 +114,8 @@ impl HeadListener {
         HeadListener { task, stats }
     }
 
-    /// Whether the listening connection is up now.
+    /// Whether the listening connection is up now (listening, and caught
+    /// up with every head committed before it listened).
     pub fn is_connected(&self) -> bool {
         self.stats.connected.load(Ordering::Acquire)
     }
@@ -195,32 +196,44 @@ async fn listen_once(
         .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
         .await
         .map_err(pg_err)?;
-    stats.connected.store(true, Ordering::Release);
-    stats.connects.fetch_add(1, Ordering::AcqRel);
     let poll = client
         .prepare("SELECT name, head FROM strata_stores")
         .await
         .map_err(pg_err)?;
-    let mut ticks = tokio::time::interval(config.poll_interval);
+    let poll_heads = async |reported: &mut HashMap<String, u64>| -> Result<(), String> {
+        // Bounded: a connection that stopped answering (a broken network
+        // keeps no promise to say so) is replaced.
+        let rows = tokio::time::timeout(super::OPERATION_TIMEOUT, client.query(&poll, &[]))
+            .await
+            .map_err(|_| {
+                format!(
+                    "reading the heads took longer than {:?}",
+                    super::OPERATION_TIMEOUT
+                )
+            })?
+            .map_err(pg_err)?;
+        for row in rows {
+            let (store, head): (String, i64) = (row.get(0), row.get(1));
+            if let Ok(head) = u64::try_from(head) {
+                report(on_head, reported, store, head, super::HeadSource::Poll);
+            }
+        }
+        Ok(())
+    };
+    // Listening now: whatever commits from here on is notified. What
+    // committed before (while no connection listened) is read once; then
+    // the listener counts as connected.
+    poll_heads(reported).await?;
+    stats.connected.store(true, Ordering::Release);
+    stats.connects.fetch_add(1, Ordering::AcqRel);
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.poll_interval,
+        config.poll_interval,
+    );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            // The first tick is at once: notifications may have been lost
-            // before this connection listened.
-            _ = ticks.tick() => {
-                // Bounded: a connection that stopped answering (a broken
-                // network keeps no promise to say so) is replaced.
-                let rows = tokio::time::timeout(super::OPERATION_TIMEOUT, client.query(&poll, &[]))
-                    .await
-                    .map_err(|_| format!("reading the heads took longer than {:?}", super::OPERATION_TIMEOUT))?
-                    .map_err(pg_err)?;
-                for row in rows {
-                    let (store, head): (String, i64) = (row.get(0), row.get(1));
-                    if let Ok(head) = u64::try_from(head) {
-                        report(on_head, reported, store, head, super::HeadSource::Poll);
-                    }
-                }
-            }
+            _ = ticks.tick() => poll_heads(reported).await?,
             m = rx.recv() => match m {
                 Some(Ok(AsyncMessage::Notification(n))) if n.channel() == NOTIFY_CHANNEL => {
                     match n.payload().rsplit_once(':').map(|(s, h)| (s, h.parse::<u64>())) {
