@@ -808,6 +808,10 @@ fn postgres_an_unreachable_database_is_a_clear_error() {
     );
     assert!(msg.contains("check that PostgreSQL is running"), "{msg}");
     assert!(
+        msg.contains("Connection refused"),
+        "the cause is named: {msg}"
+    );
+    assert!(
         !msg.contains("hunter2"),
         "the password is never shown: {msg}"
     );

@@ -260,6 +260,14 @@ fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// A pool's error in one line (a connection's with its causes).
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(source) => describe(source),
+        other => other.to_string(),
+    }
+}
+
 /// What to do about an error, when its SQLSTATE says.
 fn hint_for(e: &tokio_postgres::Error) -> Option<&'static str> {
     let code = e.code()?;
@@ -547,7 +555,7 @@ fn unreachable_error(target: &str, timeout: Duration, e: deadpool_postgres::Pool
     use deadpool_postgres::PoolError;
     let (reason, hint) = match &e {
         PoolError::Backend(source) => (
-            describe(source),
+            describe_pool(&e),
             hint_for(source).unwrap_or(
                 "check that PostgreSQL is running and that the database URL (--database-url, STRATA_DATABASE_URL) names its host, port and database",
             ),
@@ -672,7 +680,7 @@ impl PgLog {
         db.handle.block_on(async {
             let mut client: Object =
                 db.pool.get().await.map_err(|e| StorageError::Unavailable {
-                    reason: format!("no database connection for {action}: {e}"),
+                    reason: format!("no database connection for {action}: {}", describe_pool(&e)),
                 })?;
             let outcome = tokio::time::timeout(OPERATION_TIMEOUT, op(&mut client)).await;
             match outcome {
