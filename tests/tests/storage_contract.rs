@@ -679,13 +679,15 @@ fn postgres_listener_hears_other_nodes_commits() {
     let other = pg.node();
     let updates = Arc::new(Mutex::new(Vec::new()));
     let heard = updates.clone();
-    let listener = other.listen(
-        ListenerConfig {
-            poll_interval: Duration::from_secs(3600),
-            reconnect_delay: Duration::from_millis(50),
-        },
-        move |u| heard.lock().unwrap().push(u),
-    );
+    let listener = other
+        .listen(
+            ListenerConfig {
+                poll_interval: Duration::from_secs(3600),
+                reconnect_delay: Duration::from_millis(50),
+            },
+            move |u| heard.lock().unwrap().push(u),
+        )
+        .unwrap();
     let deadline = Instant::now() + LISTEN_DEADLINE;
     while !listener.is_connected() {
         assert!(Instant::now() < deadline, "the listener did not connect");
@@ -728,13 +730,15 @@ fn postgres_listener_hears_other_nodes_commits() {
     // store of its own by hand, which only a test may do.
     let polled = Arc::new(Mutex::new(Vec::new()));
     let heard = polled.clone();
-    let _poller = other.listen(
-        ListenerConfig {
-            poll_interval: Duration::from_millis(100),
-            reconnect_delay: Duration::from_millis(50),
-        },
-        move |u| heard.lock().unwrap().push(u),
-    );
+    let _poller = other
+        .listen(
+            ListenerConfig {
+                poll_interval: Duration::from_millis(100),
+                reconnect_delay: Duration::from_millis(50),
+            },
+            move |u| heard.lock().unwrap().push(u),
+        )
+        .unwrap();
     other.open_log("quiet").unwrap();
     pg.sql("UPDATE strata_stores SET head = 7 WHERE name = 'quiet'");
     let u = wait_for(
@@ -901,6 +905,16 @@ fn postgres_stores_in_one_database_are_separate_logs() {
     assert_eq!(read_all(&pg.log).len(), 2);
     let err = db.open_log("Not Valid").unwrap_err();
     assert!(matches!(err, PgError::BadStoreName { .. }), "{err}");
+    let err = db
+        .listen(
+            ListenerConfig {
+                poll_interval: Duration::ZERO,
+                ..ListenerConfig::default()
+            },
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("poll_interval"), "{err}");
 }
 
 /// What the log finds broken in the database is reported as damage, with
@@ -934,13 +948,15 @@ fn postgres_a_restarted_database_is_unavailable_then_serves_again() {
     let log = db.open_log(STORE).unwrap();
     let updates = Arc::new(Mutex::new(Vec::new()));
     let heard = updates.clone();
-    let listener = db.listen(
-        ListenerConfig {
-            poll_interval: Duration::from_secs(3600),
-            reconnect_delay: Duration::from_millis(50),
-        },
-        move |u| heard.lock().unwrap().push(u),
-    );
+    let listener = db
+        .listen(
+            ListenerConfig {
+                poll_interval: Duration::from_secs(3600),
+                reconnect_delay: Duration::from_millis(50),
+            },
+            move |u| heard.lock().unwrap().push(u),
+        )
+        .unwrap();
     commit(&log, &[push(&[event("a", 1)])]);
     wait_for(&updates, |u| u.head == 1, "a commit before the restart");
 

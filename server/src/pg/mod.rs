@@ -23,10 +23,11 @@
 //! commit), gives notifications as messages of the connection (LISTEN), and
 //! runs on Tokio, which the server runs on already. deadpool-postgres adds
 //! a small pool with a per-connection statement cache and nothing else.
-//! sqlx was the alternative: its compile-time query checks need a database
-//! (or checked-in metadata) at build time, its pool and migrator bring
-//! more than needed, and it has no pipelining; the SQL here is a handful of
-//! fixed statements that the contract tests run against a real PostgreSQL.
+//! sqlx was the alternative: its compile-time checked queries need a
+//! database (or checked-in metadata) at build time, it brings its own pool,
+//! migrator and runtime layer, and it does not pipeline statements on one
+//! connection. The SQL here is a handful of fixed statements, which the
+//! contract tests run against a real PostgreSQL.
 //!
 //! # Gapless positions across nodes
 //!
@@ -533,13 +534,24 @@ impl PgDatabase {
         &self,
         config: ListenerConfig,
         on_head: impl Fn(HeadUpdate) + Send + Sync + 'static,
-    ) -> HeadListener {
-        HeadListener::start(
+    ) -> Result<HeadListener, PgError> {
+        for (name, value) in [
+            ("poll_interval", config.poll_interval),
+            ("reconnect_delay", config.reconnect_delay),
+        ] {
+            if value.is_zero() {
+                return Err(PgError::Setting {
+                    name,
+                    reason: "is 0, must be longer".into(),
+                });
+            }
+        }
+        Ok(HeadListener::start(
             &self.inner.handle,
             self.inner.pg.clone(),
             config,
             Arc::new(on_head),
-        )
+        ))
     }
 }
 
