@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use strata::event::{AGGREGATE_ID_BYTES_MAX_DEFAULT, EVENT_TYPE_BYTES_MAX_DEFAULT};
 use strata::hlc::DRIFT_MS_MAX_DEFAULT;
 use strata::sync::proto::{Placed, Proposal};
 use strata::sync::{CanonicalLog, CommitResult, PushOutcome};
@@ -495,6 +496,15 @@ fn payload_bytes_are_kept_verbatim(b: &dyn Backend) {
     // The same bytes again are the same events.
     let r2 = commit(log, &[push(&events)]);
     assert_eq!(placed(&r2.outcomes[0]), placed(&r.outcomes[0]));
+    // Names as long as the default limits allow.
+    let mut longest = event(&"\u{00e9}".repeat(AGGREGATE_ID_BYTES_MAX_DEFAULT / 2), 1);
+    longest.event_type = "t".repeat(EVENT_TYPE_BYTES_MAX_DEFAULT);
+    let r3 = commit(log, &[push(std::slice::from_ref(&longest))]);
+    assert_stored(
+        &log.read(r.head + 1, 10, usize::MAX).unwrap(),
+        std::slice::from_ref(&longest),
+        placed(&r3.outcomes[0]),
+    );
 }
 
 /// Reads return committed events in position order from any position:
@@ -835,6 +845,15 @@ fn postgres_an_unreachable_database_is_a_clear_error() {
         .block_on(PgDatabase::connect(PgConfig::new("postgres://[bad")))
         .unwrap_err();
     assert!(matches!(err, PgError::BadUrl { .. }), "{err}");
+
+    // Limits the database cannot hold are refused before connecting.
+    let mut config = PgConfig::new(cluster.url("postgres"));
+    config.limits.aggregate_id_bytes_max = 10_000;
+    let err = rt.block_on(PgDatabase::connect(config)).unwrap_err();
+    assert!(
+        err.to_string().contains("limits.aggregate_id_bytes_max"),
+        "{err}"
+    );
 }
 
 /// A schema newer than the binary is refused at start, saying what to do,

@@ -124,12 +124,18 @@ pub const INSERT_BYTES_MAX: usize = 32 << 20;
 /// text and byte fields (position, id, version, timestamp): about what it
 /// takes in a message.
 pub const READ_ROW_BYTES_OVERHEAD: i64 = 64;
+/// Longest aggregate id the backend takes ([`PgConfig::limits`] may not
+/// allow more): PostgreSQL's B-tree index on `(store, aggregate_id,
+/// version)` holds keys of at most about 2 700 bytes, and a longer one
+/// would fail its whole commit.
+pub const PG_AGGREGATE_ID_BYTES_MAX: usize = 2_000;
 /// The application name of the pool's connections (in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "strata-server";
 
 const _: () = assert!(STATEMENT_TIMEOUT.as_millis() < OPERATION_TIMEOUT.as_millis());
 const _: () = assert!(LOCK_TIMEOUT.as_millis() < STATEMENT_TIMEOUT.as_millis());
 const _: () = assert!(INSERT_BYTES_MAX < 1 << 30);
+const _: () = assert!(strata::event::AGGREGATE_ID_BYTES_MAX_DEFAULT <= PG_AGGREGATE_ID_BYTES_MAX);
 
 /// How a node reaches the database, and the log rules it enforces.
 /// Defaults: [`POOL_SIZE_DEFAULT`] connections, [`CONNECT_TIMEOUT_DEFAULT`],
@@ -362,6 +368,15 @@ impl PgDatabase {
             name: "limits",
             reason: e.to_string(),
         })?;
+        if config.limits.aggregate_id_bytes_max > PG_AGGREGATE_ID_BYTES_MAX {
+            return Err(PgError::Setting {
+                name: "limits.aggregate_id_bytes_max",
+                reason: format!(
+                    "is {}, more than the PostgreSQL backend's {PG_AGGREGATE_ID_BYTES_MAX} (its index on aggregate ids holds keys of about 2700 bytes at most); lower it",
+                    config.limits.aggregate_id_bytes_max
+                ),
+            });
+        }
         if config.pool_size_max == 0 {
             return Err(PgError::Setting {
                 name: "pool_size_max",
