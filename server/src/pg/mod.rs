@@ -649,8 +649,11 @@ impl std::fmt::Debug for PgLog {
 }
 
 const LOCK_SQL: &str = "SELECT head FROM strata_stores WHERE id = $1 FOR UPDATE";
-const HELD_SQL: &str =
-    "SELECT event_id, position, version, aggregate_id, event_type, event_data, metadata
+/// The events the log holds under some ids, their payloads by length and
+/// SHA-256 (`sha256` is in PostgreSQL from 11 on).
+const HELD_SQL: &str = "SELECT event_id, position, version, aggregate_id, event_type,
+            octet_length(event_data), sha256(event_data),
+            octet_length(metadata), sha256(metadata)
      FROM strata_events WHERE store = $1 AND event_id = ANY($2)";
 const VERSIONS_SQL: &str = "SELECT a.aggregate_id,
         (SELECT e.version FROM strata_events e
@@ -793,7 +796,20 @@ impl PgLog {
             head_row.ok_or_else(|| OpError::Damaged("its row in strata_stores is gone".into()))?;
         let head = to_u64(head_row.get(0), "head")?;
         let mut stored = HashMap::with_capacity(held_rows.len());
+        let fingerprint = |len: i32, sha256: &[u8]| -> Result<plan::Fingerprint, OpError> {
+            Ok(plan::Fingerprint {
+                len: u64::try_from(len)
+                    .map_err(|_| OpError::Damaged(format!("a payload length of {len}")))?,
+                sha256: sha256
+                    .try_into()
+                    .map_err(|_| OpError::Damaged("a SHA-256 that is not 32 bytes".into()))?,
+            })
+        };
         for r in held_rows {
+            let metadata = match (r.get::<_, Option<i32>>(7), r.get::<_, Option<&[u8]>>(8)) {
+                (Some(len), Some(sha256)) => Some(fingerprint(len, sha256)?),
+                _ => None,
+            };
             stored.insert(
                 r.get::<_, Uuid>(0),
                 plan::Stored {
@@ -801,8 +817,8 @@ impl PgLog {
                     version: to_u64(r.get(2), "version")?,
                     aggregate_id: r.get(3),
                     event_type: r.get(4),
-                    data: r.get(5),
-                    metadata: r.get(6),
+                    data: fingerprint(r.get(5), r.get(6))?,
+                    metadata,
                 },
             );
         }

@@ -33,15 +33,42 @@ use strata::sync::proto::{Placed, Proposal};
 use strata::sync::storage::{check_push, conflicts_of};
 use strata::{Error, Limits, Uuid};
 
-/// An event the log holds already, found by its id.
+/// An event the log holds already, found by its id. Its payloads are
+/// known by fingerprint only: a retry of a push (every replica retries its
+/// pending push after a reconnection) need not bring its megabytes back
+/// from the database to learn they are the same.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub position: u64,
     pub version: u64,
     pub aggregate_id: String,
     pub event_type: String,
-    pub data: Vec<u8>,
-    pub metadata: Option<Vec<u8>>,
+    pub data: Fingerprint,
+    pub metadata: Option<Fingerprint>,
+}
+
+/// The length and SHA-256 of a payload (PostgreSQL's `octet_length` and
+/// `sha256`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    pub len: u64,
+    pub sha256: [u8; 32],
+}
+
+impl Fingerprint {
+    pub(crate) fn of(bytes: &[u8]) -> Fingerprint {
+        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+        Fingerprint {
+            len: bytes.len() as u64,
+            sha256: digest.as_ref().try_into().expect("SHA-256 is 32 bytes"),
+        }
+    }
+
+    /// Whether `bytes` are the bytes fingerprinted (the length first: a
+    /// changed payload usually changes it, and costs no hashing).
+    fn matches(&self, bytes: &[u8]) -> bool {
+        self.len == bytes.len() as u64 && *self == Fingerprint::of(bytes)
+    }
 }
 
 /// A row to insert into `strata_events`.
@@ -83,9 +110,13 @@ pub(crate) struct Holdings<'s> {
 
 /// The fields two events under one id must share to be the same event, and
 /// those in which `attempt` differs from the held one (the names the
-/// embedded store's `Error::EventIdReused` uses).
-fn differences(held: (&str, &str, &[u8], Option<&[u8]>), attempt: &Proposal) -> Vec<&'static str> {
-    let (aggregate_id, event_type, data, metadata) = held;
+/// embedded store's `Error::EventIdReused` uses): `held` says whether each
+/// payload is the attempt's.
+fn differences(
+    (aggregate_id, event_type): (&str, &str),
+    (same_data, same_metadata): (bool, bool),
+    attempt: &Proposal,
+) -> Vec<&'static str> {
     let mut out = Vec::new();
     if aggregate_id != attempt.aggregate_id {
         out.push("aggregate_id");
@@ -93,10 +124,10 @@ fn differences(held: (&str, &str, &[u8], Option<&[u8]>), attempt: &Proposal) -> 
     if event_type != attempt.event_type {
         out.push("event_type");
     }
-    if data != attempt.data.as_slice() {
+    if !same_data {
         out.push("event_data");
     }
-    if metadata != attempt.metadata.as_deref() {
+    if !same_metadata {
         out.push("metadata");
     }
     out
@@ -138,27 +169,29 @@ pub(crate) fn plan<'a>(
             let held = match new_ids.get(&e.event_id) {
                 Some(&i) => {
                     let r = &rows[i];
+                    let same = (
+                        r.data == e.data.as_slice(),
+                        r.metadata == e.metadata.as_deref(),
+                    );
                     Some((
                         r.position,
                         r.version,
                         r.aggregate_id,
-                        differences((r.aggregate_id, r.event_type, r.data, r.metadata), e),
+                        differences((r.aggregate_id, r.event_type), same, e),
                     ))
                 }
                 None => log.stored.get(&e.event_id).map(|s| {
+                    let same_metadata = match (&s.metadata, &e.metadata) {
+                        (None, None) => true,
+                        (Some(f), Some(m)) => f.matches(m),
+                        _ => false,
+                    };
+                    let same = (s.data.matches(&e.data), same_metadata);
                     (
                         s.position,
                         s.version,
                         s.aggregate_id.as_str(),
-                        differences(
-                            (
-                                &s.aggregate_id,
-                                &s.event_type,
-                                &s.data,
-                                s.metadata.as_deref(),
-                            ),
-                            e,
-                        ),
+                        differences((&s.aggregate_id, &s.event_type), same, e),
                     )
                 }),
             };
@@ -339,6 +372,15 @@ mod tests {
             timestamp: Timestamp::from_parts(1_700_000_000_000, 0, "r").unwrap(),
             metadata: None,
         }
+    }
+
+    #[test]
+    fn a_fingerprint_matches_its_bytes_only() {
+        let f = Fingerprint::of(b"abc");
+        assert!(f.matches(b"abc"));
+        assert!(!f.matches(b"abd"));
+        assert!(!f.matches(b"abcd"));
+        assert!(Fingerprint::of(b"").matches(b""));
     }
 
     #[test]
