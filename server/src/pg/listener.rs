@@ -170,7 +170,17 @@ async fn listen_once(
     reported: &mut HashMap<String, u64>,
 ) -> Result<(), String> {
     let pg_err = |e: tokio_postgres::Error| super::describe(&e);
-    let (client, mut connection) = pg.connect(NoTls).await.map_err(pg_err)?;
+    // Every wait is bounded: a server (or network) that stopped answering
+    // keeps no promise to say so, and the listener must move on to a new
+    // connection.
+    let connect_timeout = pg
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(super::CONNECT_TIMEOUT_DEFAULT);
+    let (client, mut connection) = tokio::time::timeout(connect_timeout, pg.connect(NoTls))
+        .await
+        .map_err(|_| format!("no connection within {connect_timeout:?}"))?
+        .map_err(pg_err)?;
     // The connection must be polled for the client's queries to progress
     // and to receive notifications: a task forwards its messages.
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -192,26 +202,18 @@ async fn listen_once(
     }
     let _driver = Abort(driver);
 
-    client
-        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
-        .await
-        .map_err(pg_err)?;
-    let poll = client
-        .prepare("SELECT name, head FROM strata_stores")
-        .await
-        .map_err(pg_err)?;
+    bounded(
+        "LISTEN",
+        client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")),
+    )
+    .await?;
+    let poll = bounded(
+        "preparing the heads' query",
+        client.prepare("SELECT name, head FROM strata_stores"),
+    )
+    .await?;
     let poll_heads = async |reported: &mut HashMap<String, u64>| -> Result<(), String> {
-        // Bounded: a connection that stopped answering (a broken network
-        // keeps no promise to say so) is replaced.
-        let rows = tokio::time::timeout(super::OPERATION_TIMEOUT, client.query(&poll, &[]))
-            .await
-            .map_err(|_| {
-                format!(
-                    "reading the heads took longer than {:?}",
-                    super::OPERATION_TIMEOUT
-                )
-            })?
-            .map_err(pg_err)?;
+        let rows = bounded("reading the heads", client.query(&poll, &[])).await?;
         for row in rows {
             let (store, head): (String, i64) = (row.get(0), row.get(1));
             if let Ok(head) = u64::try_from(head) {
@@ -253,6 +255,17 @@ async fn listen_once(
             },
         }
     }
+}
+
+/// `f` within [`super::OPERATION_TIMEOUT`], its error in one line.
+async fn bounded<T>(
+    what: &str,
+    f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    tokio::time::timeout(super::OPERATION_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("{what} took longer than {:?}", super::OPERATION_TIMEOUT))?
+        .map_err(|e| super::describe(&e))
 }
 
 fn report(
