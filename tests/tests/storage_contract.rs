@@ -22,7 +22,8 @@ use strata::sync::proto::{Placed, Proposal};
 use strata::sync::{CanonicalLog, CommitResult, PushOutcome};
 use strata::{Event, Options, Store, Timestamp, Uuid};
 use strata_server::pg::{
-    HeadSource, HeadUpdate, ListenerConfig, PgConfig, PgDatabase, PgError, PgLog, SCHEMA_VERSION,
+    HeadSource, HeadUpdate, LISTENER_APPLICATION_NAME, ListenerConfig, PgConfig, PgDatabase,
+    PgError, PgLog, SCHEMA_VERSION,
 };
 use strata_tests::pg::PgCluster;
 
@@ -740,9 +741,9 @@ fn postgres_listener_hears_other_nodes_commits() {
     );
 
     // Kill the listening session: it reconnects, polls, and listens again.
-    let killed = pg.sql(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'strata-listener'",
-    );
+    let killed = pg.sql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{LISTENER_APPLICATION_NAME}'"
+    ));
     assert_eq!(killed, "1");
     let r = commit(&pg.log, &[push(&[event("a", 3)])]);
     wait_for(&updates, |u| u.head == r.head, "a commit after the kill");

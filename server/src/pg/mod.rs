@@ -85,7 +85,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 pub use listener::{
-    HeadListener, HeadSource, HeadUpdate, LISTEN_POLL_INTERVAL_DEFAULT, LISTEN_RECONNECT_DELAY_MAX,
+    HeadListener, HeadSource, HeadUpdate, LISTEN_POLL_INTERVAL_DEFAULT,
+    LISTEN_RECONNECT_DELAY_DEFAULT, LISTEN_RECONNECT_DELAY_MAX, LISTENER_APPLICATION_NAME,
     ListenerConfig,
 };
 pub use schema::SCHEMA_VERSION;
