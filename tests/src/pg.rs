@@ -78,8 +78,11 @@ impl PgCluster {
     pub fn start_with(settings: &[(&str, &str)]) -> PgCluster {
         let bin = pg_bin_dir();
         let run_as = running_as_root().then_some(PG_OS_USER);
+        // As root, /tmp whatever TMPDIR says: the postgres user must be able
+        // to reach the directory, and root's own temporary directory may be
+        // closed to it. Also /tmp when TMPDIR is too long for a socket path.
         let base = std::env::temp_dir();
-        let base = if base.as_os_str().len() > SOCKET_DIR_BYTES_MAX - 20 {
+        let base = if run_as.is_some() || base.as_os_str().len() > SOCKET_DIR_BYTES_MAX - 20 {
             PathBuf::from("/tmp")
         } else {
             base
