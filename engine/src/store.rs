@@ -1999,7 +1999,7 @@ fn corrupt_hlc(log: &Log, p: &Pointer, e: crate::hlc::HlcError) -> Error {
     })
 }
 
-fn check_batch(limits: &Limits, groups: &[AggregateEvents]) -> Result<(), InvalidInput> {
+pub(crate) fn check_batch(limits: &Limits, groups: &[AggregateEvents]) -> Result<(), InvalidInput> {
     let count: usize = groups.iter().map(|g| g.events.len()).sum();
     if count == 0 {
         return Err(InvalidInput::NoEvents);

@@ -924,11 +924,7 @@ async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBe
         .ok_or_else(|| failed("the default store is not open"))?;
     let stats = |h: &crate::registry::Hosted| {
         (
-            h.store
-                .log()
-                .stats()
-                .syncs
-                .load(std::sync::atomic::Ordering::Relaxed),
+            h.syncs().unwrap_or(0),
             h.stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         )
     };
@@ -948,7 +944,7 @@ async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBe
     }
     let elapsed = start.elapsed();
     let after = stats(&hosted);
-    let head = hosted.store.head();
+    let head = hosted.known_head();
     drop(hosted);
     let total = FANIN_REPLICAS as u64 * FANIN_PUSHES;
     if head != total {
@@ -1129,7 +1125,10 @@ async fn json_contention_run(
         .registry
         .get_open(crate::DEFAULT_STORE)
         .ok_or_else(|| failed("the default store is not open"))?;
-    let log = hosted.store.read_events(1, usize::MAX, usize::MAX)?;
+    let log = hosted
+        .embedded()
+        .ok_or_else(|| failed("the bench server's store is embedded"))?
+        .read_events(1, usize::MAX, usize::MAX)?;
     drop(hosted);
     let ids: HashSet<strata::Uuid> = log.iter().map(|e| e.event_id).collect();
     if log.len() as u64 != events
@@ -1195,11 +1194,12 @@ fn server_shutdown(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {
         ));
         for name in &names {
             let hosted = registry.get(name)?;
-            if hosted.store.head() == 0 {
+            let store = hosted
+                .embedded()
+                .ok_or_else(|| failed("the bench registry's stores are embedded"))?;
+            if store.head() == 0 {
                 let events = (0..4).map(|i| NewEvent::new("Noted", strata::bench::payload(i)));
-                hosted
-                    .store
-                    .append("a", ExpectedVersion::NoStream, events.collect())?;
+                store.append("a", ExpectedVersion::NoStream, events.collect())?;
             }
         }
         Ok(registry)

@@ -22,7 +22,7 @@
 //! and disk.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,11 @@ const _: () = assert!(BACKOFF_MIN.as_millis() <= BACKOFF_MAX_DEFAULT.as_millis()
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// `host:port` or `ip:port` of the server's QUIC endpoint (a `quic://`
-    /// prefix, as the server prints it, is accepted).
+    /// prefix, as the server prints it, is accepted). Several nodes of one
+    /// deployment (a PostgreSQL backend), separated by commas: a
+    /// connection goes to the first, and after each failure [`run`] tries
+    /// the next. A name that resolves to several addresses is taken the
+    /// same way.
     pub server: String,
     /// Name checked against the certificate with [`Trust::CaFile`] (and
     /// sent as SNI). Default `localhost`.
@@ -246,6 +250,9 @@ pub struct SyncClient {
     changed: Arc<Notify>,
     /// The server's head as last heard, for [`ClientOptions::pull_before_push`].
     server_head: Arc<AtomicU64>,
+    /// Which of the server's addresses the next connection goes to
+    /// (counts failures; taken modulo the number of addresses).
+    next_address: AtomicUsize,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -324,6 +331,7 @@ impl SyncClient {
             mismatch: client_tls.mismatch,
             changed,
             server_head: Arc::new(AtomicU64::new(0)),
+            next_address: AtomicUsize::new(0),
         })
     }
 
@@ -408,6 +416,8 @@ impl SyncClient {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sync interrupted; reconnecting");
+                    // The next attempt goes to the next address, if any.
+                    self.next_address.fetch_add(1, Ordering::Relaxed);
                     self.count(|r| {
                         r.failures += 1;
                         r.last_error = Some(e.to_string());
@@ -432,25 +442,36 @@ impl SyncClient {
         Ok(())
     }
 
+    /// The address the next connection goes to: of all the addresses of
+    /// [`ClientOptions::server`], in order, the one after as many failures
+    /// as there were.
     async fn resolve(&self) -> Result<SocketAddr, ClientError> {
         let server = &self.opts.server;
         let resolve_err = |reason: String| ClientError::Resolve {
             server: server.clone(),
             reason,
         };
-        // The server prints its endpoint as `quic://host:port`; take that
-        // form too.
-        let bare = server
-            .strip_prefix("quic://")
-            .unwrap_or(server)
-            .trim_end_matches('/');
-        if let Ok(addr) = bare.parse::<SocketAddr>() {
-            return Ok(addr);
+        let mut all = Vec::new();
+        for entry in server.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            // The server prints its endpoint as `quic://host:port`; take
+            // that form too.
+            let bare = entry
+                .strip_prefix("quic://")
+                .unwrap_or(entry)
+                .trim_end_matches('/');
+            if let Ok(addr) = bare.parse::<SocketAddr>() {
+                all.push(addr);
+                continue;
+            }
+            let addrs = tokio::net::lookup_host(bare)
+                .await
+                .map_err(|e| resolve_err(format!("{bare}: {e}; use host:port")))?;
+            all.extend(addrs);
         }
-        let mut addrs = tokio::net::lookup_host(bare)
-            .await
-            .map_err(|e| resolve_err(format!("{e}; use host:port")))?;
-        addrs.next().ok_or_else(|| resolve_err("no address".into()))
+        if all.is_empty() {
+            return Err(resolve_err("no address".into()));
+        }
+        Ok(all[self.next_address.load(Ordering::Relaxed) % all.len()])
     }
 
     /// Runs `f` on the core and the replica's storage on a blocking thread

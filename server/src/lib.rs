@@ -34,6 +34,7 @@ pub mod bench;
 pub mod client;
 pub mod http;
 pub mod metrics;
+pub mod pg;
 pub mod quic;
 pub mod registry;
 pub mod tls;
@@ -98,6 +99,31 @@ pub struct ServeArgs {
     /// Extra Origin allowed to open /ws (repeat for several).
     #[arg(long = "allow-origin")]
     pub allowed_origins: Vec<String>,
+    /// Where the stores' logs live: `embedded` (a directory per store
+    /// under --data) or `postgres` (one database that several nodes share;
+    /// needs --database-url).
+    #[arg(long, env = "STRATA_BACKEND", value_enum, default_value = "embedded")]
+    pub backend: BackendKind,
+    /// PostgreSQL connection string for --backend postgres
+    /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE).
+    #[arg(
+        long,
+        env = "STRATA_DATABASE_URL",
+        hide_env_values = true,
+        required_if_eq("backend", "postgres")
+    )]
+    pub database_url: Option<String>,
+    /// Most connections this node opens to PostgreSQL (one more listens
+    /// for other nodes' commits).
+    #[arg(long, env = "STRATA_DATABASE_POOL", default_value_t = pg::POOL_SIZE_DEFAULT)]
+    pub database_pool: usize,
+}
+
+/// The `--backend` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Embedded,
+    Postgres,
 }
 
 impl ServeArgs {
@@ -115,6 +141,15 @@ impl ServeArgs {
         };
         config.metrics = self.metrics;
         config.allowed_origins = self.allowed_origins;
+        if self.backend == BackendKind::Postgres {
+            let mut pg = pg::PgConfig::new(self.database_url.unwrap_or_default());
+            pg.pool_size_max = self.database_pool;
+            config.database = Some(pg);
+        } else if self.database_url.is_some() {
+            tracing::warn!(
+                "--database-url is not used: the backend is embedded (pass --backend postgres)"
+            );
+        }
         config
     }
 }
@@ -260,6 +295,12 @@ pub struct Config {
     /// How long one WebSocket send may take before `/ws` drops that
     /// (slow) client; default [`ws::SEND_TIMEOUT`].
     pub ws_send_timeout: std::time::Duration,
+    /// The PostgreSQL database that keeps every store's log, shared with
+    /// other nodes; `None` (the default): embedded stores under
+    /// `data_dir`, which then holds only the TLS identity.
+    pub database: Option<pg::PgConfig>,
+    /// How a PostgreSQL node hears of other nodes' commits.
+    pub listener: pg::ListenerConfig,
 }
 
 impl Config {
@@ -284,6 +325,8 @@ impl Config {
             http_header_timeout: http::HEADER_READ_TIMEOUT,
             sync: ServerConfig::default(),
             ws_send_timeout: ws::SEND_TIMEOUT,
+            database: None,
+            listener: pg::ListenerConfig::default(),
         }
     }
 
@@ -370,6 +413,14 @@ pub enum ServerError {
     },
     #[error("opening the views of store {name}: {message}")]
     Views { name: String, message: String },
+    #[error("{0}")]
+    Postgres(Box<pg::PgError>),
+    #[error("store {name}: {source}")]
+    Log {
+        name: String,
+        #[source]
+        source: strata::sync::StorageError,
+    },
     #[error("listening on {addr}: {source}; is another server running there?")]
     Bind {
         addr: SocketAddr,
@@ -486,7 +537,34 @@ pub async fn serve(
         action: "creating the data directory",
         source,
     })?;
-    let registry = Arc::new(Registry::new(config.data_dir.clone(), config.sync.clone()));
+    let backend = match &config.database {
+        None => registry::Backend::Embedded,
+        Some(pg) => registry::Backend::Postgres(
+            pg::PgDatabase::connect(pg.clone())
+                .await
+                .map_err(|e| ServerError::Postgres(Box::new(e)))?,
+        ),
+    };
+    let registry = Arc::new(Registry::with_backend(
+        config.data_dir.clone(),
+        config.sync.clone(),
+        backend,
+    ));
+    // Other nodes' commits wake this node's followers.
+    let _head_listener = match registry.backend() {
+        registry::Backend::Postgres(db) => {
+            let registry = Arc::downgrade(&registry);
+            let listener = db
+                .listen(config.listener.clone(), move |update| {
+                    if let Some(h) = registry.upgrade().and_then(|r| r.get_open(&update.store)) {
+                        h.learn_head(update.head);
+                    }
+                })
+                .map_err(|e| ServerError::Postgres(Box::new(e)))?;
+            Some(listener)
+        }
+        registry::Backend::Embedded => None,
+    };
     // Open the default store up front: errors show at start, not at the
     // first client.
     {
@@ -777,13 +855,22 @@ async fn health(
     if let Err(e) = state.check(token.as_deref(), &store, peer_ip(peer)) {
         return auth_refusal(&e);
     }
-    match open_existing(&state, store.clone()).await {
-        Ok(Some(h)) => Json(serde_json::json!({
-            "ok": true, "store": store, "head": h.store.head(), "store_id": h.store.store_id().to_string(),
+    let hosted = match open_existing(&state, store.clone()).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("no store {store:?} here")),
+        Err(r) => return r,
+    };
+    let log = hosted.log.clone();
+    match tokio::task::spawn_blocking(move || log.head()).await {
+        Ok(Ok(head)) => Json(serde_json::json!({
+            "ok": true, "store": store, "head": head, "store_id": hosted.log.store_id().to_string(),
         }))
         .into_response(),
-        Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no store {store:?} here")),
-        Err(r) => r,
+        Ok(Err(e)) => {
+            tracing::error!(store = %store, error = %e.detail(), "reading a head for /health");
+            refuse(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -861,16 +948,17 @@ async fn events(
     // Position 0 is before the first event.
     let from = q.from.max(1);
     let read = tokio::task::spawn_blocking(
-        move || -> Result<(Vec<EventJson>, u64, u64), strata::Error> {
-            let events = hosted
-                .store
-                .read_events(from, q.limit, EVENTS_PAGE_BYTES_MAX)?;
+        move || -> Result<(Vec<EventJson>, u64, u64), strata::sync::StorageError> {
+            // The head after the read: every event read is at or below
+            // it, so a next page exists when `next` is not past it.
+            let events = hosted.log.read(from, q.limit, EVENTS_PAGE_BYTES_MAX)?;
+            let head = hosted.log.head()?;
             // A read returns whole batches and may pass `limit`: the page
             // ends at `limit`, and the next starts right after it.
             let page = &events[..events.len().min(q.limit)];
             let next = page.last().map_or(from, |e| e.position + 1);
             let json: Vec<EventJson> = page.iter().map(EventJson::from).collect();
-            Ok((json, next, hosted.store.head()))
+            Ok((json, next, head))
         },
     )
     .await;
@@ -885,7 +973,7 @@ async fn events(
             response
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "reading events for GET /events");
+            tracing::error!(error = %e.detail(), "reading events for GET /events");
             refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the store cannot be read; retry later",
@@ -903,12 +991,8 @@ fn render_metrics(state: &AppState) -> Response {
             (
                 h.name.clone(),
                 &h.stats,
-                h.store
-                    .log()
-                    .stats()
-                    .syncs
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                h.store.head(),
+                h.syncs().unwrap_or(0),
+                h.known_head(),
                 h.client_count(),
             )
         })

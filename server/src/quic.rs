@@ -633,16 +633,9 @@ async fn hello(
     let registry = shared.state.registry.clone();
     let opened = {
         let name = name.clone();
-        tokio::task::spawn_blocking(move || {
-            if grant.write {
-                registry.get(&name).map(Some)
-            } else {
-                registry.get_existing(&name)
-            }
-        })
-        .await
+        tokio::task::spawn_blocking(move || registry.open_for_sync(&name, grant.write)).await
     };
-    let hosted = match opened {
+    let (hosted, head) = match opened {
         Ok(Ok(Some(h))) => h,
         Ok(Ok(None)) => {
             let msg = refuse(
@@ -674,8 +667,8 @@ async fn hello(
     });
     let welcome = ServerMessage::Welcome {
         protocol: PROTOCOL_VERSION,
-        store_id: hosted.store.store_id(),
-        head: hosted.store.head(),
+        store_id: hosted.log.store_id(),
+        head,
     };
     if send_message(shared, send, buf, &welcome).await.is_err() {
         conn.close(VarInt::from_u32(close::REFUSED), b"failed");
@@ -831,23 +824,22 @@ async fn write_loop(
         // wakes us below.
         let committed = *head.borrow_and_update();
         if let Some(from) = follow.filter(|&f| f <= committed) {
-            let store = hosted.store.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                match store.read_raw_records(from, max_bytes)? {
+            let log = hosted.log.clone();
+            let read =
+                tokio::task::spawn_blocking(move || match log.read_records(from, max_bytes)? {
                     Some((first, count, records)) => Ok(Some(ServerMessage::Records {
                         first_position: first,
                         count,
                         records,
                     })),
                     None => {
-                        let events = store.read_events(from, max_events, max_bytes)?;
-                        Ok::<_, strata::Error>(
+                        let events = log.read(from, max_events, max_bytes)?;
+                        Ok::<_, strata::sync::StorageError>(
                             (!events.is_empty()).then_some(ServerMessage::Events { events }),
                         )
                     }
-                }
-            })
-            .await;
+                })
+                .await;
             match read {
                 Ok(Ok(Some(msg))) => {
                     follow = Some(match &msg {
@@ -868,7 +860,7 @@ async fn write_loop(
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(store = %hosted.name, error = %e, "reading the log for a replica failed");
+                    tracing::error!(store = %hosted.name, error = %e.detail(), "reading the log for a replica failed");
                     let msg = error(
                         ErrorCode::Internal,
                         "the server could not read its log; retry later",

@@ -1,16 +1,20 @@
-//! The stores a server hosts: one embedded Strata store per name, each in
-//! its own directory under the data directory (per-store isolation), with
-//! its sync core, its server-side views, and its committer.
+//! The stores a server hosts, by name, each with its sync core and its
+//! committer. A store's log is kept by one of two backends ([`Backend`]):
+//! an embedded Strata store in its own directory under the data directory
+//! (per-store isolation; the default), with its server-side views; or one
+//! PostgreSQL database shared by several server nodes ([`crate::pg`]).
 //!
 //! A store's [`ServerCore`] does no I/O. [`Hosted`] is its shell: it hands
 //! the core what the transports receive (under the core's lock, which is
 //! held only for those state changes), routes what the core transmits to
 //! each connection's queue, and runs the committer, a thread of its own
-//! that carries out the core's group commits on the store (outside the
+//! that carries out the core's group commits on the log (outside the
 //! lock), hands the results back, and publishes the new head to the
 //! connections that follow the log. A thread rather than a task: it
-//! blocks in `fdatasync`, and it must not wait behind connection tasks in
-//! the runtime's queue between commits.
+//! blocks in `fdatasync` (or waits for the database's commit), and it must
+//! not wait behind connection tasks in the runtime's queue between
+//! commits. With PostgreSQL, heads that other nodes commit arrive through
+//! [`Hosted::learn_head`].
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -30,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ServerError;
 use crate::metrics::StoreMetrics;
+use crate::pg::PgDatabase;
 
 /// Longest store name.
 pub const STORE_NAME_BYTES_MAX: usize = 64;
@@ -65,11 +70,31 @@ pub fn validate_store_name(name: &str) -> Result<(), ServerError> {
     }
 }
 
+/// Where hosted stores keep their logs.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// Each store an embedded Strata store in `<data>/<name>`, with its
+    /// server-side views (the default).
+    #[default]
+    Embedded,
+    /// Every store's log in one PostgreSQL database, shared with the other
+    /// nodes connected to it. No server-side views: see docs/POSTGRES.md.
+    Postgres(PgDatabase),
+}
+
+/// What keeps one hosted store's log.
+enum Kept {
+    Embedded { store: Store, views: Views },
+    Postgres,
+}
+
 /// One hosted store.
 pub struct Hosted {
     pub name: String,
-    pub store: Store,
-    pub views: Views,
+    /// The canonical log: every read and commit of the transports goes
+    /// through it, whichever the backend.
+    pub log: Arc<dyn CanonicalLog>,
+    kept: Kept,
     core: Mutex<ServerCore>,
     /// Each connected client's queue of messages from the core.
     routes: Mutex<HashMap<ClientId, mpsc::Sender<ServerMessage>>>,
@@ -105,6 +130,44 @@ pub fn now_ms() -> u64 {
 }
 
 impl Hosted {
+    /// The embedded store, if this store's log is one.
+    pub fn embedded(&self) -> Option<&Store> {
+        match &self.kept {
+            Kept::Embedded { store, .. } => Some(store),
+            Kept::Postgres => None,
+        }
+    }
+
+    /// The log's `fdatasync` calls so far (embedded backend only: a
+    /// database flushes its WAL on its own).
+    pub fn syncs(&self) -> Option<u64> {
+        self.embedded()
+            .map(|s| s.log().stats().syncs.load(Ordering::Relaxed))
+    }
+
+    /// The last head this node knows: its own commits', and those other
+    /// nodes' commits it has heard of. Never blocks; a reader that must
+    /// not miss another node's commit asks the log ([`CanonicalLog::head`],
+    /// which blocks).
+    pub fn known_head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// Another node committed up to `head` (a shared log): the core answers
+    /// with at least this head, and followers on this node wake.
+    pub fn learn_head(&self, head: u64) {
+        self.drive(false, |core| core.handle_head(head));
+        self.publish_head(head);
+    }
+
+    fn publish_head(&self, head: u64) {
+        self.head_tx.send_if_modified(|h| {
+            let moved = head > *h;
+            *h = (*h).max(head);
+            moved
+        });
+    }
+
     fn core(&self) -> MutexGuard<'_, ServerCore> {
         // The core leaves its state consistent before anything that can
         // panic, so the state behind a poisoned lock is still valid.
@@ -125,13 +188,7 @@ impl Hosted {
         self.route(messages);
         for e in events {
             match e {
-                CoreEvent::HeadMoved { head } => {
-                    self.head_tx.send_if_modified(|h| {
-                        let moved = head > *h;
-                        *h = (*h).max(head);
-                        moved
-                    });
-                }
+                CoreEvent::HeadMoved { head } => self.publish_head(head),
                 other => tracing::debug!(store = %self.name, event = ?other, "core event"),
             }
         }
@@ -290,7 +347,7 @@ impl Hosted {
             };
             let count = commit.pushes.len() as u64;
             last_size = commit.pushes.len();
-            let result = self.store.append_pushes(&commit.pushes);
+            let result = self.log.append_pushes(&commit.pushes);
             if let Err(e) = &result {
                 tracing::error!(store = %self.name, error = %e.detail(), "a group commit failed");
             }
@@ -350,7 +407,12 @@ impl Drop for Registry {
 pub struct Registry {
     data_dir: PathBuf,
     sync: ServerConfig,
+    backend: Backend,
     stores: Mutex<HashMap<String, Arc<Hosted>>>,
+    /// Held while a store opens (files, or a database round trip that may
+    /// wait out a timeout), so that a store is opened once; `stores` is
+    /// locked only to look up and insert, so lookups never wait for it.
+    opening: Mutex<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -362,12 +424,23 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// Stores in embedded logs under `data_dir`.
     pub fn new(data_dir: PathBuf, sync: ServerConfig) -> Registry {
+        Registry::with_backend(data_dir, sync, Backend::Embedded)
+    }
+
+    pub fn with_backend(data_dir: PathBuf, sync: ServerConfig, backend: Backend) -> Registry {
         Registry {
             data_dir,
             sync,
+            backend,
             stores: Mutex::new(HashMap::new()),
+            opening: Mutex::new(()),
         }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub fn sync_config(&self) -> &ServerConfig {
@@ -375,35 +448,79 @@ impl Registry {
     }
 
     /// The hosted store `name`, opened (and created) on first use. Blocks
-    /// (it may open files): call from a blocking thread.
+    /// (it may open files or query the database): call from a blocking
+    /// thread.
     pub fn get(&self, name: &str) -> Result<Arc<Hosted>, ServerError> {
-        validate_store_name(name)?;
-        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = stores.get(name) {
-            return Ok(h.clone());
-        }
-        let dir = self.data_dir.join(name);
-        let store_err = |source| ServerError::Store {
-            name: name.to_owned(),
-            source: Box::new(source),
+        self.open(name, true)
+            .map(|h| h.expect("created when missing"))
+    }
+
+    /// The hosted store `name` if it exists (opened if needed), `None` if
+    /// there is no such store: readers never create one.
+    pub fn get_existing(&self, name: &str) -> Result<Option<Arc<Hosted>>, ServerError> {
+        self.open(name, false)
+    }
+
+    /// The store a client with a grant may sync: a grant to write opens
+    /// (and creates) it, a grant to read only opens one that exists. With
+    /// the head read from the log now, which the core learns: a client
+    /// that synced through another node never hears of a head behind what
+    /// it holds. Blocks, as [`Registry::get`].
+    pub fn open_for_sync(
+        &self,
+        name: &str,
+        write: bool,
+    ) -> Result<Option<(Arc<Hosted>, u64)>, ServerError> {
+        let Some(hosted) = self.open(name, write)? else {
+            return Ok(None);
         };
-        let store = Store::open(&dir, Options::default()).map_err(store_err)?;
-        let views = Views::open(
-            &store,
-            vec![Arc::new(CounterProjection), Arc::new(TodoProjection)],
-            ViewOptions::default(),
-        )
-        .map_err(|e| ServerError::Views {
+        let head = hosted.log.head().map_err(|source| ServerError::Log {
             name: name.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
-        let head = store.head();
+        hosted.learn_head(head);
+        Ok(Some((hosted, head)))
+    }
+
+    fn open(&self, name: &str, create: bool) -> Result<Option<Arc<Hosted>>, ServerError> {
+        validate_store_name(name)?;
+        if let Some(h) = self.get_open(name) {
+            return Ok(Some(h));
+        }
+        let _opening = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = self.get_open(name) {
+            return Ok(Some(h));
+        }
+        let (log, kept): (Arc<dyn CanonicalLog>, Kept) = match &self.backend {
+            Backend::Embedded => {
+                let dir = self.data_dir.join(name);
+                if !create && !dir.join(strata::log::LOG_DIR).is_dir() {
+                    return Ok(None);
+                }
+                let (store, views) = open_embedded(name, &dir)?;
+                (Arc::new(store.clone()), Kept::Embedded { store, views })
+            }
+            Backend::Postgres(db) => {
+                let found = if create {
+                    db.open_log(name).map(Some)
+                } else {
+                    db.find_log(name)
+                };
+                let Some(log) = found.map_err(|e| ServerError::Postgres(Box::new(e)))? else {
+                    return Ok(None);
+                };
+                (Arc::new(log), Kept::Postgres)
+            }
+        };
+        let head = log.head().map_err(|e| ServerError::Log {
+            name: name.to_owned(),
+            source: e,
+        })?;
         let (head_tx, head_rx) = watch::channel(head);
-        tracing::info!(store = name, dir = %dir.display(), head, "store opened");
         let hosted = Arc::new(Hosted {
             name: name.to_owned(),
-            store,
-            views,
+            log,
+            kept,
             core: Mutex::new(ServerCore::new(self.sync.clone(), head)),
             routes: Mutex::new(HashMap::new()),
             wake: (Mutex::new(false), Condvar::new()),
@@ -426,21 +543,11 @@ impl Registry {
                 })?
         };
         *hosted.committer.lock().unwrap_or_else(|e| e.into_inner()) = Some(committer);
-        stores.insert(name.to_owned(), hosted.clone());
-        Ok(hosted)
-    }
-
-    /// The hosted store `name` if it exists (opened if needed), `None` if
-    /// there is no such store: readers never create one.
-    pub fn get_existing(&self, name: &str) -> Result<Option<Arc<Hosted>>, ServerError> {
-        validate_store_name(name)?;
-        if let Some(h) = self.get_open(name) {
-            return Ok(Some(h));
-        }
-        if !self.data_dir.join(name).join(strata::log::LOG_DIR).is_dir() {
-            return Ok(None);
-        }
-        self.get(name).map(Some)
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), hosted.clone());
+        Ok(Some(hosted))
     }
 
     /// Every open store.
@@ -475,6 +582,8 @@ impl Registry {
     /// [`Registry::close`] by at most `threads` threads (1: one store after
     /// another, the baseline of the `server_shutdown` benchmark).
     pub fn close_with(&self, threads: usize) {
+        // No store opens while they close.
+        let _opening = self.opening.lock().unwrap_or_else(|e| e.into_inner());
         let stores: Vec<Arc<Hosted>> = self
             .stores
             .lock()
@@ -490,13 +599,34 @@ impl Registry {
                 scope.spawn(|| {
                     while let Some(h) = stores.get(next.fetch_add(1, Ordering::Relaxed)) {
                         h.stop_committer();
-                        h.views.clone().close();
-                        if let Err(e) = h.store.clone().close() {
-                            tracing::error!(store = %h.name, error = %e, "closing a store");
+                        if let Kept::Embedded { store, views } = &h.kept {
+                            views.clone().close();
+                            if let Err(e) = store.clone().close() {
+                                tracing::error!(store = %h.name, error = %e, "closing a store");
+                            }
                         }
                     }
                 });
             }
         });
     }
+}
+
+/// Opens (or creates) an embedded store and its server-side views.
+fn open_embedded(name: &str, dir: &std::path::Path) -> Result<(Store, Views), ServerError> {
+    let store = Store::open(dir, Options::default()).map_err(|source| ServerError::Store {
+        name: name.to_owned(),
+        source: Box::new(source),
+    })?;
+    let views = Views::open(
+        &store,
+        vec![Arc::new(CounterProjection), Arc::new(TodoProjection)],
+        ViewOptions::default(),
+    )
+    .map_err(|e| ServerError::Views {
+        name: name.to_owned(),
+        message: e.to_string(),
+    })?;
+    tracing::info!(store = name, dir = %dir.display(), head = store.head(), "store opened");
+    Ok((store, views))
 }

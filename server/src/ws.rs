@@ -496,16 +496,9 @@ impl Connection {
         }
         let (registry, name, write) =
             (self.state.registry.clone(), self.store.clone(), grant.write);
-        let opened = blocking(move || {
-            if write {
-                registry.get(&name).map(Some)
-            } else {
-                registry.get_existing(&name)
-            }
-        })
-        .await?;
+        let opened = blocking(move || registry.open_for_sync(&name, write)).await?;
         match opened {
-            Ok(Some(hosted)) => Ok(Admitted2 {
+            Ok(Some((hosted, _head))) => Ok(Admitted2 {
                 hosted,
                 grant,
                 _permit: permit,
@@ -746,9 +739,9 @@ async fn with_session<T: Send + 'static>(
     let mut s = session
         .take()
         .ok_or_else(|| End::Internal("no session".into()))?;
-    let store = hosted.store.clone();
+    let log = hosted.log.clone();
     let (s, out) = blocking(move || {
-        let out = f(&mut s, &store);
+        let out = f(&mut s, &*log);
         (s, out)
     })
     .await?;

@@ -1,8 +1,10 @@
 //! Helpers shared by the end-to-end tests: where the workspace and the
-//! `strata` binary are, the "pairs" workload of the readers tests, and
-//! ([`net`]) a real server with raw HTTP, WebSocket and QUIC clients.
+//! `strata` binary are, the "pairs" workload of the readers tests,
+//! ([`net`]) a real server with raw HTTP, WebSocket and QUIC clients, and a
+//! temporary PostgreSQL ([`pg::PgCluster`]).
 
 pub mod net;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

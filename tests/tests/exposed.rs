@@ -544,7 +544,7 @@ async fn idle_unauthenticated_connections_hold_places_of_their_own_and_sleep() {
         c.unauthenticated_max = 2 * PER_ADDRESS;
         c.unauthenticated_per_address_max = PER_ADDRESS;
         c.connections_max = 32;
-        c.auth_timeout = Duration::from_secs(4);
+        c.auth_timeout = Duration::from_secs(8);
     })
     .await;
     let addr = server.addr;
@@ -552,7 +552,11 @@ async fn idle_unauthenticated_connections_hold_places_of_their_own_and_sleep() {
     let upgrade_from = |from: IpAddr| async move {
         let tcp = connect_from(from, addr).await.unwrap();
         let url = format!("ws://{addr}/ws");
-        match tokio_tungstenite::client_async(url, tcp).await {
+        let upgraded =
+            tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::client_async(url, tcp))
+                .await
+                .expect("the upgrade is answered in time");
+        match upgraded {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
             Err(e) => panic!("{e}"),
@@ -618,7 +622,10 @@ async fn idle_unauthenticated_connections_hold_places_of_their_own_and_sleep() {
     }
     let text = metrics(&server).await;
     let evicted = series(&text, "strata_unauthenticated_evicted_total").unwrap() as usize;
-    assert!((4..=2 * PER_ADDRESS).contains(&evicted), "{text}");
+    // The first replica found every waiting place taken and evicted the
+    // oldest idle one; a replica gives its place back once its Hello is
+    // read, so the others evicted one only if they overlapped.
+    assert!((1..=4).contains(&evicted), "{text}");
     assert_eq!(
         series(
             &text,
@@ -761,7 +768,7 @@ async fn before_authenticating_only_a_small_message_is_read() {
 /// meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_hellos_are_read_under_a_small_cap() {
-    let server = start_guarded(|c| c.auth_timeout = Duration::from_secs(3)).await;
+    let server = start_guarded(|c| c.auth_timeout = Duration::from_secs(6)).await;
     let mut hostile = Vec::new();
     for _ in 0..10 {
         let (endpoint, conn, mut send, recv) = quic_raw(&server, ATTACKER).await;

@@ -20,7 +20,9 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The server's QUIC address, host:port (printed by `strata serve`).
+    /// The server's QUIC address, host:port (printed by `strata serve`);
+    /// several nodes of one deployment separated by commas, tried in turn
+    /// after a failure.
     #[arg(long, required_unless_present = "status")]
     server: Option<String>,
     /// Hosted store on the server to follow (the local directory is the

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::proto::{Placed, Proposal};
 use crate::error::Error;
-use crate::event::{AggregateEvents, Event, ExpectedVersion, InvalidInput};
+use crate::event::{AggregateEvents, Event, ExpectedVersion, InvalidInput, Limits};
 use crate::log::LogError;
 use crate::store::Store;
 
@@ -129,6 +129,17 @@ pub fn push_groups(events: &[Proposal]) -> Vec<AggregateEvents> {
             events: vec![e.to_new_event()],
         })
         .collect()
+}
+
+/// The input checks [`Store`] makes on each push of
+/// [`CanonicalLog::append_pushes`] before it looks at the log: at least one
+/// event, at most `limits.batch_events_max` events and
+/// `limits.batch_bytes_max` bytes, each field within its limit, no id twice.
+/// A push that fails them is answered [`PushOutcome::Invalid`] with this
+/// error's text. Other backends call it to refuse exactly what the
+/// embedded store refuses.
+pub fn check_push(limits: &Limits, events: &[Proposal]) -> Result<(), InvalidInput> {
+    crate::store::check_batch(limits, &push_groups(events))
 }
 
 /// Every aggregate of `events` whose version in `current` is not the one
