@@ -415,6 +415,10 @@ pub enum ServerError {
     Views { name: String, message: String },
     #[error("{0}")]
     Postgres(Box<pg::PgError>),
+    #[error(
+        "store {name}: {dir} holds an embedded store, and this server keeps the store's log in PostgreSQL (its data directory holds only mirrors of it): move that directory out of the data directory, or serve it with --backend embedded"
+    )]
+    NotAMirror { name: String, dir: PathBuf },
     #[error("store {name}: {source}")]
     Log {
         name: String,

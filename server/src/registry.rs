@@ -78,14 +78,29 @@ pub enum Backend {
     #[default]
     Embedded,
     /// Every store's log in one PostgreSQL database, shared with the other
-    /// nodes connected to it. No server-side views: see docs/POSTGRES.md.
+    /// nodes connected to it. Each node keeps its own server-side views,
+    /// computed from the log through a local mirror (`<data>/<name>`).
     Postgres(PgDatabase),
 }
 
-/// What keeps one hosted store's log.
+/// Most events one step of a mirror reads from the database.
+pub const MIRROR_READ_EVENTS_MAX: usize = 10_000;
+/// About the most bytes one step of a mirror reads from the database.
+pub const MIRROR_READ_BYTES_MAX: usize = 8 << 20;
+/// The file in a mirror's directory that holds the id of the store in the
+/// database it mirrors.
+pub const MIRROR_MARKER_FILE: &str = "mirror-of";
+/// How long a mirror waits after a failed step before the next.
+const MIRROR_RETRY: Duration = Duration::from_millis(500);
+
+/// What keeps one hosted store's log, and its server-side views.
 enum Kept {
+    /// The embedded store is the log; its views follow it.
     Embedded { store: Store, views: Views },
-    Postgres,
+    /// The log is in PostgreSQL. `mirror`, an embedded store in this
+    /// node's data directory, copies it (events, positions and all) for
+    /// the views to follow: each node computes the views from the log.
+    Postgres { mirror: Store, views: Views },
 }
 
 /// One hosted store.
@@ -104,6 +119,10 @@ pub struct Hosted {
     /// Set when the registry closes: the committer stops.
     stop: AtomicBool,
     committer: Mutex<Option<JoinHandle<()>>>,
+    /// PostgreSQL: the thread that copies the log into the mirror, and
+    /// its wake-up (the head moved).
+    mirror_follower: Mutex<Option<JoinHandle<()>>>,
+    mirror_wake: (Mutex<bool>, Condvar),
     /// The log's head, published after every commit.
     pub head: watch::Receiver<u64>,
     head_tx: watch::Sender<u64>,
@@ -134,7 +153,24 @@ impl Hosted {
     pub fn embedded(&self) -> Option<&Store> {
         match &self.kept {
             Kept::Embedded { store, .. } => Some(store),
-            Kept::Postgres => None,
+            Kept::Postgres { .. } => None,
+        }
+    }
+
+    /// The server-side views (counter, todo) of this node: following the
+    /// embedded store, or the PostgreSQL log's mirror.
+    pub fn views(&self) -> &Views {
+        match &self.kept {
+            Kept::Embedded { views, .. } | Kept::Postgres { views, .. } => views,
+        }
+    }
+
+    /// PostgreSQL: the position up to which this node's mirror (and so its
+    /// views' source) holds the log. `None` for an embedded store.
+    pub fn mirrored(&self) -> Option<u64> {
+        match &self.kept {
+            Kept::Postgres { mirror, .. } => Some(mirror.head()),
+            Kept::Embedded { .. } => None,
         }
     }
 
@@ -161,11 +197,93 @@ impl Hosted {
     }
 
     fn publish_head(&self, head: u64) {
-        self.head_tx.send_if_modified(|h| {
+        let moved = self.head_tx.send_if_modified(|h| {
             let moved = head > *h;
             *h = (*h).max(head);
             moved
         });
+        if moved && matches!(self.kept, Kept::Postgres { .. }) {
+            let (pending, cv) = &self.mirror_wake;
+            *pending.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_one();
+        }
+    }
+
+    /// PostgreSQL: copies the log into the mirror as the head moves, until
+    /// the registry closes. A failed step (the database unreachable) is
+    /// tried again after [`MIRROR_RETRY`]; the views only lag meanwhile.
+    fn mirror_loop(&self) {
+        while !self.stop.load(Ordering::Acquire) {
+            match self.mirror_step() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(store = %self.name, error = %e, "copying the log into this node's mirror failed; retrying");
+                    std::thread::sleep(MIRROR_RETRY);
+                    continue;
+                }
+            }
+            let (pending, cv) = &self.mirror_wake;
+            let mut woken = pending.lock().unwrap_or_else(|e| e.into_inner());
+            if !*woken && !self.stop.load(Ordering::Acquire) {
+                woken = cv
+                    .wait_timeout(woken, COMMITTER_IDLE)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            *woken = false;
+        }
+    }
+
+    /// One step of the mirror: copies what the log holds beyond it, up to
+    /// the head this node knows. `Ok(true)` when it copied something.
+    fn mirror_step(&self) -> Result<bool, String> {
+        let Kept::Postgres { mirror, .. } = &self.kept else {
+            return Ok(false);
+        };
+        let have = mirror.head();
+        if have >= self.known_head() {
+            return Ok(false);
+        }
+        let events = self
+            .log
+            .read(have + 1, MIRROR_READ_EVENTS_MAX, MIRROR_READ_BYTES_MAX)
+            .map_err(|e| e.detail().to_owned())?;
+        if events.is_empty() {
+            return Ok(false);
+        }
+        mirror
+            .append_replicated(&events)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Stops the mirror's thread, then copies what this node knows was
+    /// committed, so that the views on disk hold it.
+    fn stop_mirror(&self) {
+        {
+            let (pending, cv) = &self.mirror_wake;
+            *pending.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_one();
+        }
+        let handle = self
+            .mirror_follower
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        loop {
+            match self.mirror_step() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(store = %self.name, error = %e, "the mirror could not catch up before closing");
+                    break;
+                }
+            }
+        }
     }
 
     fn core(&self) -> MutexGuard<'_, ServerCore> {
@@ -509,7 +627,13 @@ impl Registry {
                 let Some(log) = found.map_err(|e| ServerError::Postgres(Box::new(e)))? else {
                     return Ok(None);
                 };
-                (Arc::new(log), Kept::Postgres)
+                let head = log.head().map_err(|source| ServerError::Log {
+                    name: name.to_owned(),
+                    source,
+                })?;
+                let (mirror, views) =
+                    open_mirror(name, &self.data_dir.join(name), log.store_id(), head)?;
+                (Arc::new(log), Kept::Postgres { mirror, views })
             }
         };
         let head = log.head().map_err(|e| ServerError::Log {
@@ -526,6 +650,8 @@ impl Registry {
             wake: (Mutex::new(false), Condvar::new()),
             stop: AtomicBool::new(false),
             committer: Mutex::new(None),
+            mirror_follower: Mutex::new(None),
+            mirror_wake: (Mutex::new(true), Condvar::new()),
             head: head_rx,
             head_tx,
             next_client: AtomicU64::new(1),
@@ -543,6 +669,22 @@ impl Registry {
                 })?
         };
         *hosted.committer.lock().unwrap_or_else(|e| e.into_inner()) = Some(committer);
+        if matches!(hosted.kept, Kept::Postgres { .. }) {
+            let follower = {
+                let hosted = hosted.clone();
+                std::thread::Builder::new()
+                    .name(format!("strata-mirror-{name}"))
+                    .spawn(move || hosted.mirror_loop())
+                    .map_err(|source| ServerError::Io {
+                        action: "starting a store's mirror",
+                        source,
+                    })?
+            };
+            *hosted
+                .mirror_follower
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(follower);
+        }
         self.stores
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -599,11 +741,16 @@ impl Registry {
                 scope.spawn(|| {
                     while let Some(h) = stores.get(next.fetch_add(1, Ordering::Relaxed)) {
                         h.stop_committer();
-                        if let Kept::Embedded { store, views } = &h.kept {
-                            views.clone().close();
-                            if let Err(e) = store.clone().close() {
-                                tracing::error!(store = %h.name, error = %e, "closing a store");
+                        let (store, views) = match &h.kept {
+                            Kept::Embedded { store, views } => (store, views),
+                            Kept::Postgres { mirror, views } => {
+                                h.stop_mirror();
+                                (mirror, views)
                             }
+                        };
+                        views.clone().close();
+                        if let Err(e) = store.clone().close() {
+                            tracing::error!(store = %h.name, error = %e, "closing a store");
                         }
                     }
                 });
@@ -629,4 +776,58 @@ fn open_embedded(name: &str, dir: &std::path::Path) -> Result<(Store, Views), Se
     })?;
     tracing::info!(store = name, dir = %dir.display(), head = store.head(), "store opened");
     Ok((store, views))
+}
+
+/// Opens this node's mirror of a store whose log is in PostgreSQL, and its
+/// views. A mirror of another store of that name (another database, or a
+/// database restored to an earlier head) is deleted and made again: the
+/// mirror is a cache. A directory that holds an embedded store of the
+/// same name is left alone, and the store is refused.
+fn open_mirror(
+    name: &str,
+    dir: &std::path::Path,
+    store_id: strata::Uuid,
+    head: u64,
+) -> Result<(Store, Views), ServerError> {
+    let io = |action| move |source| ServerError::Io { action, source };
+    let marker = dir.join(MIRROR_MARKER_FILE);
+    let id = store_id.to_string();
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == id => {}
+        Ok(found) => {
+            tracing::info!(store = name, mirrored = %found.trim(), database = %id, "the mirror is of another store; making it again");
+            std::fs::remove_dir_all(dir).map_err(io("deleting a stale mirror"))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join(strata::log::LOG_DIR).exists() {
+                return Err(ServerError::NotAMirror {
+                    name: name.to_owned(),
+                    dir: dir.to_path_buf(),
+                });
+            }
+        }
+        Err(e) => return Err(io("reading a mirror's marker")(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(io("creating a mirror"))?;
+    std::fs::write(&marker, &id).map_err(io("writing a mirror's marker"))?;
+    let (store, views) = open_embedded(name, dir)?;
+    if store.head() <= head {
+        return Ok((store, views));
+    }
+    // Beyond the database's head: the database went back (a restore).
+    tracing::info!(
+        store = name,
+        mirrored = store.head(),
+        head,
+        "the mirror is ahead of the database; making it again"
+    );
+    views.close();
+    store.close().map_err(|source| ServerError::Store {
+        name: name.to_owned(),
+        source: Box::new(source),
+    })?;
+    std::fs::remove_dir_all(dir).map_err(io("deleting a stale mirror"))?;
+    std::fs::create_dir_all(dir).map_err(io("creating a mirror"))?;
+    std::fs::write(&marker, &id).map_err(io("writing a mirror's marker"))?;
+    open_embedded(name, dir)
 }

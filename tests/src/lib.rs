@@ -1,10 +1,12 @@
 //! Helpers shared by the end-to-end tests: where the workspace and the
 //! `strata` binary are, the "pairs" workload of the readers tests,
-//! ([`net`]) a real server with raw HTTP, WebSocket and QUIC clients, and a
+//! ([`net`]) a real server with raw HTTP, WebSocket and QUIC clients, a
+//! client of the seed's JSON protocol ([`seed::SeedClient`]), and a
 //! temporary PostgreSQL ([`pg::PgCluster`]).
 
 pub mod net;
 pub mod pg;
+pub mod seed;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

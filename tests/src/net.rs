@@ -39,13 +39,87 @@ pub struct TestServer {
     task: tokio::task::JoinHandle<Result<(), strata_server::ServerError>>,
 }
 
+/// Where a test server keeps its stores' logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded stores in the data directory (the server's default).
+    Embedded,
+    /// A fresh database of this process's test PostgreSQL cluster
+    /// ([`crate::pg::PgCluster::shared`]).
+    Postgres,
+}
+
+thread_local! {
+    /// The backend of the servers [`start`] starts on this thread.
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Embedded) };
+    /// Servers started on PostgreSQL on this thread.
+    static PG_SERVERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The file in a test server's data directory that names its database,
+/// so that [`start_in`] restarts a server on the same one.
+const DATABASE_URL_FILE: &str = "test-database-url";
+
+/// Runs `test` (a `#[tokio::test]` function) with every server it starts
+/// through [`start`] or [`start_in`] from its own body keeping its logs in
+/// PostgreSQL: a test suite runs on both backends by listing its tests
+/// again under `on_postgres`. Servers started from spawned tasks are not
+/// covered, so the call fails unless at least one server was started on
+/// PostgreSQL.
+pub fn on_postgres(test: fn()) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BACKEND.set(Backend::Embedded);
+        }
+    }
+    let _reset = Reset;
+    BACKEND.set(Backend::Postgres);
+    PG_SERVERS.set(0);
+    test();
+    assert!(
+        PG_SERVERS.get() > 0,
+        "the test started no server on PostgreSQL from its own body"
+    );
+}
+
 /// Starts a server whose configuration `tweak` adjusts (HTTP only unless
-/// it sets `quic`).
+/// it sets `quic`), on this thread's backend (see [`on_postgres`]).
 pub async fn start(tweak: impl FnOnce(&mut strata_server::Config)) -> TestServer {
     start_in(tempfile::tempdir().unwrap(), tweak).await
 }
 
-/// [`start`] on an existing data directory.
+/// A new database in the shared test cluster, as a connection string.
+pub async fn new_database() -> String {
+    tokio::task::spawn_blocking(|| {
+        let cluster = crate::pg::PgCluster::shared();
+        cluster.url(&cluster.create_database())
+    })
+    .await
+    .unwrap()
+}
+
+/// The database of a test server with data directory `data`: the one it
+/// had if it ran before, a new one if this thread's backend is PostgreSQL
+/// (see [`on_postgres`]), none otherwise. For tests that start servers
+/// their own way.
+pub async fn test_database(data: &std::path::Path) -> Option<strata_server::pg::PgConfig> {
+    let url_file = data.join(DATABASE_URL_FILE);
+    let url = match std::fs::read_to_string(&url_file) {
+        Ok(url) => url,
+        Err(_) if BACKEND.get() == Backend::Postgres => {
+            let url = new_database().await;
+            std::fs::write(&url_file, &url).unwrap();
+            url
+        }
+        Err(_) => return None,
+    };
+    PG_SERVERS.set(PG_SERVERS.get() + 1);
+    Some(strata_server::pg::PgConfig::new(url))
+}
+
+/// [`start`] on an existing data directory (and, for a server that ran on
+/// PostgreSQL, on the same database).
 pub async fn start_in(
     data: tempfile::TempDir,
     tweak: impl FnOnce(&mut strata_server::Config),
@@ -55,6 +129,7 @@ pub async fn start_in(
         "127.0.0.1:0".parse().unwrap(),
         None,
     );
+    config.database = test_database(data.path()).await;
     tweak(&mut config);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();

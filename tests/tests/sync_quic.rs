@@ -40,6 +40,7 @@ async fn start_server(data: &Path, tokens: &[&str]) -> TestServer {
         Some("127.0.0.1:0".parse().unwrap()),
     );
     config.tokens = tokens.iter().map(|t| t.to_string()).collect();
+    config.database = strata_tests::net::test_database(data).await;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(strata_server::serve(
@@ -691,5 +692,33 @@ async fn y4_exactly_once_when_server_and_replica_processes_are_killed() {
     store.close().unwrap();
     for r in replicas {
         close_replica(r);
+    }
+}
+
+/// The in-process tests again with the server's log in PostgreSQL (issue
+/// 14): QUIC works unchanged on that backend, and the server's views
+/// (here from its mirror of the log) agree. The killed-process tests run
+/// on PostgreSQL in tests/scale_out.rs.
+mod on_postgres {
+    use strata_tests::net::on_postgres;
+
+    #[test]
+    fn y5_seed_counter_flow_converges_at_4_after_one_pull_required() {
+        on_postgres(super::y5_seed_counter_flow_converges_at_4_after_one_pull_required);
+    }
+
+    #[test]
+    fn y4_five_replicas_contending_on_one_aggregate_lose_and_duplicate_nothing() {
+        on_postgres(super::y4_five_replicas_contending_on_one_aggregate_lose_and_duplicate_nothing);
+    }
+
+    #[test]
+    fn y3_order_dependent_todo_view_converges_on_every_replica() {
+        on_postgres(super::y3_order_dependent_todo_view_converges_on_every_replica);
+    }
+
+    #[test]
+    fn refused_without_the_token_and_with_a_wrong_pin() {
+        on_postgres(super::refused_without_the_token_and_with_a_wrong_pin);
     }
 }
