@@ -39,6 +39,13 @@
 //!   alone (what contention costs); each run reports events/s, the most
 //!   rounds one request took, and p99 request latency, and checks that
 //!   every event landed once, versions contiguous.
+//! * `sync_scale_out`: the `sync_push_fanin` clients (one-event pushes,
+//!   one in flight each), against three setups in one run: one node on
+//!   the embedded backend (`baseline_eps`), one node on PostgreSQL, and
+//!   three nodes on the same PostgreSQL with the clients spread over them
+//!   (`strata_eps`); events/s and p99 push latency of each. Needs a
+//!   scratch database ([`SyncBenchConfig::database_url`]); skipped without
+//!   one. Each run writes to a new store of its own there.
 //! * `server_shutdown`: [`SHUTDOWN_STORES`] hosted stores, each holding a
 //!   few events, open in a registry; `strata_eps` is stores closed per
 //!   second by [`crate::Registry::close`] (several at once), `baseline_eps`
@@ -67,8 +74,11 @@ pub const WORKLOADS: &[&str] = &[
     "sync_push_contention",
     "sync_push_fanin",
     "sync_push_contention_json",
+    "sync_scale_out",
     "server_shutdown",
 ];
+/// Nodes of the multi-node run of `sync_scale_out`.
+pub const SCALE_OUT_NODES: usize = 3;
 /// Stores open in `server_shutdown` (the probe had 101).
 pub const SHUTDOWN_STORES: usize = 101;
 /// Clients in `sync_push_fanin`.
@@ -110,6 +120,9 @@ pub struct SyncBenchConfig {
     /// Only these workloads (all when empty; names not in [`WORKLOADS`]
     /// are ignored).
     pub only: Vec<String>,
+    /// A scratch PostgreSQL database for `sync_scale_out` (skipped
+    /// without one).
+    pub database_url: Option<String>,
 }
 
 /// Errors of a benchmark run.
@@ -188,6 +201,18 @@ pub fn run(
         let r = runtime.block_on(sync_push_contention_json(&config.dir.join("json")))?;
         report(&r);
         results.push(r);
+    }
+    if wanted("sync_scale_out") {
+        match &config.database_url {
+            Some(url) => {
+                let r = runtime.block_on(sync_scale_out(&config.dir.join("scale-out"), url))?;
+                report(&r);
+                results.push(r);
+            }
+            None => tracing::warn!(
+                "sync_scale_out skipped: it needs a scratch PostgreSQL database (--database-url or STRATA_BENCH_DATABASE_URL)"
+            ),
+        }
     }
     if wanted("server_shutdown") {
         let r = server_shutdown(&config.dir.join("shutdown"))?;
@@ -296,7 +321,23 @@ async fn start_server_with(
     })
 }
 
+/// Where a protocol-level bench client connects, and to which store.
+#[derive(Debug, Clone)]
+struct Target {
+    quic: SocketAddr,
+    fingerprint: String,
+    store: String,
+}
+
 impl BenchServer {
+    fn target(&self) -> Target {
+        Target {
+            quic: self.quic,
+            fingerprint: self.fingerprint.clone(),
+            store: crate::DEFAULT_STORE.into(),
+        }
+    }
+
     fn options(&self) -> ClientOptions {
         ClientOptions::new(self.quic.to_string(), Trust::Pin(self.fingerprint.clone()))
     }
@@ -453,7 +494,7 @@ async fn quic_receive_all(
     events: u64,
 ) -> Result<(u64, u64, Duration), SyncBenchError> {
     let start = Instant::now();
-    let (endpoint, conn, mut send, mut recv) = quic_client(server, "bench").await?;
+    let (endpoint, conn, mut send, mut recv) = quic_client(&server.target(), "bench").await?;
     let mut buf = Vec::new();
     write_frame(
         &mut send,
@@ -819,7 +860,7 @@ fn ms(d: Duration) -> f64 {
 /// A protocol-level QUIC client: connects, says Hello to the default
 /// store, and returns the streams.
 async fn quic_client(
-    server: &BenchServer,
+    server: &Target,
     name: &str,
 ) -> Result<
     (
@@ -846,7 +887,7 @@ async fn quic_client(
     let mut buf = Vec::new();
     let hello = ClientMessage::Hello {
         protocol: PROTOCOL_VERSION,
-        store: crate::DEFAULT_STORE.into(),
+        store: server.store.clone(),
         token: None,
         client: name.into(),
     };
@@ -865,7 +906,7 @@ async fn quic_client(
 /// One fan-in client: `pushes` one-event pushes to its own aggregate, one
 /// in flight at a time; returns each push's latency.
 async fn fanin_client(
-    server: Arc<BenchServer>,
+    server: Target,
     replica: usize,
     pushes: u64,
 ) -> Result<Vec<Duration>, SyncBenchError> {
@@ -929,20 +970,7 @@ async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBe
         )
     };
     let before = stats(&hosted);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..FANIN_REPLICAS)
-        .map(|r| tokio::spawn(fanin_client(server.clone(), r, FANIN_PUSHES)))
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(
-            tokio::time::timeout(SYNC_DEADLINE, t)
-                .await
-                .map_err(|_| failed("sync_push_fanin: a client did not finish in time"))?
-                .map_err(failed)??,
-        );
-    }
-    let elapsed = start.elapsed();
+    let (elapsed, latencies) = fan_in(&[server.target()]).await?;
     let after = stats(&hosted);
     let head = hosted.known_head();
     drop(hosted);
@@ -956,13 +984,130 @@ async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBe
         .map_err(|_| failed("the server is still in use"))?
         .stop()
         .await?;
-    latencies.sort();
     Ok(FanIn {
         elapsed,
         latencies,
         syncs: after.0 - before.0,
         commits: after.1 - before.1,
     })
+}
+
+/// [`FANIN_REPLICAS`] fan-in clients, spread over `targets` in turn, all
+/// at once: the time until the last is done, and every push's latency
+/// (sorted).
+async fn fan_in(targets: &[Target]) -> Result<(Duration, Vec<Duration>), SyncBenchError> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..FANIN_REPLICAS)
+        .map(|r| {
+            let target = targets[r % targets.len()].clone();
+            tokio::spawn(fanin_client(target, r, FANIN_PUSHES))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(
+            tokio::time::timeout(SYNC_DEADLINE, t)
+                .await
+                .map_err(|_| failed("a fan-in client did not finish in time"))?
+                .map_err(failed)??,
+        );
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Ok((elapsed, latencies))
+}
+
+// --- sync_scale_out ----------------------------------------------------------
+
+/// `sync_scale_out`: fan-in through one embedded node, one PostgreSQL
+/// node, and [`SCALE_OUT_NODES`] PostgreSQL nodes on one database.
+async fn sync_scale_out(dir: &Path, url: &str) -> Result<WorkloadResult, SyncBenchError> {
+    let events = FANIN_REPLICAS as u64 * FANIN_PUSHES;
+    let embedded = {
+        let server = start_server(&dir.join("embedded")).await?;
+        let run = fan_in(&[server.target()]).await?;
+        server.stop().await?;
+        run
+    };
+    let one = scale_out_run(&dir.join("pg-1"), url, 1).await?;
+    let many = scale_out_run(&dir.join("pg-n"), url, SCALE_OUT_NODES).await?;
+    let eps = |d: Duration| events as f64 / d.as_secs_f64().max(1e-9);
+    let p99 = |l: &[Duration]| ms(quantile(l, 0.99));
+    let r = result("sync_scale_out", events, many.0, embedded.0);
+    let r = with(r, "replicas", FANIN_REPLICAS as u64);
+    let r = with(r, "nodes", SCALE_OUT_NODES as u64);
+    let r = with(r, "embedded_eps", eps(embedded.0));
+    let r = with(r, "embedded_p99_push_ms", p99(&embedded.1));
+    let r = with(r, "pg_1_node_eps", eps(one.0));
+    let r = with(r, "pg_1_node_p99_push_ms", p99(&one.1));
+    let r = with(r, "pg_n_nodes_eps", eps(many.0));
+    Ok(with(r, "pg_n_nodes_p99_push_ms", p99(&many.1)))
+}
+
+/// Fan-in through `nodes` nodes on database `url`, to a new store; checks
+/// that the log holds every push once.
+async fn scale_out_run(
+    dir: &Path,
+    url: &str,
+    nodes: usize,
+) -> Result<(Duration, Vec<Duration>), SyncBenchError> {
+    let store = format!("bench-{}", strata::Uuid::now_v7().simple());
+    let mut servers: Vec<BenchServer> = Vec::new();
+    for i in 0..nodes {
+        let data = dir.join(format!("node-{i}"));
+        if i > 0 {
+            // One identity for every node, as a deployment has.
+            copy_dir(
+                &dir.join("node-0").join(crate::tls::TLS_DIR),
+                &data.join(crate::tls::TLS_DIR),
+            )?;
+        }
+        let url = url.to_owned();
+        servers.push(
+            start_server_with(&data, move |c| {
+                c.database = Some(crate::pg::PgConfig::new(url));
+            })
+            .await?,
+        );
+    }
+    let targets: Vec<Target> = servers
+        .iter()
+        .map(|s| Target {
+            store: store.clone(),
+            ..s.target()
+        })
+        .collect();
+    let run = fan_in(&targets).await?;
+    let hosted = servers[0]
+        .registry
+        .get_open(&store)
+        .ok_or_else(|| failed("sync_scale_out: the store is not open"))?;
+    let log = tokio::task::spawn_blocking(move || hosted.log.read(1, usize::MAX, usize::MAX))
+        .await
+        .map_err(failed)?
+        .map_err(failed)?;
+    let ids: HashSet<strata::Uuid> = log.iter().map(|e| e.event_id).collect();
+    let total = FANIN_REPLICAS * FANIN_PUSHES as usize;
+    if log.len() != total || ids.len() != total {
+        return Err(failed(format!(
+            "sync_scale_out: the log holds {} events ({} ids) of {total}",
+            log.len(),
+            ids.len()
+        )));
+    }
+    for s in servers {
+        s.stop().await?;
+    }
+    Ok(run)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), SyncBenchError> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 async fn sync_push_fanin(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {

@@ -550,3 +550,159 @@ async fn postgres_restarted_under_load_nodes_recover_on_their_own() {
         node.stop().await;
     }
 }
+
+/// A node's mirror is a cache of the database: a data directory that
+/// mirrored another database's store is made again, and one that holds an
+/// embedded store is refused at start, naming what to do, and left as it
+/// was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_mirror_is_made_again_and_an_embedded_store_is_left_alone() {
+    let push = |node: &TestServer, n: u64| {
+        let url = node.url("");
+        async move {
+            let mut client = SeedClient::new("m");
+            let mut ws = connect(&url).await;
+            for _ in 0..n {
+                client.increment("counter-1", 1);
+            }
+            client.sync(&mut ws).await.expect("no error");
+        }
+    };
+    let (first, second) = (new_database().await, new_database().await);
+    let on =
+        |url: String| move |c: &mut strata_server::Config| c.database = Some(PgConfig::new(url));
+    let node = start_in(tempfile::tempdir().unwrap(), on(first)).await;
+    push(&node, 3).await;
+    assert_eq!(node_counter(&node, 3, "counter-1").await, 3);
+    let data = node.stop().await;
+    let node = start_in(data, on(second)).await;
+    assert_eq!(
+        node.bound.registry.get_open("default").unwrap().mirrored(),
+        Some(0)
+    );
+    push(&node, 1).await;
+    assert_eq!(node_counter(&node, 1, "counter-1").await, 1);
+    let data = node.stop().await;
+
+    let embedded = tempfile::tempdir().unwrap();
+    let store =
+        strata::Store::open(embedded.path().join("default"), strata::Options::default()).unwrap();
+    store
+        .append(
+            "counter-1",
+            ExpectedVersion::Any,
+            vec![counter::increment(1)],
+        )
+        .unwrap();
+    store.close().unwrap();
+    drop(data);
+    let mut config = strata_server::Config::new(
+        embedded.path().to_path_buf(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    );
+    config.database = Some(PgConfig::new(new_database().await));
+    let refused = strata_server::serve(config, |_| {}, async {})
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, strata_server::ServerError::NotAMirror { .. })
+            && message.contains("--backend embedded"),
+        "{message}"
+    );
+    let store =
+        strata::Store::open(embedded.path().join("default"), strata::Options::default()).unwrap();
+    assert_eq!(store.head(), 1, "the embedded store is untouched");
+    store.close().unwrap();
+}
+
+/// The flags as a new user meets them: `--backend postgres` without a URL
+/// is a usage error naming the flag; an unreachable database stops the
+/// server at start (exit 3) with where it looked and what to check.
+#[test]
+fn serve_on_postgres_says_what_is_missing_or_unreachable() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = |extra: &[&str]| {
+        let out = Command::new(strata_tests::strata_cli())
+            .args([
+                "serve",
+                "--backend",
+                "postgres",
+                "--http",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+            ])
+            .arg("--data")
+            .arg(data.path())
+            .args(extra)
+            .env_remove("STRATA_DATABASE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = serve(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--database-url"), "{stderr}");
+    let missing = data.path().join("no-such-socket-dir");
+    let url = format!(
+        "host={} port=5432 user=strata dbname=strata",
+        missing.display()
+    );
+    let (code, stderr) = serve(&["--database-url", &url]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at strata@")
+            && stderr.contains("check that PostgreSQL is running"),
+        "{stderr}"
+    );
+}
+
+/// `strata bench --only sync_scale_out` on a real database: the three
+/// setups run, every push lands once (the workload checks), and each
+/// reports its rate and p99 latency.
+#[test]
+fn the_scale_out_benchmark_reports_each_setup() {
+    let cluster = PgCluster::shared();
+    let url = cluster.url(&cluster.create_database());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(strata_tests::strata_cli())
+        .args([
+            "--json",
+            "bench",
+            "--only",
+            "sync_scale_out",
+            "--database-url",
+            &url,
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("bench"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(row["workload"], "sync_scale_out");
+    for field in [
+        "embedded_eps",
+        "embedded_p99_push_ms",
+        "pg_1_node_eps",
+        "pg_1_node_p99_push_ms",
+        "pg_n_nodes_eps",
+        "pg_n_nodes_p99_push_ms",
+    ] {
+        assert!(
+            row[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {row}"
+        );
+    }
+    assert_eq!(row["nodes"], 3);
+}

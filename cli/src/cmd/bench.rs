@@ -23,6 +23,10 @@ pub struct Args {
     /// Scratch directory (on the disk you want to measure; emptied first).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// A scratch PostgreSQL database for sync_scale_out (skipped without
+    /// one); each run adds a store of its own there.
+    #[arg(long, env = "STRATA_BENCH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 fn fmt_rate(v: Option<f64>) -> String {
@@ -91,6 +95,7 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
         events: config.events,
         dir: config.dir.join("sync"),
         only: args.only.clone(),
+        database_url: args.database_url.clone(),
     };
     results.extend(
         strata_server::bench::run(&sync, report)
