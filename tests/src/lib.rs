@@ -6,6 +6,7 @@
 
 pub mod net;
 pub mod pg;
+pub mod procs;
 pub mod seed;
 
 use std::path::{Path, PathBuf};

@@ -16,10 +16,9 @@
 //!   when it is back, without a restart.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use strata_server::pg::{PgConfig, PgDatabase};
 use strata_server::tls::{TLS_DIR, Trust};
 use strata_tests::net::{TestServer, connect, http_get, new_database, start_in};
 use strata_tests::pg::PgCluster;
+use strata_tests::procs::{ServerProcess, kill, spawn_client, spawn_server};
 use strata_tests::seed::SeedClient;
 
 /// Nodes in the multi-node tests.
@@ -276,74 +276,18 @@ async fn three_nodes_one_database_every_event_once_in_one_order() {
 
 // --- processes ----------------------------------------------------------------
 
-/// A node process (tests/src/bin/sync_server.rs on PostgreSQL).
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-    fingerprint: String,
-}
+/// The child processes (tests/src/bin/): a node, and a replica that
+/// appends and syncs in the background.
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_sync_server");
+const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_sync_client");
 
-fn spawn_node(data: &Path, url: &str) -> NodeProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sync_server"))
-        .arg(data)
-        .arg("127.0.0.1:0")
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let mut parts = line.split_whitespace();
-    assert_eq!(parts.next(), Some("READY"), "node said {line:?}");
-    NodeProcess {
-        addr: parts.next().unwrap().parse().unwrap(),
-        fingerprint: parts.next().unwrap().to_owned(),
-        child,
-    }
-}
-
-/// A replica process appending and syncing in the background
-/// (tests/src/bin/sync_client.rs); the ids it says it appended.
-struct ClientProcess {
-    child: Child,
-    reader: std::thread::JoinHandle<()>,
-}
-
-fn spawn_client(
-    dir: &Path,
-    servers: &str,
-    fingerprint: &str,
-    seed: u64,
-) -> (ClientProcess, Arc<Mutex<Vec<Uuid>>>) {
-    let appended = Arc::new(Mutex::new(Vec::new()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sync_client"))
-        .arg(dir)
-        .arg(servers)
-        .arg(fingerprint)
-        .arg(seed.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let sink = appended.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(id) = line.strip_prefix("APPENDED ").and_then(|s| s.parse().ok()) {
-                sink.lock().unwrap().push(id);
-            }
-        }
-    });
-    (ClientProcess { child, reader }, appended)
-}
-
-fn kill(child: &mut Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
+fn spawn_node(data: &Path, url: &str) -> ServerProcess {
+    spawn_server(
+        SERVER_BIN.as_ref(),
+        data,
+        "127.0.0.1:0".parse().unwrap(),
+        Some(url),
+    )
 }
 
 /// SIGKILL one of three node processes while replica processes push
@@ -379,7 +323,16 @@ async fn a_killed_node_loses_nothing_and_its_clients_move_on() {
         .collect();
     let mut clients = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
-        clients.push(spawn_client(d, &servers, &fingerprint, 100 + i as u64));
+        let appended = Arc::new(Mutex::new(Vec::new()));
+        let client = spawn_client(
+            CLIENT_BIN.as_ref(),
+            d,
+            &servers,
+            &fingerprint,
+            100 + i as u64,
+            appended.clone(),
+        );
+        clients.push((client, appended));
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let before_kill: Vec<usize> = clients
@@ -389,9 +342,8 @@ async fn a_killed_node_loses_nothing_and_its_clients_move_on() {
     kill(&mut nodes[0].child);
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let mut appended = Vec::new();
-    for (mut c, ids) in clients {
-        kill(&mut c.child);
-        c.reader.join().unwrap();
+    for (c, ids) in clients {
+        c.kill();
         appended.push(Arc::try_unwrap(ids).unwrap().into_inner().unwrap());
     }
     // Each client pushed events appended after the kill on its own, so

@@ -6,10 +6,9 @@
 //! promises (Y1–Y5).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,11 @@ use strata::sync::{Replica, ReplicaOptions, SyncError};
 use strata::{Event, ExpectedVersion, NewEvent, Options, Store, Uuid};
 use strata_server::client::{ClientError, ClientOptions, SyncClient, SyncReport, sync_until_idle};
 use strata_server::tls::Trust;
+use strata_tests::procs::{ClientProcess, kill, spawn_client, spawn_server};
+
+/// The child processes of the crash tests (tests/src/bin/).
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_sync_server");
+const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_sync_client");
 
 /// Longest any replica may take to sync everything in the contention test.
 const CONTENTION_DEADLINE: Duration = Duration::from_secs(40);
@@ -468,72 +472,6 @@ const KILL_ROUNDS: usize = 10;
 /// Replica processes in the crash test.
 const KILL_CLIENTS: usize = 2;
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    fingerprint: String,
-}
-
-fn spawn_server_process(data: &Path, addr: SocketAddr) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sync_server"))
-        .arg(data)
-        .arg(addr.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let mut parts = line.split_whitespace();
-    assert_eq!(parts.next(), Some("READY"), "server said {line:?}");
-    ServerProcess {
-        addr: parts.next().unwrap().parse().unwrap(),
-        fingerprint: parts.next().unwrap().to_owned(),
-        child,
-    }
-}
-
-struct ClientProcess {
-    child: Child,
-    reader: std::thread::JoinHandle<()>,
-}
-
-fn spawn_client_process(
-    dir: &Path,
-    server: &ServerProcess,
-    seed: u64,
-    appended: Arc<Mutex<Vec<Uuid>>>,
-) -> ClientProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sync_client"))
-        .arg(dir)
-        .arg(server.addr.to_string())
-        .arg(&server.fingerprint)
-        .arg(seed.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // A line cut by the kill is not a promise: the event may or
-            // may not be in the outbox.
-            if let Some(id) = line.strip_prefix("APPENDED ").and_then(|s| s.parse().ok()) {
-                appended.lock().unwrap().push(id);
-            }
-        }
-    });
-    ClientProcess { child, reader }
-}
-
-fn kill(child: &mut Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 /// SIGTERM (what systemd and container runtimes send) is a graceful
 /// shutdown: the server exits 0, releases its stores, and keeps every
 /// event it acknowledged.
@@ -541,7 +479,12 @@ fn kill(child: &mut Child) {
 async fn sigterm_stops_the_server_gracefully_and_keeps_what_it_acknowledged() {
     let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn_server_process(data.path(), "127.0.0.1:0".parse().unwrap());
+    let mut server = spawn_server(
+        SERVER_BIN.as_ref(),
+        data.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    );
     let r = open_replica(dir.path());
     let id = incr(&r, "counter-1");
     let mut opts = ClientOptions::new(
@@ -600,21 +543,37 @@ async fn y4_exactly_once_when_server_and_replica_processes_are_killed() {
         .map(|i| data.path().join(format!("replica-{i}")))
         .collect();
     let server_data = data.path().join("server");
-    let mut server = spawn_server_process(&server_data, "127.0.0.1:0".parse().unwrap());
+    let mut server = spawn_server(
+        SERVER_BIN.as_ref(),
+        &server_data,
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+    );
     let (addr, fingerprint) = (server.addr, server.fingerprint.clone());
     let appended: Vec<Arc<Mutex<Vec<Uuid>>>> = (0..KILL_CLIENTS)
         .map(|_| Arc::new(Mutex::new(Vec::new())))
         .collect();
-    let mut clients: Vec<ClientProcess> = (0..KILL_CLIENTS)
-        .map(|i| spawn_client_process(&dirs[i], &server, rng.random(), appended[i].clone()))
-        .collect();
+    // The server comes back at the same address with the same identity.
+    let spawn = |i: usize, seed: u64| -> ClientProcess {
+        let addr = addr.to_string();
+        spawn_client(
+            CLIENT_BIN.as_ref(),
+            &dirs[i],
+            &addr,
+            &fingerprint,
+            seed,
+            appended[i].clone(),
+        )
+    };
+    let mut clients: Vec<ClientProcess> =
+        (0..KILL_CLIENTS).map(|i| spawn(i, rng.random())).collect();
     let (mut server_kills, mut client_kills) = (0, 0);
     for _ in 0..KILL_ROUNDS {
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..500))).await;
         if rng.random_bool(0.4) {
             kill(&mut server.child);
             server_kills += 1;
-            server = spawn_server_process(&server_data, addr);
+            server = spawn_server(SERVER_BIN.as_ref(), &server_data, addr, None);
             assert_eq!(
                 server.fingerprint, fingerprint,
                 "the identity survives restarts"
@@ -623,10 +582,7 @@ async fn y4_exactly_once_when_server_and_replica_processes_are_killed() {
             let i = rng.random_range(0..KILL_CLIENTS);
             kill(&mut clients[i].child);
             client_kills += 1;
-            let old = std::mem::replace(
-                &mut clients[i],
-                spawn_client_process(&dirs[i], &server, rng.random(), appended[i].clone()),
-            );
+            let old = std::mem::replace(&mut clients[i], spawn(i, rng.random()));
             old.reader.join().unwrap();
         }
     }
