@@ -448,6 +448,8 @@ pub struct AppState {
     /// Who may sync which store.
     pub auth: Arc<auth::Auth>,
     pub config: Config,
+    /// PostgreSQL: this node's ear on other nodes' commits.
+    pub head_listener: Option<Arc<pg::HeadListener>>,
     /// Counts authenticated sync connections against `connections_max`.
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Sync connections that have not authenticated yet (capped in all,
@@ -555,7 +557,7 @@ pub async fn serve(
         backend,
     ));
     // Other nodes' commits wake this node's followers.
-    let _head_listener = match registry.backend() {
+    let head_listener = match registry.backend() {
         registry::Backend::Postgres(db) => {
             let registry = Arc::downgrade(&registry);
             let listener = db
@@ -565,7 +567,7 @@ pub async fn serve(
                     }
                 })
                 .map_err(|e| ServerError::Postgres(Box::new(e)))?;
-            Some(listener)
+            Some(Arc::new(listener))
         }
         registry::Backend::Embedded => None,
     };
@@ -616,6 +618,7 @@ pub async fn serve(
     let state = Arc::new(AppState {
         registry: registry.clone(),
         auth: auth.clone(),
+        head_listener,
         connections: Arc::new(tokio::sync::Semaphore::new(config.connections_max)),
         unauthenticated: Arc::new(admission::PendingAuth::new(
             config.unauthenticated_max,
@@ -989,21 +992,24 @@ async fn events(
 
 fn render_metrics(state: &AppState) -> Response {
     let stores = state.registry.open_stores();
-    let rows: Vec<(String, &metrics::StoreMetrics, u64, u64, usize)> = stores
+    let rows: Vec<metrics::StoreRow<'_>> = stores
         .iter()
-        .map(|h| {
-            (
-                h.name.clone(),
-                &h.stats,
-                h.syncs().unwrap_or(0),
-                h.known_head(),
-                h.client_count(),
-            )
+        .map(|h| metrics::StoreRow {
+            name: h.name.clone(),
+            stats: &h.stats,
+            syncs: h.syncs(),
+            head: h.known_head(),
+            clients: h.client_count(),
+            mirrored: h.mirrored(),
         })
         .collect();
+    let listener = state.head_listener.as_ref().map(|l| metrics::ListenerRow {
+        connected: l.is_connected(),
+        connections: l.connections(),
+    });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&state.metrics, &rows),
+        metrics::render(&state.metrics, &rows, listener),
     )
         .into_response()
 }

@@ -159,9 +159,30 @@ fn counter(out: &mut String, name: &str, help: &str, kind: &str) {
 
 /// Renders the metrics of the server and of `stores` (name, metrics, log
 /// syncs, head, connected clients).
+/// One hosted store's row of the exposition.
+#[derive(Debug)]
+pub struct StoreRow<'a> {
+    pub name: String,
+    pub stats: &'a StoreMetrics,
+    /// `fdatasync` calls of an embedded log (`None` on PostgreSQL).
+    pub syncs: Option<u64>,
+    pub head: u64,
+    pub clients: usize,
+    /// PostgreSQL: the position this node's mirror holds (its views' source).
+    pub mirrored: Option<u64>,
+}
+
+/// A PostgreSQL node's listener for other nodes' commits.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerRow {
+    pub connected: bool,
+    pub connections: u64,
+}
+
 pub fn render(
     server: &ServerMetrics,
-    stores: &[(String, &StoreMetrics, u64, u64, usize)],
+    stores: &[StoreRow<'_>],
+    listener: Option<ListenerRow>,
 ) -> String {
     let mut out = String::new();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -276,27 +297,34 @@ pub fn render(
     ];
     for (name, help, field) in per_store {
         counter(&mut out, name, help, "counter");
-        for (store, m, ..) in stores {
-            let _ = writeln!(out, "{name}{{store=\"{store}\"}} {}", load(field(m)));
+        for r in stores {
+            let _ = writeln!(
+                out,
+                "{name}{{store=\"{}\"}} {}",
+                r.name,
+                load(field(r.stats))
+            );
         }
     }
     counter(
         &mut out,
         "strata_fsyncs_total",
-        "fdatasync calls of the store's log.",
+        "fdatasync calls of the store's log (embedded stores).",
         "counter",
     );
-    for (store, _, syncs, ..) in stores {
-        let _ = writeln!(out, "strata_fsyncs_total{{store=\"{store}\"}} {syncs}");
+    for r in stores {
+        if let Some(syncs) = r.syncs {
+            let _ = writeln!(out, "strata_fsyncs_total{{store=\"{}\"}} {syncs}", r.name);
+        }
     }
     counter(
         &mut out,
         "strata_head",
-        "The store's last committed position.",
+        "The store's last committed position (as this node knows it).",
         "gauge",
     );
-    for (store, _, _, head, _) in stores {
-        let _ = writeln!(out, "strata_head{{store=\"{store}\"}} {head}");
+    for r in stores {
+        let _ = writeln!(out, "strata_head{{store=\"{}\"}} {}", r.name, r.head);
     }
     counter(
         &mut out,
@@ -304,8 +332,45 @@ pub fn render(
         "Clients connected to the store's core.",
         "gauge",
     );
-    for (store, .., clients) in stores {
-        let _ = writeln!(out, "strata_clients{{store=\"{store}\"}} {clients}");
+    for r in stores {
+        let _ = writeln!(out, "strata_clients{{store=\"{}\"}} {}", r.name, r.clients);
+    }
+    if stores.iter().any(|r| r.mirrored.is_some()) {
+        counter(
+            &mut out,
+            "strata_mirror_position",
+            "PostgreSQL: the position this node's copy of the log (the views' source) holds.",
+            "gauge",
+        );
+        for r in stores {
+            if let Some(m) = r.mirrored {
+                let _ = writeln!(out, "strata_mirror_position{{store=\"{}\"}} {m}", r.name);
+            }
+        }
+    }
+    if let Some(l) = listener {
+        counter(
+            &mut out,
+            "strata_pg_listener_connected",
+            "PostgreSQL: 1 while this node listens for other nodes' commits.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "strata_pg_listener_connected {}",
+            u8::from(l.connected)
+        );
+        counter(
+            &mut out,
+            "strata_pg_listener_connections_total",
+            "PostgreSQL: connections the listener made (more than 1: it reconnected).",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "strata_pg_listener_connections_total {}",
+            l.connections
+        );
     }
     counter(
         &mut out,
@@ -313,11 +378,11 @@ pub fn render(
         "From a push reaching the store's core to its final answer.",
         "histogram",
     );
-    for (store, m, ..) in stores {
-        m.push_latency.write(
+    for r in stores {
+        r.stats.push_latency.write(
             &mut out,
             "strata_push_latency_seconds",
-            &format!("store=\"{store}\""),
+            &format!("store=\"{}\"", r.name),
         );
     }
     out
@@ -338,12 +403,27 @@ mod tests {
         store.pushes.fetch_add(5, Ordering::Relaxed);
         store.push_latency.observe(Duration::from_micros(700));
         store.push_latency.observe(Duration::from_millis(30));
-        let text = render(&server, &[("default".into(), &store, 2, 9, 1)]);
+        let row = StoreRow {
+            name: "default".into(),
+            stats: &store,
+            syncs: Some(2),
+            head: 9,
+            clients: 1,
+            mirrored: Some(8),
+        };
+        let listener = ListenerRow {
+            connected: true,
+            connections: 2,
+        };
+        let text = render(&server, &[row], Some(listener));
         for line in [
             "strata_connections_total{transport=\"quic\"} 3",
             "strata_pushes_total{store=\"default\"} 5",
             "strata_fsyncs_total{store=\"default\"} 2",
             "strata_head{store=\"default\"} 9",
+            "strata_mirror_position{store=\"default\"} 8",
+            "strata_pg_listener_connected 1",
+            "strata_pg_listener_connections_total 2",
             "strata_push_latency_seconds_bucket{store=\"default\",le=\"0.0005\"} 0",
             "strata_push_latency_seconds_bucket{store=\"default\",le=\"0.001\"} 1",
             "strata_push_latency_seconds_bucket{store=\"default\",le=\"0.05\"} 2",

@@ -494,6 +494,28 @@ async fn postgres_restarted_under_load_nodes_recover_on_their_own() {
     for r in &replicas {
         assert_eq!(committed(r), log);
     }
+    // Each node's listener reconnected, and says so.
+    for node in &nodes {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = http_get(node.addr, "/metrics", &[]).await.text();
+            let value = |name: &str| -> Option<u64> {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            };
+            if value("strata_pg_listener_connected") == Some(1)
+                && value("strata_pg_listener_connections_total").is_some_and(|n| n >= 2)
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {}: {text}",
+                node.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let _ = stop_tx.send(true);
     for s in syncing {
         s.await.unwrap().unwrap();
