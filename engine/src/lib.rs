@@ -37,5 +37,7 @@ pub use event::{
 };
 pub use hlc::{Hlc, HlcError, ManualClock, NodeId, SystemClock, Timestamp, WallClock};
 pub use log::{Durability, RecoveryReport, TornTail};
-pub use store::{FOLLOW_POLL, Options, ProgressHook, ReadAll, Store, Subscription};
+pub use store::{
+    FOLLOW_POLL, Options, ProgressHook, REPLICA_LOG_FILE, ReadAll, Store, Subscription,
+};
 pub use uuid::Uuid;

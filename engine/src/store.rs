@@ -53,6 +53,9 @@ const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// How often a subscription of a read-only store, caught up, looks for
 /// what another process has appended.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// The file that marks a store as a sync replica's committed log, whose
+/// plain appends are refused ([`Error::ReplicaLog`]).
+pub const REPLICA_LOG_FILE: &str = "REPLICA";
 
 /// How to open a store. Defaults: durability `Sync`, 64 MiB segments,
 /// default [`Limits`], create if missing, read-write, node id derived from
@@ -590,7 +593,7 @@ impl Store {
             );
         }
 
-        let replica_log = dir.join(crate::sync::local::OUTBOX_FILE).exists();
+        let replica_log = dir.join(REPLICA_LOG_FILE).exists();
         Ok(Store {
             inner: Arc::new(Inner {
                 dir,
@@ -1467,10 +1470,33 @@ impl Store {
         Ok((count > 0).then_some((from, count, records)))
     }
 
-    /// From now on plain appends are refused: this store is a replica's
-    /// committed log.
-    pub(crate) fn mark_replica_log(&self) {
-        self.inner.replica_log.store(true, Ordering::Relaxed);
+    /// From now on plain appends are refused, by this handle and by every
+    /// later open: this store is a replica's committed log. The mark is the
+    /// store's own file ([`REPLICA_LOG_FILE`]), written durably, so that
+    /// the store needs to know nothing of the layer that made it a replica.
+    pub(crate) fn mark_replica_log(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let path = inner.dir.join(REPLICA_LOG_FILE);
+        if !path.exists() && !inner.options.read_only {
+            let io = |action| {
+                let path = path.clone();
+                move |source| Error::Io {
+                    path,
+                    action,
+                    source,
+                }
+            };
+            std::fs::write(&path, b"this store is a sync replica's committed log\n")
+                .map_err(io("marking the store as a replica's log"))?;
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io("syncing the replica mark"))?;
+            std::fs::File::open(&inner.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing the store directory"))?;
+        }
+        inner.replica_log.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Appends a server's events exactly as the server's log holds them

@@ -729,6 +729,14 @@ fn a_replicas_log_refuses_plain_appends_even_when_opened_as_a_store() {
         "{plain:?}"
     );
     r.close().unwrap();
+    // The mark is the store's own file: it holds without the outbox, a
+    // file of the layer above.
+    assert!(path.join(strata::REPLICA_LOG_FILE).exists());
+    std::fs::rename(
+        path.join(strata::sync::local::OUTBOX_FILE),
+        dir.path().join("outbox-elsewhere"),
+    )
+    .unwrap();
     let store = Store::open(&path, Options::default()).unwrap();
     let err = store
         .append("x", ExpectedVersion::Any, vec![NewEvent::new("T", "{}")])

@@ -292,7 +292,10 @@ impl Replica {
             store.close()?;
             return Err(Error::NotAReplica { path: dir, events });
         }
-        store.mark_replica_log();
+        if let Err(e) = store.mark_replica_log() {
+            store.close()?;
+            return Err(e);
+        }
         let conn = Connection::open(&path).map_err(sql_err(&path, "opening the outbox"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))

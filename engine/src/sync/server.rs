@@ -147,6 +147,14 @@ impl ServerConfig {
 /// encoding's own bytes (tags, lengths, and per-event fields).
 pub const ENCODING_SLACK_BYTES: usize = 2 << 20;
 
+// A follow message holds whole log batches and may pass the message size
+// by one batch: the defaults leave room for that, and for the encoding's
+// own bytes, under the wire's limit.
+const _: () = assert!(
+    super::wire::MESSAGE_BYTES_MAX
+        >= MESSAGE_BYTES_MAX_DEFAULT + crate::event::BATCH_BYTES_MAX_DEFAULT + ENCODING_SLACK_BYTES
+);
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {

@@ -8,18 +8,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Largest message, length prefix excluded. Checked before reading or
-/// allocating. A follow message holds whole log batches and may pass the
-/// server's message size by one batch, so this leaves room for the
-/// default message size plus a batch of the default largest size, with
-/// slack for the encoding's own bytes.
+/// allocating. The server's settings must fit under it
+/// (`ServerConfig::validate`, and its defaults by a compile-time check).
 pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
-
-const _: () = assert!(
-    MESSAGE_BYTES_MAX
-        >= crate::sync::server::MESSAGE_BYTES_MAX_DEFAULT
-            + crate::event::BATCH_BYTES_MAX_DEFAULT
-            + crate::sync::server::ENCODING_SLACK_BYTES
-);
 /// Size of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
 
