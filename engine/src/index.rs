@@ -112,6 +112,10 @@ pub struct IndexMeta {
     pub indexed_position: u64,
     /// Largest HLC (physical, counter) among indexed events.
     pub hlc_max: (u64, u32),
+    /// The generation of the log the index was built from
+    /// ([`crate::log::read_generation`]); 0 in an index made before
+    /// generations existed.
+    pub log_generation: u64,
 }
 
 fn sqlite_err<'a>(
@@ -174,6 +178,8 @@ fn read_meta(conn: &Connection, path: &Path) -> Result<IndexMeta, IndexError> {
             "store_id" => meta.store_id = Some(v),
             "schema_version" => meta.schema_version = v.parse().ok(),
             "indexed_position" => meta.indexed_position = v.parse().unwrap_or(0),
+            // Absent in an index made before generations: the log's was 0.
+            "log_generation" => meta.log_generation = v.parse().unwrap_or(u64::MAX),
             "hlc_max" => {
                 if let Some((p, c)) = v.split_once(':') {
                     meta.hlc_max = (p.parse().unwrap_or(0), c.parse().unwrap_or(0));
@@ -218,11 +224,13 @@ pub struct IndexWriter {
 
 /// Opens the index of a store for reading and writing; rebuilds it from
 /// scratch when it belongs to another store, has another schema version,
-/// or claims more than the log holds.
+/// was built from another generation of the log (a repair rewrote it), or
+/// claims more than the log holds.
 pub fn open_rw(
     store_dir: &Path,
     store_id: Uuid,
     log_head: u64,
+    log_generation: u64,
 ) -> Result<(Index, IndexWriter, IndexMeta), IndexError> {
     let path = store_dir.join(INDEX_FILE);
     let open = |path: &Path| -> Result<(Connection, IndexMeta), IndexError> {
@@ -240,7 +248,8 @@ pub fn open_rw(
         || meta
             .schema_version
             .is_some_and(|v| v != INDEX_SCHEMA_VERSION)
-        || meta.indexed_position > log_head;
+        || meta.indexed_position > log_head
+        || (meta.store_id.is_some() && meta.log_generation != log_generation);
     if stale {
         tracing::warn!(path = %path.display(), ?meta, log_head, "index does not match the log; rebuilding it");
         drop(conn);
@@ -254,12 +263,13 @@ pub fn open_rw(
     conn.execute_batch(SCHEMA)
         .map_err(sqlite_err(&path, "creating the schema"))?;
     conn.execute(
-        "INSERT OR IGNORE INTO strata_meta (key, value) VALUES ('store_id', ?1), ('schema_version', ?2), ('indexed_position', '0'), ('hlc_max', '0:0')",
-        params![store_id_text, INDEX_SCHEMA_VERSION.to_string()],
+        "INSERT OR IGNORE INTO strata_meta (key, value) VALUES ('store_id', ?1), ('schema_version', ?2), ('indexed_position', '0'), ('hlc_max', '0:0'), ('log_generation', ?3)",
+        params![store_id_text, INDEX_SCHEMA_VERSION.to_string(), log_generation.to_string()],
     )
     .map_err(sqlite_err(&path, "writing the index metadata"))?;
     meta.store_id = Some(store_id_text);
     meta.schema_version = Some(INDEX_SCHEMA_VERSION);
+    meta.log_generation = log_generation;
     let index = Index {
         path: path.clone(),
         present: true,
@@ -281,7 +291,11 @@ pub fn open_rw(
 /// reported as absent. The caller compares the checkpoint with its log: the
 /// index may be ahead of a read-only view of the log (a writer keeps
 /// extending it), or claim positions the log no longer has (after a repair).
-pub fn open_ro(store_dir: &Path, store_id: Uuid) -> Result<(Index, IndexMeta), IndexError> {
+pub fn open_ro(
+    store_dir: &Path,
+    store_id: Uuid,
+    log_generation: u64,
+) -> Result<(Index, IndexMeta), IndexError> {
     let path = store_dir.join(INDEX_FILE);
     if !path.exists() {
         return Ok((Index::absent(store_dir), IndexMeta::default()));
@@ -294,7 +308,8 @@ pub fn open_ro(store_dir: &Path, store_id: Uuid) -> Result<(Index, IndexMeta), I
     configure(&conn, &path, false)?;
     let meta = read_meta(&conn, &path)?;
     let usable = meta.store_id.as_deref() == Some(&store_id.to_string())
-        && meta.schema_version == Some(INDEX_SCHEMA_VERSION);
+        && meta.schema_version == Some(INDEX_SCHEMA_VERSION)
+        && meta.log_generation == log_generation;
     if !usable {
         return Ok((Index::absent(store_dir), IndexMeta::default()));
     }

@@ -410,6 +410,8 @@ struct Inner {
     /// in, through [`Store::append_replicated`] and
     /// [`Store::append_raw_records`]; plain appends are refused.
     replica_log: AtomicBool,
+    /// The log's generation at open ([`crate::log::read_generation`]).
+    generation: u64,
     report: RecoveryReport,
     _lock: Option<LockFile>,
 }
@@ -475,6 +477,7 @@ impl Store {
             e => Error::Log(e),
         })?;
         let head = log.visible_position();
+        let generation = crate::log::read_generation(&dir.join(crate::log::LOG_DIR))?;
         let node = match &options.node_id {
             Some(n) => NodeId::new(n).map_err(InvalidInput::from)?,
             None => default_node_id(log.store_id()),
@@ -490,7 +493,7 @@ impl Store {
         let mut threads = Vec::new();
 
         let index = if options.read_only {
-            let (mut index, mut meta) = index::open_ro(&dir, log.store_id())?;
+            let (mut index, mut meta) = index::open_ro(&dir, log.store_id(), generation)?;
             let mut head = head;
             if meta.indexed_position > head {
                 // Beside a writer the index may already hold positions past
@@ -518,7 +521,7 @@ impl Store {
             hlc.restore(hlc_max.0, hlc_max.1);
             index
         } else {
-            let (index, iw, meta) = index::open_rw(&dir, log.store_id(), head)?;
+            let (index, iw, meta) = index::open_rw(&dir, log.store_id(), head, generation)?;
             tail.write().unwrap_or_else(|e| e.into_inner()).index_max_id = index.max_event_id()?;
             // Catch the index up before the store is handed out, so reads
             // and checks never face a large tail after a restart.
@@ -612,6 +615,7 @@ impl Store {
                 cursors: Mutex::new(Vec::new()),
                 refresh: Mutex::new(()),
                 replica_log: AtomicBool::new(replica_log),
+                generation,
                 report,
                 _lock: lock_file,
             }),
@@ -649,6 +653,13 @@ impl Store {
     /// What opening the store found and repaired.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report
+    }
+
+    /// The log's generation when this handle opened: how many repairs
+    /// rewrote its history. Files derived from the log record it and
+    /// rebuild when it moved ([`crate::log::read_generation`]).
+    pub fn log_generation(&self) -> u64 {
+        self.inner.generation
     }
 
     pub fn is_read_only(&self) -> bool {

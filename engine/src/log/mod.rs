@@ -56,6 +56,48 @@ pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 40;
 pub const COMMIT_DELAY_MAX: Duration = Duration::from_micros(500);
 /// Name of the log directory inside a store.
 pub const LOG_DIR: &str = "log";
+/// The file in the log directory that holds the log's generation: how many
+/// times a repair rewrote its history (absent: 0).
+pub const GENERATION_FILE: &str = "GENERATION";
+
+/// The generation of the log in `log_dir`: 0 until a repair cuts or moves
+/// away anything but a torn tail, then one more at each such repair. What
+/// is derived from the log (the index, the views) records the generation
+/// it was built from and rebuilds itself when the log's differs: positions
+/// it holds may since have been cut and taken again by other events.
+pub fn read_generation(log_dir: &Path) -> Result<u64, LogError> {
+    let path = log_dir.join(GENERATION_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| LogError::BadGeneration {
+            path: path.clone(),
+            found: text.chars().take(40).collect(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(LogError::io(&path, "reading the log's generation", e)),
+    }
+}
+
+/// Moves the log in `log_dir` to its next generation (written to a
+/// temporary file, synced, renamed, and the directory synced): every
+/// derived file rebuilds at its next open. Returns the new generation.
+pub(crate) fn bump_generation(log_dir: &Path) -> Result<u64, LogError> {
+    let next = read_generation(log_dir)? + 1;
+    let path = log_dir.join(GENERATION_FILE);
+    let tmp = log_dir.join(format!("{GENERATION_FILE}.tmp"));
+    let io = |action| {
+        let path = &path;
+        move |e| LogError::io(path, action, e)
+    };
+    std::fs::write(&tmp, format!("{next}\n")).map_err(io("writing the log's generation"))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io("syncing the log's generation"))?;
+    std::fs::rename(&tmp, &path).map_err(io("replacing the log's generation"))?;
+    std::fs::File::open(log_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing the log directory"))?;
+    Ok(next)
+}
 
 /// When `append` returns, and what a crash can take away.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,6 +158,10 @@ pub enum LogError {
         "position {position} is past the end of this handle's view of the log (position {visible}); nothing is damaged: a read-only store sees newer appends after `Store::refresh`"
     )]
     BeyondView { position: u64, visible: u64 },
+    #[error(
+        "{path} holds {found:?}, not a number: it counts the repairs of this log; write a number larger than it had (e.g. 1000), so that the index and views rebuild"
+    )]
+    BadGeneration { path: PathBuf, found: String },
 }
 
 /// What to do about an I/O error, when that is clear from its kind.

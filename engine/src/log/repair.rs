@@ -240,9 +240,10 @@ pub fn apply(store_dir: &Path, plan: &Plan) -> Result<Option<PathBuf>, LogError>
             }
         }
     }
-    // The index and the views are derived from the log and may describe
-    // what was cut; new appends would reuse those positions. Remove them:
-    // the next read-write open rebuilds the index, views rebuild on open.
+    // What is derived from the log (the index, the views) may describe
+    // what was cut, and new appends would take those positions again: a
+    // new generation tells each derived file to rebuild at its next open.
+    // A torn tail was never part of the history they saw.
     if plan.actions.iter().any(|a| {
         !matches!(
             a,
@@ -252,16 +253,7 @@ pub fn apply(store_dir: &Path, plan: &Plan) -> Result<Option<PathBuf>, LogError>
             }
         )
     }) {
-        crate::index::remove_index_files(store_dir)
-            .map_err(|e| LogError::io(store_dir, "removing the derived index", e))?;
-        for suffix in ["", "-wal", "-shm"] {
-            let path = store_dir.join(format!("{}{suffix}", crate::projection::VIEWS_FILE));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io(&path, "removing the derived views", e)),
-            }
-        }
+        super::bump_generation(&store_dir.join(super::LOG_DIR))?;
     }
     Ok(Some(quarantine))
 }

@@ -24,6 +24,76 @@ const FOLLOW_WAKE: Duration = Duration::from_millis(200);
 /// larger views transactions. Reads do not wait for it: they catch up
 /// themselves.
 const FOLLOW_GATHER: Duration = Duration::from_millis(5);
+/// When the views were built from another generation of the log (a repair
+/// rewrote its history since; [`crate::log::read_generation`]), every view
+/// may hold events at positions that now hold others: each is forgotten
+/// ([`forget_view`]) and the new generation recorded, in one transaction,
+/// so that a crash cannot leave an old view trusted. Views made before
+/// generations existed count as generation 0.
+fn distrust_other_generations(
+    conn: &mut Connection,
+    path: &Path,
+    generation: u64,
+) -> Result<(), ProjectionError> {
+    let recorded: Option<String> = conn
+        .query_row(
+            "SELECT value FROM strata_views_meta WHERE key = 'log_generation'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(ProjectionError::sqlite(path, "reading the metadata"))?;
+    let recorded = recorded.map_or(Some(0), |v| v.parse::<u64>().ok());
+    if recorded == Some(generation) {
+        return Ok(());
+    }
+    tracing::warn!(path = %path.display(), ?recorded, generation, "the log was repaired since the views were built; rebuilding them");
+    let tx = conn
+        .transaction()
+        .map_err(ProjectionError::sqlite(path, "starting a transaction"))?;
+    let rows: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT name, objects FROM strata_projections")
+            .map_err(ProjectionError::sqlite(path, "reading checkpoints"))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(ProjectionError::sqlite(path, "reading checkpoints"))?
+    };
+    for (name, objects) in rows {
+        let objects: Vec<(String, String)> = serde_json::from_str(&objects).unwrap_or_default();
+        forget_view(&tx, &name, &objects).map_err(ProjectionError::sqlite(
+            path,
+            "dropping a view the log no longer backs",
+        ))?;
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO strata_views_meta (key, value) VALUES ('log_generation', ?1)",
+        [generation.to_string()],
+    )
+    .map_err(ProjectionError::sqlite(path, "writing the metadata"))?;
+    tx.commit()
+        .map_err(ProjectionError::sqlite(path, "forgetting views"))
+}
+
+/// Drops a view's objects and its checkpoint: it is built again from the
+/// first event, as a new projection is, and readers wait for that build
+/// instead of reading what the log no longer backs.
+fn forget_view(
+    conn: &Connection,
+    name: &str,
+    objects: &[(String, String)],
+) -> rusqlite::Result<()> {
+    for (kind, object) in objects.iter().rev() {
+        conn.execute_batch(&format!(
+            "DROP {} IF EXISTS main.{}",
+            kind.to_uppercase(),
+            quote(object)
+        ))?;
+    }
+    conn.execute("DELETE FROM strata_projections WHERE name = ?1", [name])?;
+    Ok(())
+}
+
 /// Suffix of a shadow database being rebuilt, after `views.sqlite.`.
 const SHADOW_INFIX: &str = "rebuild-";
 
@@ -462,6 +532,7 @@ impl Views {
             [&store_id],
         )
         .map_err(ProjectionError::sqlite(&path, "writing the metadata"))?;
+        distrust_other_generations(&mut conn, &path, store.log_generation())?;
 
         let mut slots = Vec::with_capacity(projections.len());
         for projection in projections {
@@ -476,16 +547,21 @@ impl Views {
                 .optional()
                 .map_err(ProjectionError::sqlite(&path, "reading checkpoints"))?;
             let (view, objects) = match row {
-                // A checkpoint beyond the log (the log was cut by a repair)
-                // cannot be trusted: rebuild.
                 Some((version, position, objects)) if position <= head => (
                     Some((version, position)),
                     serde_json::from_str(&objects).unwrap_or_default(),
                 ),
-                Some((_, _, objects)) => (
-                    Some((u32::MAX, 0)),
-                    serde_json::from_str(&objects).unwrap_or_default(),
-                ),
+                // A checkpoint beyond the log (it was cut without a new
+                // generation: a log from before generations, or copied
+                // back by hand) cannot be trusted: build it again.
+                Some((_, _, objects)) => {
+                    let objects: Vec<(String, String)> =
+                        serde_json::from_str(&objects).unwrap_or_default();
+                    forget_view(&conn, projection.name(), &objects).map_err(
+                        ProjectionError::sqlite(&path, "dropping a view beyond the log"),
+                    )?;
+                    (None, Vec::new())
+                }
                 None => (None, Vec::new()),
             };
             // A failure recorded by an earlier run is retried: the handler
