@@ -7,12 +7,15 @@ use std::process::ExitCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     Ok = 0,
-    /// Damage or verification failure found; an append conflict.
+    /// Damage or verification failure found.
     Damage = 1,
     /// Usage or input error.
     Usage = 2,
     /// Store locked or unavailable.
     Unavailable = 3,
+    /// An append's expected version was not the aggregate's: nothing is
+    /// wrong with the store; read the aggregate again and retry.
+    Conflict = 4,
 }
 
 impl From<Code> for ExitCode {
@@ -59,7 +62,8 @@ impl From<strata::Error> for Failure {
                 Code::Unavailable
             }
             E::Invalid(_) | E::NotAReplica { .. } => Code::Usage,
-            E::Conflict { .. } | E::EventIdReused { .. } => Code::Damage,
+            E::Conflict { .. } => Code::Conflict,
+            E::EventIdReused { .. } => Code::Damage,
             E::Log(strata::log::LogError::Io { .. } | strata::log::LogError::NotFound { .. }) => {
                 Code::Unavailable
             }

@@ -16,9 +16,10 @@ use clap::{Parser, Subcommand};
 const AFTER_HELP: &str = "\
 EXIT CODES:
     0  success
-    1  damage or verification failure found, or an append conflict
+    1  damage or verification failure found
     2  usage or input error
     3  store locked or unavailable, or the sync server cannot be reached
+    4  append conflict: the aggregate is not at --expect-version (nothing is damaged)
 
 ENVIRONMENT:
     STRATA_STORE  store directory (same as --store)";
@@ -62,7 +63,7 @@ enum Command {
     /// Append one event to an aggregate.
     #[command(
         long_about = "Append one event and print its position and version.\n\n\
-        A stale --expect-version fails with exit code 1 and names the current version.\n\n\
+        A stale --expect-version fails with exit code 4 and names the current version.\n\n\
         Examples:\n  strata append counter-1 CounterIncremented '{\"value\":1}'\n  \
         strata append counter-1 CounterIncremented '{\"value\":1}' --expect-version 3 --metadata '{\"user\":\"ann\"}'"
     )]

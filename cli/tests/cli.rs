@@ -23,7 +23,7 @@ fn demo_runs_and_narrates() {
 }
 
 #[test]
-fn init_then_append_prints_position_and_version_and_conflicts_exit_1() {
+fn init_then_append_prints_position_and_version_and_conflicts_exit_4() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
     strata(&store).arg("init").assert().success();
@@ -65,7 +65,7 @@ fn init_then_append_prints_position_and_version_and_conflicts_exit_1() {
             "1",
         ])
         .assert()
-        .code(1);
+        .code(4);
     let err = String::from_utf8_lossy(&out.get_output().stderr);
     assert!(err.contains("current version is 2"), "{err}");
     strata(&store)
@@ -618,6 +618,7 @@ fn help_lists_every_command_and_the_exit_codes() {
         );
     }
     assert!(text.contains("EXIT CODES") && text.contains("3  store locked"));
+    assert!(text.contains("4  append conflict"), "{text}");
     Command::cargo_bin("strata")
         .unwrap()
         .arg("no-such-command")

@@ -40,7 +40,7 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
             "{}",
             serde_json::json!({ "conflict": true, "current_version": current })
         );
-        Ok(Code::Damage)
+        Ok(Code::Conflict)
     };
     if super::is_replica(&cli.store) {
         // Into the outbox: pushed by the next `strata sync`.
