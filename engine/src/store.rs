@@ -241,19 +241,27 @@ impl Tail {
 /// How far the indexer has got, and whether it is stuck.
 #[derive(Debug, Default)]
 struct IndexProgress {
-    state: Mutex<(u64, Option<String>)>,
+    state: Mutex<IndexState>,
     moved: Condvar,
 }
 
+#[derive(Debug, Default, Clone)]
+struct IndexState {
+    /// Every position up to this one is in the index.
+    indexed: u64,
+    /// Why the indexer stopped, when it did.
+    stopped: Option<String>,
+}
+
 impl IndexProgress {
-    fn set(&self, indexed: u64, error: Option<String>) {
+    fn set(&self, indexed: u64, stopped: Option<String>) {
         let mut st = lock(&self.state);
-        st.0 = st.0.max(indexed);
-        st.1 = error;
+        st.indexed = st.indexed.max(indexed);
+        st.stopped = stopped;
         self.moved.notify_all();
     }
 
-    fn get(&self) -> (u64, Option<String>) {
+    fn get(&self) -> IndexState {
         lock(&self.state).clone()
     }
 }
@@ -1160,7 +1168,7 @@ impl Store {
                 return Ok(());
             }
             let st = lock(&inner.progress.state);
-            if let Some(reason) = &st.1 {
+            if let Some(reason) = &st.stopped {
                 return Err(IndexError::Stopped {
                     reason: reason.clone(),
                 }
@@ -1808,10 +1816,10 @@ impl Store {
         let target = self.head();
         let mut st = lock(&inner.progress.state);
         loop {
-            if st.0 >= target {
+            if st.indexed >= target {
                 return Ok(());
             }
-            if let Some(reason) = &st.1 {
+            if let Some(reason) = &st.stopped {
                 return Err(IndexError::Stopped {
                     reason: reason.clone(),
                 }
@@ -1828,7 +1836,7 @@ impl Store {
 
     /// The index's checkpoint: the last position written to SQLite.
     pub fn indexed_position(&self) -> u64 {
-        self.inner.progress.get().0
+        self.inner.progress.get().indexed
     }
 
     /// Whether `index.sqlite` exists. A read-only store without it

@@ -54,13 +54,12 @@ impl Log {
                     "segment does not continue this log",
                 ));
             }
-            let segment = Arc::new(Segment::new(
+            let segment = Arc::new(Segment::active(
                 first,
                 path,
                 file,
                 SEGMENT_HEADER_BYTES as u64,
                 first - 1,
-                false,
                 shared.config.segment_bytes_max,
             ));
             shared

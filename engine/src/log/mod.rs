@@ -236,14 +236,32 @@ impl Visible {
 /// Group-commit bookkeeping, under one mutex.
 #[derive(Debug)]
 struct SyncState {
-    /// The last frame written: its last position, segment and end offset.
-    written: Option<(u64, Arc<Segment>, u64)>,
+    /// The last frame written.
+    written: Option<Written>,
     /// Every position up to this one is on stable storage.
     synced_position: u64,
-    /// (first position of the active segment, bytes of it on stable storage).
-    synced_len: (u64, u64),
+    /// How much of the active segment is on stable storage.
+    synced_len: SyncedLen,
     /// A leader is running `fdatasync` right now.
     syncing: bool,
+}
+
+/// The last frame written, which the next sync makes durable.
+#[derive(Debug, Clone)]
+struct Written {
+    /// Its last position.
+    last_position: u64,
+    segment: Arc<Segment>,
+    /// The segment's length after it (bytes).
+    end: u64,
+}
+
+/// The bytes of one segment on stable storage.
+#[derive(Debug, Clone, Copy, Default)]
+struct SyncedLen {
+    /// The segment, by its first position (0: none yet).
+    segment_first: u64,
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -305,8 +323,11 @@ impl Log {
         let last = recovered.segments.last().cloned();
         let visible_position = last.as_ref().map_or(0, |s| s.last_position());
         let synced_len = match &recovered.active {
-            Some(a) => (a.segment.first_position(), a.len),
-            None => (0, 0),
+            Some(a) => SyncedLen {
+                segment_first: a.segment.first_position(),
+                bytes: a.len,
+            },
+            None => SyncedLen::default(),
         };
         let shared = Arc::new(LogShared {
             dir,
@@ -315,10 +336,11 @@ impl Log {
             segments: RwLock::new(recovered.segments),
             visible: Visible::default(),
             sync: Mutex::new(SyncState {
-                written: recovered
-                    .active
-                    .as_ref()
-                    .map(|a| (visible_position, a.segment.clone(), a.len)),
+                written: recovered.active.as_ref().map(|a| Written {
+                    last_position: visible_position,
+                    segment: a.segment.clone(),
+                    end: a.len,
+                }),
                 synced_position: visible_position,
                 synced_len,
                 syncing: false,
@@ -508,7 +530,7 @@ impl Log {
         let mut st = lock(&shared.sync);
         let target = match position {
             Some(p) => p,
-            None => st.written.as_ref().map_or(0, |w| w.0),
+            None => st.written.as_ref().map_or(0, |w| w.last_position),
         };
         loop {
             if let Some(reason) = self.poisoned() {
@@ -547,7 +569,11 @@ impl Log {
                 }
             }
             st = lock(&shared.sync);
-            let (mark_position, segment, mark_len) = st.written.clone().expect("checked above");
+            let Written {
+                last_position: mark_position,
+                segment,
+                end: mark_len,
+            } = st.written.clone().expect("checked above");
             drop(st);
             let result = segment.file().sync_data();
             shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -562,8 +588,8 @@ impl Log {
             if mark_position > st.synced_position {
                 st.synced_position = mark_position;
             }
-            if st.synced_len.0 == segment.first_position() {
-                st.synced_len.1 = st.synced_len.1.max(mark_len);
+            if st.synced_len.segment_first == segment.first_position() {
+                st.synced_len.bytes = st.synced_len.bytes.max(mark_len);
             }
             if shared.config.durability == Durability::Sync {
                 segment.publish(mark_len, mark_position);
@@ -865,8 +891,8 @@ impl LogWriter {
         let segment = active.segment.clone();
         let durable_offset = {
             let st = lock(&log.shared.sync);
-            if st.synced_len.0 == segment.first_position() {
-                st.synced_len.1
+            if st.synced_len.segment_first == segment.first_position() {
+                st.synced_len.bytes
             } else {
                 SEGMENT_HEADER_BYTES as u64
             }
@@ -906,7 +932,11 @@ impl LogWriter {
         self.next_position = last_position + 1;
         {
             let mut st = lock(&log.shared.sync);
-            st.written = Some((last_position, segment.clone(), active.len));
+            st.written = Some(Written {
+                last_position,
+                segment: segment.clone(),
+                end: active.len,
+            });
         }
         if log.shared.config.durability != Durability::Sync {
             segment.publish(active.len, last_position);
@@ -1015,7 +1045,10 @@ impl LogWriter {
             .push(segment.clone());
         {
             let mut st = lock(&shared.sync);
-            st.synced_len = (first_position, len);
+            st.synced_len = SyncedLen {
+                segment_first: first_position,
+                bytes: len,
+            };
         }
         self.active = Some(ActiveSegment {
             segment,
@@ -1074,13 +1107,12 @@ pub(crate) fn create_segment_file(
     vfs.sync_dir(dir)
         .map_err(|e| (dir.to_path_buf(), "syncing", e))?;
     let len = SEGMENT_HEADER_BYTES as u64;
-    let segment = Segment::new(
+    let segment = Segment::active(
         first_position,
         path,
         file,
         len,
         first_position - 1,
-        false,
         segment_bytes_max,
     );
     Ok((segment, len))

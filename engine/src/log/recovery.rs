@@ -482,14 +482,12 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
                 ));
             };
             let len = seal_offset + SEAL_FRAME_BYTES as u64;
-            segments.push(Arc::new(Segment::new(
+            segments.push(Arc::new(Segment::sealed(
                 first,
                 path,
                 file,
                 len,
                 seal.last_position,
-                true,
-                0,
             )));
             expected_first = Some(next_first);
             continue;
@@ -508,14 +506,12 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
                     .map_err(|e| LogError::io(&path, "syncing a sealed segment", e))?;
             }
             let len = offset + SEAL_FRAME_BYTES as u64;
-            segments.push(Arc::new(Segment::new(
+            segments.push(Arc::new(Segment::sealed(
                 first,
                 path,
                 file,
                 len,
                 seal.last_position,
-                true,
-                0,
             )));
             continue;
         }
@@ -568,13 +564,12 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
         let mut body_crc = crc32fast::Hasher::new();
         body_crc.update(&bytes[..len as usize]);
         let last_position = scan.next_position - 1;
-        let segment = Arc::new(Segment::new(
+        let segment = Arc::new(Segment::active(
             first,
             path,
             file,
             len,
             last_position,
-            false,
             config.segment_bytes_max,
         ));
         segments.push(segment.clone());

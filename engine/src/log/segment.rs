@@ -52,7 +52,42 @@ pub struct Segment {
 }
 
 impl Segment {
-    pub fn new(
+    /// A sealed segment: `len` bytes, all readable, up to `last_position`;
+    /// mapped at its length.
+    pub fn sealed(
+        first_position: u64,
+        path: PathBuf,
+        file: Arc<dyn VfsFile>,
+        len: u64,
+        last_position: u64,
+    ) -> Segment {
+        Segment::new(first_position, path, file, len, last_position, true, 0)
+    }
+
+    /// The active segment: readable up to `readable_len` bytes and
+    /// `last_position` (`first_position - 1`: no event yet), growing as
+    /// batches become visible; mapped at `map_len` (its size limit), so
+    /// that one map serves it while it grows.
+    pub fn active(
+        first_position: u64,
+        path: PathBuf,
+        file: Arc<dyn VfsFile>,
+        readable_len: u64,
+        last_position: u64,
+        map_len: u64,
+    ) -> Segment {
+        Segment::new(
+            first_position,
+            path,
+            file,
+            readable_len,
+            last_position,
+            false,
+            map_len,
+        )
+    }
+
+    fn new(
         first_position: u64,
         path: PathBuf,
         file: Arc<dyn VfsFile>,
