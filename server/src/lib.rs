@@ -855,16 +855,8 @@ async fn health(
     let Some(store) = q.store else {
         return Json(serde_json::json!({ "ok": true })).into_response();
     };
-    if let Err(e) = registry::validate_store_name(&store) {
-        return refuse(StatusCode::BAD_REQUEST, e);
-    }
-    let token = request_token(&headers, q.token.as_deref());
-    if let Err(e) = state.check(token.as_deref(), &store, peer_ip(peer)) {
-        return auth_refusal(&e);
-    }
-    let hosted = match open_existing(&state, store.clone()).await {
-        Ok(Some(h)) => h,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("no store {store:?} here")),
+    let hosted = match readable_store(&state, peer, &headers, &store, q.token.as_deref()).await {
+        Ok(h) => h,
         Err(r) => return r,
     };
     let log = hosted.log.clone();
@@ -878,6 +870,30 @@ async fn health(
             refuse(StatusCode::SERVICE_UNAVAILABLE, e)
         }
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// The store a read names, for a client that may read it: a bad name is
+/// 400, a refused token 401/403/429, a store that does not exist 404 (a
+/// read never creates one).
+async fn readable_store(
+    state: &Arc<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    store: &str,
+    query_token: Option<&str>,
+) -> Result<Arc<registry::Hosted>, Response> {
+    registry::validate_store_name(store).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+    let token = request_token(headers, query_token);
+    state
+        .check(token.as_deref(), store, peer_ip(peer))
+        .map_err(|e| auth_refusal(&e))?;
+    match open_existing(state, store.to_owned()).await? {
+        Some(h) => Ok(h),
+        None => Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no store {store:?} here"),
+        )),
     }
 }
 
@@ -940,16 +956,8 @@ async fn events(
         );
     }
     let store = q.store.unwrap_or_else(|| DEFAULT_STORE.to_owned());
-    if let Err(e) = registry::validate_store_name(&store) {
-        return refuse(StatusCode::BAD_REQUEST, e);
-    }
-    let token = request_token(&headers, q.token.as_deref());
-    if let Err(e) = state.check(token.as_deref(), &store, peer_ip(peer)) {
-        return auth_refusal(&e);
-    }
-    let hosted = match open_existing(&state, store.clone()).await {
-        Ok(Some(h)) => h,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("no store {store:?} here")),
+    let hosted = match readable_store(&state, peer, &headers, &store, q.token.as_deref()).await {
+        Ok(h) => h,
         Err(r) => return r,
     };
     // Position 0 is before the first event.
