@@ -73,7 +73,14 @@ pub struct SeedClient {
     pub max_seen: Option<((u64, u64, String), String)>,
     /// Events received that the client already held.
     pub duplicates: usize,
+    /// Most `PULL_REQUIRED` answers one sync may get before the client
+    /// gives up (panics): [`SEED_ROUNDS_MAX`] by default.
+    pub rounds_max: usize,
 }
+
+/// Default [`SeedClient::rounds_max`]: on one server, fairness bounds a
+/// request at two rounds; ten is a wide margin.
+pub const SEED_ROUNDS_MAX: usize = 10;
 
 /// `physical:counter:node`, parsed like the seed's `%lld:%d:%s`.
 pub fn parse_hlc(s: &str) -> (u64, u64, String) {
@@ -98,6 +105,7 @@ impl SeedClient {
             cursor: Cursor::LastReceived,
             max_seen: None,
             duplicates: 0,
+            rounds_max: SEED_ROUNDS_MAX,
         }
     }
 
@@ -228,7 +236,7 @@ impl SeedClient {
                     }
                     assert_eq!(status, "PULL_REQUIRED");
                     assert!(
-                        statuses.len() < 10,
+                        statuses.len() < self.rounds_max,
                         "the client keeps being refused: {statuses:?}"
                     );
                     self.rebase();
