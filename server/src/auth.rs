@@ -304,17 +304,9 @@ impl Auth {
         store: &str,
         peer: IpAddr,
     ) -> Result<Grant, AuthError> {
-        if self.is_open() {
+        let Some(grants) = self.grants_for(peer)? else {
             return Ok(Grant { write: true });
-        }
-        if let Some(retry_after_secs) = self.blocked(peer) {
-            return Err(AuthError::TooManyFailures { retry_after_secs });
-        }
-        let grants = self
-            .grants
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        };
         let Some(rules) = token.and_then(|t| grants.rules.get(&digest(t))) else {
             self.failed(peer, "missing or wrong token");
             return Err(AuthError::Unauthorized);
@@ -340,17 +332,9 @@ impl Auth {
     /// A token that grants read on every store (for `/metrics` on the main
     /// port), for a client at `peer`.
     pub fn check_all(&self, token: Option<&str>, peer: IpAddr) -> Result<(), AuthError> {
-        if self.is_open() {
+        let Some(grants) = self.grants_for(peer)? else {
             return Ok(());
-        }
-        if let Some(retry_after_secs) = self.blocked(peer) {
-            return Err(AuthError::TooManyFailures { retry_after_secs });
-        }
-        let grants = self
-            .grants
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        };
         match token.and_then(|t| grants.rules.get(&digest(t))) {
             Some(rules) if rules.iter().any(|(p, _)| *p == Pattern::All) => Ok(()),
             Some(_) => {
@@ -362,6 +346,24 @@ impl Auth {
                 Err(AuthError::Unauthorized)
             }
         }
+    }
+
+    /// The grants a check from `peer` is made against: `None` on an open
+    /// server (everyone may do everything); refused while `peer` is
+    /// blocked.
+    fn grants_for(&self, peer: IpAddr) -> Result<Option<Arc<Grants>>, AuthError> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        if let Some(retry_after_secs) = self.blocked(peer) {
+            return Err(AuthError::TooManyFailures { retry_after_secs });
+        }
+        Ok(Some(
+            self.grants
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        ))
     }
 
     /// Seconds left on `peer`'s block, if it is blocked.

@@ -506,15 +506,7 @@ async fn quic_receive_all(
     .map_err(failed)?;
     let (mut received, mut bytes) = (0u64, 0u64);
     while received < events {
-        match read_frame::<ServerMessage>(
-            &mut recv,
-            strata::sync::wire::MESSAGE_BYTES_MAX,
-            None,
-            None,
-        )
-        .await
-        .map_err(failed)?
-        {
+        match next_message(&mut recv).await? {
             Frame::Message(ServerMessage::Records { count, records, .. }) => {
                 received += count as u64;
                 bytes += records.len() as u64;
@@ -857,7 +849,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// A protocol-level QUIC client: connects, says Hello to the default
+/// The server's next frame on a bench client's stream.
+async fn next_message(
+    recv: &mut quinn::RecvStream,
+) -> Result<Frame<ServerMessage>, SyncBenchError> {
+    read_frame(recv, strata::sync::wire::MESSAGE_BYTES_MAX, None, None)
+        .await
+        .map_err(failed)
+}
+
+/// A protocol-level QUIC client: connects, says Hello to the target's
 /// store, and returns the streams.
 async fn quic_client(
     server: &Target,
@@ -894,10 +895,7 @@ async fn quic_client(
     write_frame(&mut send, &mut buf, &hello, crate::quic::SEND_TIMEOUT)
         .await
         .map_err(failed)?;
-    match read_frame::<ServerMessage>(&mut recv, strata::sync::wire::MESSAGE_BYTES_MAX, None, None)
-        .await
-        .map_err(failed)?
-    {
+    match next_message(&mut recv).await? {
         Frame::Message(ServerMessage::Welcome { .. }) => Ok((endpoint, conn, send, recv)),
         other => Err(failed(format!("expected Welcome, got {other:?}"))),
     }
@@ -934,15 +932,7 @@ async fn fanin_client(
         write_frame(&mut send, &mut buf, &push, crate::quic::SEND_TIMEOUT)
             .await
             .map_err(failed)?;
-        match read_frame::<ServerMessage>(
-            &mut recv,
-            strata::sync::wire::MESSAGE_BYTES_MAX,
-            None,
-            None,
-        )
-        .await
-        .map_err(failed)?
-        {
+        match next_message(&mut recv).await? {
             Frame::Message(ServerMessage::Accepted { request, .. }) if request == version => {}
             Frame::Message(other) => {
                 return Err(failed(format!("{name}: push {version} answered {other:?}")));

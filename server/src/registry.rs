@@ -609,14 +609,23 @@ impl Registry {
         if let Some(h) = self.get_open(name) {
             return Ok(Some(h));
         }
-        let (log, kept): (Arc<dyn CanonicalLog>, Kept) = match &self.backend {
+        let log_err = |source| ServerError::Log {
+            name: name.to_owned(),
+            source,
+        };
+        let (log, kept, head): (Arc<dyn CanonicalLog>, Kept, u64) = match &self.backend {
             Backend::Embedded => {
                 let dir = self.data_dir.join(name);
                 if !create && !dir.join(strata::log::LOG_DIR).is_dir() {
                     return Ok(None);
                 }
                 let (store, views) = open_embedded(name, &dir)?;
-                (Arc::new(store.clone()), Kept::Embedded { store, views })
+                let head = store.head();
+                (
+                    Arc::new(store.clone()),
+                    Kept::Embedded { store, views },
+                    head,
+                )
             }
             Backend::Postgres(db) => {
                 let found = if create {
@@ -627,19 +636,12 @@ impl Registry {
                 let Some(log) = found.map_err(|e| ServerError::Postgres(Box::new(e)))? else {
                     return Ok(None);
                 };
-                let head = log.head().map_err(|source| ServerError::Log {
-                    name: name.to_owned(),
-                    source,
-                })?;
+                let head = log.head().map_err(log_err)?;
                 let (mirror, views) =
                     open_mirror(name, &self.data_dir.join(name), log.store_id(), head)?;
-                (Arc::new(log), Kept::Postgres { mirror, views })
+                (Arc::new(log), Kept::Postgres { mirror, views }, head)
             }
         };
-        let head = log.head().map_err(|e| ServerError::Log {
-            name: name.to_owned(),
-            source: e,
-        })?;
         let (head_tx, head_rx) = watch::channel(head);
         let hosted = Arc::new(Hosted {
             name: name.to_owned(),

@@ -220,17 +220,7 @@ pub(crate) fn plan<'a>(
         }
         // 3. A retry of a push that went through.
         if found.len() == push.len() {
-            let placed = push
-                .iter()
-                .map(|e| {
-                    let (position, version) = found[&e.event_id];
-                    Placed {
-                        event_id: e.event_id,
-                        position,
-                        version,
-                    }
-                })
-                .collect();
+            let placed = placed(push, |id| found[id]);
             decided.push(Decided::Done(PushOutcome::Appended(placed)));
             continue;
         }
@@ -291,21 +281,13 @@ pub(crate) fn plan<'a>(
             });
         }
         versions.extend(local);
-        let placed = push
-            .iter()
-            .map(|e| {
-                let (position, version) = new_at
-                    .get(&e.event_id)
-                    .or_else(|| found.get(&e.event_id))
-                    .copied()
-                    .expect("every event is new or found");
-                Placed {
-                    event_id: e.event_id,
-                    position,
-                    version,
-                }
-            })
-            .collect();
+        let placed = placed(push, |id| {
+            new_at
+                .get(id)
+                .or_else(|| found.get(id))
+                .copied()
+                .expect("every event is new or found")
+        });
         decided.push(Decided::Done(PushOutcome::Appended(placed)));
     }
 
@@ -346,6 +328,21 @@ pub(crate) fn plan<'a>(
         rows,
         head,
     }
+}
+
+/// Where each event of `push` is, in the push's order: `at` gives an
+/// event's (position, version).
+fn placed(push: &[Proposal], at: impl Fn(&Uuid) -> (u64, u64)) -> Vec<Placed> {
+    push.iter()
+        .map(|e| {
+            let (position, version) = at(&e.event_id);
+            Placed {
+                event_id: e.event_id,
+                position,
+                version,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
