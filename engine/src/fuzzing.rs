@@ -42,7 +42,7 @@ use crate::sync::seed::{Auth, SeedSession, SeedStep, error_json};
 use crate::sync::server::PUSHES_WAITING_PER_CLIENT_MAX;
 use crate::sync::wire::{self, WireError};
 use crate::sync::{
-    CanonicalLog, ClientId, ClientInfo, CommitResult, CoreEvent, PushPolicy, Replica,
+    CanonicalLog, ClientId, ClientInfo, CommitResult, CoreEvent, Push, PushPolicy, Replica,
     ReplicaConfig, ReplicaCore, ReplicaOptions, ServerConfig, ServerCore, StorageError,
 };
 use crate::{Error, Options, Store};
@@ -996,6 +996,7 @@ fn sync_server_config() -> ServerConfig {
         lease_ms: 500,
         commit_pushes_max: 2,
         policy: Some(Arc::new(RefuseForbidden)),
+        log_keeps_turns: false,
     }
 }
 
@@ -1395,7 +1396,7 @@ impl Shell {
                 commit
                     .pushes
                     .iter()
-                    .flat_map(|p| p.iter())
+                    .flat_map(|p| p.events.iter())
                     .any(|p| is_proposal(p, e)),
                 "the commit appended {e:?}, which none of its pushes holds as such"
             );
@@ -1450,7 +1451,7 @@ impl Shell {
 
     /// Each push of a commit is what is left (some events refused) of the
     /// oldest waiting push of a connected client, one client a push.
-    fn check_commit_pushes(&self, pushes: &[Arc<[Proposal]>]) {
+    fn check_commit_pushes(&self, pushes: &[Push]) {
         assert!(!pushes.is_empty());
         assert!(pushes.len() <= self.core.config().commit_pushes_max);
         let mut oldest: Vec<&Waiting> = Vec::new();
@@ -1459,12 +1460,15 @@ impl Shell {
                 oldest.push(w);
             }
         }
-        fn assign(pushes: &[Arc<[Proposal]>], oldest: &[&Waiting], used: &mut [bool]) -> bool {
+        fn assign(pushes: &[Push], oldest: &[&Waiting], used: &mut [bool]) -> bool {
             let Some((push, rest)) = pushes.split_first() else {
                 return true;
             };
             for (i, w) in oldest.iter().enumerate() {
-                if !used[i] && push.iter().all(|p| w.events.contains(p)) {
+                if !used[i]
+                    && w.client == push.client
+                    && push.events.iter().all(|p| w.events.contains(p))
+                {
                     used[i] = true;
                     if assign(rest, oldest, used) {
                         return true;
@@ -1475,7 +1479,7 @@ impl Shell {
             false
         }
         for push in pushes {
-            assert!(!push.is_empty(), "an empty push in a commit");
+            assert!(!push.events.is_empty(), "an empty push in a commit");
         }
         let mut used = vec![false; oldest.len()];
         assert!(
@@ -1529,6 +1533,9 @@ impl Shell {
                     );
                     self.head_moved = head;
                     self.published = self.published.max(head);
+                }
+                CoreEvent::LeftTurn { client } => {
+                    panic!("client {client} left a turn the log keeps, but this log keeps none")
                 }
             }
         }

@@ -21,8 +21,8 @@ use rand::{Rng, SeedableRng};
 use strata::sync::proto::{ClientMessage, PROTOCOL_VERSION, Proposal, ServerMessage};
 use strata::sync::rebase::{next_push, rebase};
 use strata::sync::{
-    CanonicalLog, ClientInfo, PendingEvent, RebaseDecision, ReplicaConfig, ReplicaCore,
-    ReplicaStorage, ServerConfig, ServerCore, StorageError,
+    CanonicalLog, ClientInfo, CommitResult, PendingEvent, PushOutcome, RebaseDecision,
+    ReplicaConfig, ReplicaCore, ReplicaStorage, ServerConfig, ServerCore, StorageError,
 };
 use strata::{Durability, Error, Event, Hlc, ManualClock, NodeId, Options, Store, Uuid};
 
@@ -1059,4 +1059,101 @@ fn y5_clients_that_retry_at_once_on_one_aggregate_never_starve() {
             assert_eq!(e.version, i as u64 + 1);
         }
     }
+}
+
+/// A log shared by several nodes keeps the turn itself: a push it answers
+/// `Held` stays unanswered and out of commits (with the later pushes of
+/// its client behind it) until the head moves past what the log saw or
+/// the log's wait runs out; a conflict is refused at once, and the core
+/// claims no turn of its own.
+#[test]
+fn a_push_the_log_holds_waits_unanswered_until_the_head_moves_or_its_wait_runs_out() {
+    let mut core = ServerCore::new(
+        ServerConfig {
+            log_keeps_turns: true,
+            ..ServerConfig::default()
+        },
+        0,
+    );
+    for c in [1, 2] {
+        core.handle_connect(
+            c,
+            ClientInfo {
+                name: format!("c{c}"),
+                may_write: true,
+            },
+        );
+    }
+    let held = |head| {
+        Ok(CommitResult {
+            outcomes: vec![PushOutcome::Held { wait_ms: 50 }],
+            head,
+        })
+    };
+    core.handle_push(0, 1, 7, vec![ev("hot", 1, 1)]);
+    let commit = core.poll_commit().unwrap();
+    assert_eq!(commit.pushes[0].client, 1, "each push names its client");
+    core.handle_committed(0, commit.id, held(3));
+    assert_eq!(core.poll_transmit(), None, "a held push is not answered");
+    assert!(core.poll_commit().is_none(), "a held push waits");
+    // The client's next push stays behind its held one; another client's
+    // push goes meanwhile.
+    core.handle_push(1, 1, 8, vec![ev("mine", 1, 2)]);
+    core.handle_push(1, 2, 9, vec![ev("cold", 1, 3)]);
+    let other = core.poll_commit().unwrap();
+    assert_eq!(other.pushes.len(), 1);
+    assert_eq!(other.pushes[0].client, 2);
+    let placed = |position| strata::sync::proto::Placed {
+        event_id: Uuid::from_u128(3),
+        position,
+        version: 1,
+    };
+    core.handle_committed(
+        2,
+        other.id,
+        Ok(CommitResult {
+            outcomes: vec![PushOutcome::Appended(vec![placed(3)])],
+            head: 3,
+        }),
+    );
+    assert!(accepted(core.poll_transmit().map(|(_, m)| m).as_ref()));
+    assert!(core.poll_commit().is_none(), "the head did not pass 3");
+    assert_eq!(core.poll_timeout(), Some(50));
+    // Another node appended: the holder's push may have been; offer again.
+    assert!(!core.handle_head(3));
+    assert!(core.handle_head(4));
+    let again = core.poll_commit().unwrap();
+    assert_eq!(again.pushes.len(), 1);
+    assert_eq!(&*again.pushes[0].events, &[ev("hot", 1, 1)]);
+    // Held again; this time the wait runs out.
+    core.handle_committed(10, again.id, held(4));
+    core.handle_timeout(59);
+    assert!(core.poll_commit().is_none());
+    core.handle_timeout(60);
+    let third = core.poll_commit().unwrap();
+    // The log refuses it for a conflict: answered at once, no turn kept
+    // here (the log claimed it).
+    core.handle_committed(
+        61,
+        third.id,
+        Ok(CommitResult {
+            outcomes: vec![PushOutcome::Conflict(vec![("hot".into(), 2)])],
+            head: 4,
+        }),
+    );
+    assert!(pull_required(core.poll_transmit().map(|(_, m)| m).as_ref()));
+    assert_eq!(core.turn_holder(), None);
+    while core.poll_event().is_some() {}
+    // Only now does the client's second push go.
+    let fourth = core.poll_commit().unwrap();
+    assert_eq!(&*fourth.pushes[0].events, &[ev("mine", 1, 2)]);
+    // The log hears when a client that took part in its turn leaves, and
+    // only then.
+    core.handle_disconnect(70, 2);
+    assert_eq!(core.poll_event(), None);
+    core.handle_disconnect(70, 1);
+    assert_eq!(
+        core.poll_event(),
+        Some(strata::sync::CoreEvent::LeftTurn { client: 1 })
+    );
 }

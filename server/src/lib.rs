@@ -546,9 +546,13 @@ pub async fn serve(
     let backend = match &config.database {
         None => registry::Backend::Embedded,
         Some(pg) => registry::Backend::Postgres(
-            pg::PgDatabase::connect(pg.clone())
-                .await
-                .map_err(|e| ServerError::Postgres(Box::new(e)))?,
+            // The turn across nodes lasts what the core's would.
+            pg::PgDatabase::connect(pg::PgConfig {
+                turn_lease_ms: config.sync.lease_ms,
+                ..pg.clone()
+            })
+            .await
+            .map_err(|e| ServerError::Postgres(Box::new(e)))?,
         ),
     };
     let registry = Arc::new(Registry::with_backend(

@@ -192,7 +192,11 @@ impl Hosted {
     /// Another node committed up to `head` (a shared log): the core answers
     /// with at least this head, and followers on this node wake.
     pub fn learn_head(&self, head: u64) {
-        self.drive(false, |core| core.handle_head(head));
+        // A push the log held for another node's client may go now.
+        let released = self.drive(false, |core| core.handle_head(head));
+        if released {
+            self.wake_committer();
+        }
         self.publish_head(head);
     }
 
@@ -307,6 +311,7 @@ impl Hosted {
         for e in events {
             match e {
                 CoreEvent::HeadMoved { head } => self.publish_head(head),
+                CoreEvent::LeftTurn { client } => self.leave_turn(client),
                 other => tracing::debug!(store = %self.name, event = ?other, "core event"),
             }
         }
@@ -314,6 +319,23 @@ impl Hosted {
             self.wake_committer();
         }
         out
+    }
+
+    /// Tells the log that `client` left, off this thread (the call waits
+    /// for the database; `drive` may run on a connection's task).
+    fn leave_turn(&self, client: ClientId) {
+        let log = self.log.clone();
+        let name = self.name.clone();
+        let leave = move || {
+            if let Err(e) = log.client_left(client) {
+                // Not fatal: the turn then runs out by its deadline.
+                tracing::warn!(store = %name, error = %e.detail(), "could not take a departed client out of the turn");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(leave)),
+            Err(_) => drop(std::thread::spawn(leave)),
+        }
     }
 
     fn wake_committer(&self) {
@@ -643,11 +665,15 @@ impl Registry {
             }
         };
         let (head_tx, head_rx) = watch::channel(head);
+        let sync = ServerConfig {
+            log_keeps_turns: log.keeps_turns(),
+            ..self.sync.clone()
+        };
         let hosted = Arc::new(Hosted {
             name: name.to_owned(),
             log,
             kept,
-            core: Mutex::new(ServerCore::new(self.sync.clone(), head)),
+            core: Mutex::new(ServerCore::new(sync, head)),
             routes: Mutex::new(HashMap::new()),
             wake: (Mutex::new(false), Condvar::new()),
             stop: AtomicBool::new(false),

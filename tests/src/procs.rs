@@ -11,13 +11,21 @@ use std::sync::{Arc, Mutex};
 
 use strata::Uuid;
 
-/// A `sync_server` process, once it said `READY`.
+/// A `sync_server` process, once it said `READY`. Killed when dropped, so
+/// that a failing test leaves no server running.
 #[derive(Debug)]
 pub struct ServerProcess {
     pub child: Child,
     /// Its QUIC address.
     pub addr: SocketAddr,
     pub fingerprint: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts `sync_server` (binary `bin`) on `data`, QUIC on `addr`, with its
@@ -51,19 +59,28 @@ pub fn spawn_server(
 }
 
 /// A `sync_client` process: a replica appending and syncing in the
-/// background until it is killed.
+/// background until it is killed (at the latest when dropped).
 #[derive(Debug)]
 pub struct ClientProcess {
     pub child: Child,
     /// Reads its `APPENDED` lines; ends when the process does.
-    pub reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ClientProcess {
     /// Kills it and waits until every line it printed was read.
     pub fn kill(mut self) {
         kill(&mut self.child);
-        self.reader.join().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -98,11 +115,16 @@ pub fn spawn_client(
             }
         }
     });
-    ClientProcess { child, reader }
+    ClientProcess {
+        child,
+        reader: Some(reader),
+    }
 }
 
-/// SIGKILL, then reap.
+/// SIGKILL, then reap. Killing a process that already ended is fine.
 pub fn kill(child: &mut Child) {
-    child.kill().unwrap();
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
     child.wait().unwrap();
 }

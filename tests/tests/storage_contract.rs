@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use strata::event::{AGGREGATE_ID_BYTES_MAX_DEFAULT, EVENT_TYPE_BYTES_MAX_DEFAULT};
 use strata::hlc::DRIFT_MS_MAX_DEFAULT;
 use strata::sync::proto::{Placed, Proposal};
-use strata::sync::{CanonicalLog, CommitResult, PushOutcome};
+use strata::sync::server::LEASE_MS_DEFAULT;
+use strata::sync::{CanonicalLog, ClientId, CommitResult, Push, PushOutcome};
 use strata::{Event, Options, Store, Timestamp, Uuid};
 use strata_server::pg::{
     HeadSource, HeadUpdate, LISTENER_APPLICATION_NAME, ListenerConfig, PgConfig, PgDatabase,
@@ -186,11 +187,19 @@ fn event(aggregate: &str, version: u64) -> Proposal {
     }
 }
 
-fn push(events: &[Proposal]) -> Arc<[Proposal]> {
-    events.to_vec().into()
+fn push(events: &[Proposal]) -> Push {
+    push_as(0, events)
 }
 
-fn commit(log: &dyn CanonicalLog, pushes: &[Arc<[Proposal]>]) -> CommitResult {
+/// A push of connection `client` (of the node it is handed to).
+fn push_as(client: ClientId, events: &[Proposal]) -> Push {
+    Push {
+        client,
+        events: events.to_vec().into(),
+    }
+}
+
+fn commit(log: &dyn CanonicalLog, pushes: &[Push]) -> CommitResult {
     let result = log.append_pushes(pushes).unwrap();
     assert_eq!(result.outcomes.len(), pushes.len(), "one outcome per push");
     result
@@ -610,6 +619,7 @@ fn y1_concurrent_commits_from_two_nodes_place_every_event_once(b: &dyn Backend) 
                 let reported = &reported;
                 scope.spawn(move || {
                     let own = format!("own-{n}-{t}");
+                    let client = (n * WRITER_THREADS_PER_NODE + t) as ClientId;
                     let mut shared_version = 0u64;
                     for i in 0..WRITER_PUSHES {
                         let mut events = vec![event(&own, i as u64 + 1)];
@@ -619,7 +629,7 @@ fn y1_concurrent_commits_from_two_nodes_place_every_event_once(b: &dyn Backend) 
                             events.push(event("shared", shared_version + 1));
                         }
                         loop {
-                            let r = node.append_pushes(&[push(&events)]).unwrap();
+                            let r = node.append_pushes(&[push_as(client, &events)]).unwrap();
                             match &r.outcomes[0] {
                                 PushOutcome::Appended(at) => {
                                     let mut rep = reported.lock().unwrap();
@@ -642,6 +652,12 @@ fn y1_concurrent_commits_from_two_nodes_place_every_event_once(b: &dyn Backend) 
                                     assert_eq!(c[0].0, "shared");
                                     shared_version = c[0].1;
                                     events[1].version = shared_version + 1;
+                                }
+                                PushOutcome::Held { wait_ms } => {
+                                    // Another node's writer holds the turn
+                                    // (PostgreSQL): offer it again soon.
+                                    assert!(*wait_ms <= LEASE_MS_DEFAULT);
+                                    std::thread::sleep(Duration::from_millis(1));
                                 }
                                 other => panic!("unexpected {other:?}"),
                             }
@@ -703,6 +719,153 @@ fn wait_for(
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The fairness turn across nodes (server/src/pg/turn.rs): the first
+/// client refused for a conflict holds the turn in the database, so that a
+/// push of a client on *another* node to the same aggregate is held
+/// (nothing appended, even though it builds on the current version) until
+/// the holder's push lands; the turn then passes to the held client, whose
+/// rebased push wins. Other aggregates are never held. Without turns in the
+/// database each node would only order its own clients (PROTOCOL §10).
+#[test]
+fn postgres_the_turn_holds_clients_of_every_node_in_order() {
+    let pg = Postgres::new();
+    assert!(pg.log().keeps_turns());
+    let (a, second) = (pg.log(), pg.second_node());
+    let b = &*second;
+    let outcome = |log: &dyn CanonicalLog, client, events: &[Proposal]| {
+        commit(log, &[push_as(client, events)]).outcomes.remove(0)
+    };
+    assert!(matches!(
+        outcome(a, 1, &[event("hot", 1)]),
+        PushOutcome::Appended(_)
+    ));
+    // Clients 2 and 8 of node B built on nothing, in one commit: client 2
+    // is refused and holds the turn; client 8's push waits (what it
+    // rebased now would be stale again by its turn), and its client
+    // leaves.
+    let both = commit(
+        b,
+        &[
+            push_as(2, &[event("hot", 1)]),
+            push_as(8, &[event("hot", 1)]),
+        ],
+    );
+    assert_eq!(
+        both.outcomes[0],
+        PushOutcome::Conflict(vec![("hot".into(), 1)])
+    );
+    assert!(
+        matches!(both.outcomes[1], PushOutcome::Held { wait_ms } if wait_ms > 0),
+        "{:?}",
+        both.outcomes[1]
+    );
+    b.client_left(8).unwrap();
+    // Client 3 of node A is up to date, yet waits for client 2's turn.
+    match outcome(a, 3, &[event("hot", 2)]) {
+        PushOutcome::Held { wait_ms } => assert!(wait_ms <= LEASE_MS_DEFAULT, "{wait_ms}"),
+        other => panic!("expected Held, got {other:?}"),
+    }
+    // The same connection number on the other node is another client.
+    assert!(matches!(
+        outcome(a, 2, &[event("hot", 2)]),
+        PushOutcome::Held { .. }
+    ));
+    assert_eq!(a.head().unwrap(), 1, "a held push appends nothing");
+    // Other aggregates go on.
+    assert!(matches!(
+        outcome(a, 3, &[event("cold", 1)]),
+        PushOutcome::Appended(_)
+    ));
+    // The holder's rebased push lands; the turn passes to client 3 of A,
+    // the first that waited, whose stale push is now refused (it learns
+    // what it missed) while client 4 of B waits behind it.
+    assert!(matches!(
+        outcome(b, 2, &[event("hot", 2)]),
+        PushOutcome::Appended(_)
+    ));
+    assert_eq!(
+        outcome(a, 3, &[event("hot", 2)]),
+        PushOutcome::Conflict(vec![("hot".into(), 2)])
+    );
+    assert!(matches!(
+        outcome(b, 4, &[event("hot", 3)]),
+        PushOutcome::Held { .. }
+    ));
+    let won = outcome(a, 3, &[event("hot", 3)]);
+    assert_eq!(placed(&won)[0].version, 3);
+    // Client 2 of A waited too (before client 4): the turn is its now;
+    // clients 4 of B and 10 of A queue behind it.
+    for (log, client) in [(b, 4), (a, 10)] {
+        assert!(matches!(
+            outcome(log, client, &[event("hot", 4)]),
+            PushOutcome::Held { .. }
+        ));
+    }
+    // Turn and queue live in the store's row, readable by an operator.
+    let stored = pg.sql(&format!(
+        "SELECT turn->'holder'->>'client', jsonb_array_length(turn->'queue')
+           FROM strata_stores WHERE name = '{STORE}'"
+    ));
+    let (holder, queued) = stored.trim().split_once('|').unwrap();
+    assert!(holder.ends_with("/2"), "{stored}");
+    assert_eq!(queued, "2", "{stored}");
+    // A waiter that disconnects leaves the queue.
+    b.client_left(4).unwrap();
+    // A push held in the commit that passes the turn to its client is
+    // offered again at once (wait 0), not when the old turn runs out.
+    let passing = commit(
+        a,
+        &[
+            push_as(2, &[event("hot", 4)]),
+            push_as(10, &[event("hot", 4)]),
+        ],
+    );
+    assert!(matches!(passing.outcomes[0], PushOutcome::Appended(_)));
+    assert_eq!(passing.outcomes[1], PushOutcome::Held { wait_ms: 0 });
+    // A holder that disconnects leaves the turn at once (its node says so)
+    // instead of keeping it to its deadline.
+    a.client_left(10).unwrap();
+    assert!(matches!(
+        outcome(b, 5, &[event("hot", 5)]),
+        PushOutcome::Appended(_)
+    ));
+    // A node that dies takes its clients out of the turn: its presence
+    // lock is released with its connection, and the next commit on
+    // another node sees it.
+    assert_eq!(
+        outcome(b, 6, &[event("hot", 5)]),
+        PushOutcome::Conflict(vec![("hot".into(), 5)])
+    );
+    assert!(matches!(
+        outcome(a, 7, &[event("hot", 6)]),
+        PushOutcome::Held { .. }
+    ));
+    let presences = || {
+        pg.sql(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND classid = {} AND objsubid = 2",
+            strata_server::pg::PRESENCE_LOCK_CLASS
+        ))
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    assert_eq!(presences(), 2, "one per node");
+    drop(second);
+    let deadline = Instant::now() + LISTEN_DEADLINE;
+    while presences() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "node B's presence lock is still held"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(matches!(
+        outcome(a, 7, &[event("hot", 6)]),
+        PushOutcome::Appended(_)
+    ));
 }
 
 /// The listener of one node hears every commit of another at once (a

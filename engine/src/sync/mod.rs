@@ -32,4 +32,4 @@ pub use local::{
 };
 pub use replica::{ReplicaConfig, ReplicaCore, ReplicaStorage, SyncError, SyncStatus};
 pub use server::{ClientId, ClientInfo, Commit, CoreEvent, PushPolicy, ServerConfig, ServerCore};
-pub use storage::{CanonicalLog, CommitResult, PushOutcome, StorageError};
+pub use storage::{CanonicalLog, CommitResult, Push, PushOutcome, StorageError};

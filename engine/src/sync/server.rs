@@ -45,6 +45,17 @@
 //! from the protocol: a client only sees a slower answer. With one holder
 //! at a time there is no cycle of clients waiting for each other, so every
 //! refused client gets its turn: nobody starves.
+//!
+//! A log shared by several nodes keeps the turn itself, in the shared
+//! database ([`super::CanonicalLog::keeps_turns`], set in
+//! [`ServerConfig::log_keeps_turns`]): no node's core sees the other
+//! nodes' clients, so a turn kept here would hold only this node's. The
+//! core then keeps no turn; the log answers a push that another client's
+//! turn holds [`PushOutcome::Held`], and the core keeps that push waiting,
+//! unanswered, until the head moves past what the log saw (the holder's
+//! push was appended) or the wait the log gave runs out, then offers it
+//! again. The rules are the same, applied by the log to every node's
+//! clients.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -52,7 +63,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::proto::{ErrorCode, Placed, Proposal, ServerMessage};
-use super::storage::{CommitResult, PushOutcome, StorageError};
+use super::storage::{CommitResult, Push, PushOutcome, StorageError};
 use crate::event::{InvalidInput, Limits};
 
 /// Default [`ServerConfig::lease_ms`].
@@ -91,6 +102,9 @@ pub struct ServerConfig {
     /// Most pushes in one group commit (1: every push syncs alone).
     pub commit_pushes_max: usize,
     pub policy: Option<Arc<dyn PushPolicy>>,
+    /// The canonical log keeps the fairness turn across nodes
+    /// ([`super::CanonicalLog::keeps_turns`]): the core keeps none.
+    pub log_keeps_turns: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -99,6 +113,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("push_events_max", &self.push_events_max)
             .field("lease_ms", &self.lease_ms)
             .field("commit_pushes_max", &self.commit_pushes_max)
+            .field("log_keeps_turns", &self.log_keeps_turns)
             .finish()
     }
 }
@@ -165,6 +180,7 @@ impl Default for ServerConfig {
             lease_ms: LEASE_MS_DEFAULT,
             commit_pushes_max: COMMIT_PUSHES_MAX_DEFAULT,
             policy: None,
+            log_keeps_turns: false,
         }
     }
 }
@@ -188,7 +204,7 @@ pub struct ClientInfo {
 #[derive(Debug, Clone)]
 pub struct Commit {
     pub id: u64,
-    pub pushes: Vec<Arc<[Proposal]>>,
+    pub pushes: Vec<Push>,
 }
 
 /// What the shell should know besides messages.
@@ -198,6 +214,10 @@ pub enum CoreEvent {
     /// A commit appended events: the log's head is now `head` (wake the
     /// connections that follow the log).
     HeadMoved { head: u64 },
+    /// A client that took part in the log's turn disconnected (a log that
+    /// keeps turns): tell the log
+    /// ([`super::CanonicalLog::client_left`]), outside any lock.
+    LeftTurn { client: ClientId },
 }
 
 /// A push waiting for its commit.
@@ -210,6 +230,16 @@ struct Pending {
     rejections: Vec<(Uuid, String)>,
     /// The aggregates it writes, sorted.
     touched: Vec<String>,
+    /// Held by the log for another client's turn (a log that keeps turns).
+    hold: Option<Hold>,
+}
+
+/// A push the log held: it waits until the head passes `head` or the clock
+/// reaches `until_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    head: u64,
+    until_ms: u64,
 }
 
 /// The client whose push comes first, and the aggregates it needs.
@@ -233,6 +263,9 @@ pub struct ServerCore {
     turn: Option<Turn>,
     /// Refused clients waiting for the turn, with what they need.
     queue: VecDeque<(ClientId, HashSet<String>)>,
+    /// Clients the log held or refused for a conflict (a log that keeps
+    /// turns): the log hears when they leave.
+    in_log_turn: HashSet<ClientId>,
     transmit: VecDeque<(ClientId, ServerMessage)>,
     events: VecDeque<CoreEvent>,
 }
@@ -257,6 +290,7 @@ impl ServerCore {
             next_commit: 1,
             turn: None,
             queue: VecDeque::new(),
+            in_log_turn: HashSet::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -281,6 +315,9 @@ impl ServerCore {
         if self.turn.as_ref().is_some_and(|t| t.holder == client) {
             self.pass_turn(now_ms);
         }
+        if self.in_log_turn.remove(&client) {
+            self.events.push_back(CoreEvent::LeftTurn { client });
+        }
     }
 
     /// Number of connected clients.
@@ -289,9 +326,14 @@ impl ServerCore {
     }
 
     /// The log's head moved without this core (another node of a shared
-    /// log appended): later answers report at least this head.
-    pub fn handle_head(&mut self, head: u64) {
+    /// log appended): later answers report at least this head. Returns
+    /// whether a push the log held may now be offered again (the shell
+    /// should look for a commit).
+    pub fn handle_head(&mut self, head: u64) -> bool {
         self.head = self.head.max(head);
+        self.pending
+            .iter()
+            .any(|p| p.hold.is_some_and(|h| h.head < self.head))
     }
 
     /// A push. Every push gets exactly one final answer through
@@ -399,6 +441,7 @@ impl ServerCore {
             events: accepted.into(),
             rejections,
             touched,
+            hold: None,
         });
     }
 
@@ -441,9 +484,11 @@ impl ServerCore {
                 // again: it queues for the turn, in arrival order.
                 self.enqueue(p.client, p.touched.iter().cloned().collect());
             }
+            let held = p.hold.is_some_and(|h| h.head >= self.head);
             let may_go = taken.len() < self.config.commit_pushes_max
                 && !busy.contains(&p.client)
-                && !blocked;
+                && !blocked
+                && !held;
             busy.insert(p.client);
             if may_go {
                 taken.push(p);
@@ -457,7 +502,16 @@ impl ServerCore {
         }
         let id = self.next_commit;
         self.next_commit += 1;
-        let pushes = taken.iter().map(|p| p.events.clone()).collect();
+        let pushes = taken
+            .iter_mut()
+            .map(|p| {
+                p.hold = None;
+                Push {
+                    client: p.client,
+                    events: p.events.clone(),
+                }
+            })
+            .collect();
         self.in_flight = Some((id, taken));
         Some(Commit { id, pushes })
     }
@@ -500,13 +554,28 @@ impl ServerCore {
                     self.written(now_ms, p.client, &p.touched);
                     self.answer(p.client, p.request, p.rejections, Ok(placed));
                 }
+                PushOutcome::Held { wait_ms } => {
+                    // Another node's client has the turn: offered again
+                    // once the head moves past this commit's or the wait
+                    // runs out.
+                    self.in_log_turn.insert(p.client);
+                    p.hold = Some(Hold {
+                        head: result.head,
+                        until_ms: now_ms.saturating_add(wait_ms),
+                    });
+                    retry.push(p);
+                }
                 PushOutcome::Conflict(conflicts) => {
-                    let needs = conflicts
-                        .iter()
-                        .map(|(a, _)| a.clone())
-                        .chain(p.touched.iter().cloned())
-                        .collect();
-                    self.claim_turn(p.client, needs, now_ms);
+                    if self.config.log_keeps_turns {
+                        self.in_log_turn.insert(p.client);
+                    } else {
+                        let needs = conflicts
+                            .iter()
+                            .map(|(a, _)| a.clone())
+                            .chain(p.touched.iter().cloned())
+                            .collect();
+                        self.claim_turn(p.client, needs, now_ms);
+                    }
                     if self.blocked(p.client, &p.touched) {
                         // Another client has the turn on these aggregates:
                         // anything this client rebased now would be stale
@@ -602,15 +671,31 @@ impl ServerCore {
     }
 
     /// When [`ServerCore::handle_timeout`] should next be called: when the
-    /// turn runs out, if anyone waits for it.
+    /// turn runs out, if anyone waits for it, or when the log's hold on a
+    /// push does.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let t = self.turn.as_ref()?;
-        (!self.queue.is_empty() || !self.pending.is_empty()).then_some(t.until_ms)
+        let turn = self
+            .turn
+            .as_ref()
+            .filter(|_| !self.queue.is_empty() || !self.pending.is_empty())
+            .map(|t| t.until_ms);
+        let hold = self
+            .pending
+            .iter()
+            .filter_map(|p| p.hold.map(|h| h.until_ms))
+            .min();
+        turn.into_iter().chain(hold).min()
     }
 
-    /// Time passed: a turn that ran out passes on.
+    /// Time passed: a turn that ran out passes on; a push the log held
+    /// past its wait is offered again.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.expire_turn(now_ms);
+        for p in &mut self.pending {
+            if p.hold.is_some_and(|h| h.until_ms <= now_ms) {
+                p.hold = None;
+            }
+        }
     }
 
     // --- the turn ---------------------------------------------------------

@@ -17,12 +17,21 @@
 //!   when the call returns, together (one `fdatasync`, one transaction).
 //! * `event_data` and `metadata` are stored as the exact bytes given.
 //! * Reads return committed events only, in position order, whole batches.
+//!
+//! A log shared by several server nodes also keeps the fairness *turn*
+//! ([`super::ServerCore`]'s module documentation) across them, since no
+//! node's core sees the others' clients: it says so with
+//! [`CanonicalLog::keeps_turns`], and then answers a push that another
+//! client's turn holds [`PushOutcome::Held`] (nothing appended). Each push
+//! names its client ([`Push::client`]) for that; a log that keeps no turns
+//! ignores it.
 
 use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::proto::{Placed, Proposal};
+use super::server::ClientId;
 use crate::error::Error;
 use crate::event::{AggregateEvents, Event, ExpectedVersion, InvalidInput, Limits};
 use crate::log::LogError;
@@ -63,6 +72,14 @@ impl From<Error> for StorageError {
     }
 }
 
+/// One push of a group commit: its client (as the server core numbers
+/// connections) and its events, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub client: ClientId,
+    pub events: Arc<[Proposal]>,
+}
+
 /// What became of one push of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -77,6 +94,12 @@ pub enum PushOutcome {
     Refused { event_id: Uuid, reason: String },
     /// Nothing appended: the push as a whole breaks a limit of the log.
     Invalid { reason: String },
+    /// Nothing appended, nothing checked: another client's turn holds an
+    /// aggregate of the push (only from a log that
+    /// [keeps turns](CanonicalLog::keeps_turns)). Offer it again when the
+    /// head moves (the turn passes when its holder's push is appended) or
+    /// after `wait_ms` (when the turn runs out).
+    Held { wait_ms: u64 },
 }
 
 /// The answer to [`CanonicalLog::append_pushes`]: one outcome per push, in
@@ -98,7 +121,18 @@ pub trait CanonicalLog: Send + Sync {
     /// Last committed position.
     fn head(&self) -> Result<u64, StorageError>;
     /// Appends a group commit: see the module documentation.
-    fn append_pushes(&self, pushes: &[Arc<[Proposal]>]) -> Result<CommitResult, StorageError>;
+    fn append_pushes(&self, pushes: &[Push]) -> Result<CommitResult, StorageError>;
+    /// Whether this log keeps the fairness turn itself (a log shared by
+    /// several nodes); the server core then keeps none of its own.
+    fn keeps_turns(&self) -> bool {
+        false
+    }
+    /// A client that took part in the turn (was held or refused for a
+    /// conflict) disconnected from this node: a log that keeps turns lets
+    /// it leave (its turn passes, its place in the queue goes).
+    fn client_left(&self, _client: ClientId) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// Committed events from `from` on, at most `max_events` and about
     /// `max_bytes` (whole batches; at least one event if any).
     fn read(
@@ -173,8 +207,9 @@ impl CanonicalLog for Store {
         Ok(Store::head(self))
     }
 
-    fn append_pushes(&self, pushes: &[Arc<[Proposal]>]) -> Result<CommitResult, StorageError> {
-        let groups: Vec<Vec<AggregateEvents>> = pushes.iter().map(|p| push_groups(p)).collect();
+    fn append_pushes(&self, pushes: &[Push]) -> Result<CommitResult, StorageError> {
+        let groups: Vec<Vec<AggregateEvents>> =
+            pushes.iter().map(|p| push_groups(&p.events)).collect();
         let batches: Vec<&[AggregateEvents]> = groups.iter().map(Vec::as_slice).collect();
         let results = self.append_batches(&batches)?;
         let mut outcomes = Vec::with_capacity(results.len());
@@ -192,7 +227,7 @@ impl CanonicalLog for Store {
                 ),
                 Err(Error::Conflict { aggregate_id, .. }) => {
                     let version = |agg: &str| Ok(self.aggregate_version(agg)?);
-                    let mut conflicts = conflicts_of(push, version)?;
+                    let mut conflicts = conflicts_of(&push.events, version)?;
                     if conflicts.is_empty() {
                         // A gap in the push's own versions, or one a later
                         // push of this commit filled: name the aggregate

@@ -67,9 +67,11 @@
 
 mod listener;
 mod plan;
+mod presence;
 pub mod schema;
+mod turn;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +79,8 @@ use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, Rec
 use futures_util::future::try_join_all;
 use strata::hlc::{DRIFT_MS_MAX_DEFAULT, Hlc, NodeId};
 use strata::sync::proto::Proposal;
-use strata::sync::{CanonicalLog, CommitResult, StorageError};
+use strata::sync::server::LEASE_MS_DEFAULT;
+use strata::sync::{CanonicalLog, CommitResult, Push, PushOutcome, StorageError};
 use strata::{Event, Limits, SystemClock, Timestamp, Uuid, WallClock};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_postgres::error::SqlState;
@@ -89,7 +92,9 @@ pub use listener::{
     LISTEN_RECONNECT_DELAY_DEFAULT, LISTEN_RECONNECT_DELAY_MAX, LISTENER_APPLICATION_NAME,
     ListenerConfig,
 };
+pub use presence::{PRESENCE_APPLICATION_NAME, PRESENCE_LOCK_CLASS};
 pub use schema::SCHEMA_VERSION;
+pub use turn::{TURN_QUEUE_MAX, WAITER_STALE_LEASES};
 
 /// Default [`PgConfig::pool_size_max`].
 pub const POOL_SIZE_DEFAULT: usize = 16;
@@ -163,6 +168,9 @@ pub struct PgConfig {
     /// timestamps clients send (they never stamp an event), so it shows
     /// nowhere; default: derived from the store id, as the embedded store.
     pub node_id: Option<String>,
+    /// How long a client refused for a conflict holds the fairness turn,
+    /// across every node (the server core's `lease_ms`; module [`turn`]).
+    pub turn_lease_ms: u64,
 }
 
 impl PgConfig {
@@ -175,6 +183,7 @@ impl PgConfig {
             hlc_drift_ms_max: DRIFT_MS_MAX_DEFAULT,
             clock: Arc::new(SystemClock),
             node_id: None,
+            turn_lease_ms: LEASE_MS_DEFAULT,
         }
     }
 }
@@ -191,6 +200,7 @@ impl std::fmt::Debug for PgConfig {
             .field("pool_size_max", &self.pool_size_max)
             .field("connect_timeout", &self.connect_timeout)
             .field("hlc_drift_ms_max", &self.hlc_drift_ms_max)
+            .field("turn_lease_ms", &self.turn_lease_ms)
             .finish()
     }
 }
@@ -341,6 +351,10 @@ struct DbInner {
     /// Where it points, for messages.
     target: String,
     config: PgConfig,
+    /// Drawn at connect: names this node's clients in the stores' turns.
+    session: Uuid,
+    /// Tells other nodes this one is alive while it lives.
+    _presence: presence::Presence,
 }
 
 impl std::fmt::Debug for PgDatabase {
@@ -375,6 +389,15 @@ impl PgDatabase {
                 reason: format!(
                     "is {}, more than the PostgreSQL backend's {PG_AGGREGATE_ID_BYTES_MAX} (its index on aggregate ids holds keys of about 2700 bytes at most); lower it",
                     config.limits.aggregate_id_bytes_max
+                ),
+            });
+        }
+        if config.turn_lease_ms == 0 || i64::try_from(config.turn_lease_ms).is_err() {
+            return Err(PgError::Setting {
+                name: "turn_lease_ms",
+                reason: format!(
+                    "is {}, must be at least 1 and fit a signed 64-bit count of milliseconds",
+                    config.turn_lease_ms
                 ),
             });
         }
@@ -454,6 +477,15 @@ impl PgDatabase {
         let found = schema::migrate(&mut client, &target).await?;
         tracing::info!(%target, schema = SCHEMA_VERSION, found, "connected to PostgreSQL");
         drop(client);
+        let session = Uuid::new_v4();
+        let presence = presence::start(&handle, pg.clone(), session)
+            .await
+            .map_err(|source| PgError::Query {
+                target: target.clone(),
+                action: "taking this node's presence lock",
+                hint: hint_for(&source),
+                source,
+            })?;
         Ok(PgDatabase {
             inner: Arc::new(DbInner {
                 pool,
@@ -461,6 +493,8 @@ impl PgDatabase {
                 pg,
                 target,
                 config,
+                session,
+                _presence: presence,
             }),
         })
     }
@@ -666,7 +700,12 @@ impl std::fmt::Debug for PgLog {
     }
 }
 
-const LOCK_SQL: &str = "SELECT head FROM strata_stores WHERE id = $1 FOR UPDATE";
+/// The store's position lock, with its head, its turn (module [`turn`]) and
+/// the database's clock in milliseconds (the turn's clock, the same for
+/// every node).
+const LOCK_SQL: &str = "SELECT head, turn::text,
+            (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+     FROM strata_stores WHERE id = $1 FOR UPDATE";
 /// The events the log holds under some ids, their payloads by length and
 /// SHA-256 (`sha256` is in PostgreSQL from 11 on).
 const HELD_SQL: &str = "SELECT event_id, position, version, aggregate_id, event_type,
@@ -683,6 +722,11 @@ const INSERT_SQL: &str = "INSERT INTO strata_events
      SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::bigint[],
                               $7::text[], $8::bytea[], $9::bytea[], $10::text[])";
 const SET_HEAD_SQL: &str = "UPDATE strata_stores SET head = $2 WHERE id = $1";
+const SET_TURN_SQL: &str = "UPDATE strata_stores SET turn = $2::text::jsonb WHERE id = $1";
+/// For each presence key, whether its node is gone (nobody holds the lock;
+/// the shared lock taken to find out ends with the transaction).
+const GONE_SQL: &str =
+    "SELECT pg_try_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k";
 const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2)";
 const HEAD_SQL: &str = "SELECT head FROM strata_stores WHERE id = $1";
 /// Events from a position on, at most `$3` of them and about `$4` bytes:
@@ -769,16 +813,98 @@ impl PgLog {
         }
     }
 
+    /// How this node names `client` in the stores' turns.
+    fn turn_client(&self, client: strata::sync::ClientId) -> String {
+        format!("{}/{client}", self.db.inner.session)
+    }
+
+    /// Takes the store's lock; its turn as stored, and the database's
+    /// clock in milliseconds.
+    async fn lock_turns(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<(u64, turn::Turns, i64), OpError> {
+        let lock = tx.prepare_cached(LOCK_SQL).await?;
+        let row = tx
+            .query_opt(&lock, &[&self.key])
+            .await?
+            .ok_or_else(|| OpError::Damaged("its row in strata_stores is gone".into()))?;
+        Ok((to_u64(row.get(0), "head")?, turns_of(&row)?, row.get(2)))
+    }
+
+    /// Writes the store's turn (NULL when free).
+    async fn set_turns(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        turns: &turn::Turns,
+    ) -> Result<(), OpError> {
+        let stmt = tx.prepare_cached(SET_TURN_SQL).await?;
+        let json = (*turns != turn::Turns::default())
+            .then(|| serde_json::to_string(turns).expect("a turn serializes"));
+        tx.execute(&stmt, &[&self.key, &json]).await?;
+        Ok(())
+    }
+
+    /// Other nodes named in the turn whose presence lock is free are gone:
+    /// their clients leave it (module [`presence`]). One query, made only
+    /// when another node's client is in the turn.
+    async fn forget_gone_nodes(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        turns: &mut turn::Turns,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<(), OpError> {
+        let mine = self.db.inner.session.to_string();
+        let others = turns.sessions_except(&mine);
+        if others.is_empty() {
+            return Ok(());
+        }
+        // A name that is not a session id names no live node.
+        let keys: Vec<i32> = others
+            .iter()
+            .map(|s| s.parse::<Uuid>().map_or(0, presence::lock_key))
+            .collect();
+        let stmt = tx.prepare_cached(GONE_SQL).await?;
+        let rows = tx
+            .query(&stmt, &[&presence::PRESENCE_LOCK_CLASS, &keys])
+            .await?;
+        let gone: Vec<&str> = others
+            .iter()
+            .zip(&rows)
+            .filter(|(s, r)| r.get::<_, bool>(0) || s.parse::<Uuid>().is_err())
+            .map(|(s, _)| s.as_str())
+            .collect();
+        turns.forget_sessions(&gone, now_ms, lease_ms);
+        Ok(())
+    }
+
+    async fn leave_turn(&self, client: &mut ClientWrapper, who: &str) -> Result<(), OpError> {
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
+        let (_, before, now_ms) = self.lock_turns(&tx).await?;
+        let mut turns = before.clone();
+        turns.left(who, now_ms, to_i64(self.db.inner.config.turn_lease_ms));
+        if turns != before {
+            self.set_turns(&tx, &turns).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn append(
         &self,
         client: &mut ClientWrapper,
-        pushes: &[Arc<[Proposal]>],
+        pushes: &[Push],
     ) -> Result<CommitResult, OpError> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen_ids = HashSet::new();
         let mut aggregates: Vec<&str> = Vec::new();
         let mut seen_aggs = HashSet::new();
-        for e in pushes.iter().flat_map(|p| p.iter()) {
+        for e in pushes.iter().flat_map(|p| p.events.iter()) {
             if seen_ids.insert(e.event_id) {
                 ids.push(e.event_id);
             }
@@ -813,6 +939,13 @@ impl PgLog {
         let head_row =
             head_row.ok_or_else(|| OpError::Damaged("its row in strata_stores is gone".into()))?;
         let head = to_u64(head_row.get(0), "head")?;
+        let turns_before = turns_of(&head_row)?;
+        let now_ms: i64 = head_row.get(2);
+        let lease_ms = to_i64(self.db.inner.config.turn_lease_ms);
+        let mut turns = turns_before.clone();
+        self.forget_gone_nodes(&tx, &mut turns, now_ms, lease_ms)
+            .await?;
+        turns.expire(now_ms, lease_ms);
         let mut stored = HashMap::with_capacity(held_rows.len());
         let fingerprint = |len: i32, sha256: &[u8]| -> Result<plan::Fingerprint, OpError> {
             Ok(plan::Fingerprint {
@@ -846,8 +979,25 @@ impl PgLog {
                 current.insert(r.get::<_, String>(0), to_u64(v, "version")?);
             }
         }
+        // The turn: pushes another client's turn holds wait; the others are
+        // planned, and their outcomes move the turn.
+        let mut held: Vec<Option<u64>> = Vec::with_capacity(pushes.len());
+        let mut going: Vec<Arc<[Proposal]>> = Vec::with_capacity(pushes.len());
+        let mut touched: Vec<(String, BTreeSet<String>)> = Vec::with_capacity(pushes.len());
+        for p in pushes {
+            let who = self.turn_client(p.client);
+            let aggs: BTreeSet<String> = p.events.iter().map(|e| e.aggregate_id.clone()).collect();
+            let wait = turns.held(&who, &aggs, now_ms);
+            if wait.is_some() {
+                turns.wait(&who, &aggs, now_ms);
+            } else {
+                going.push(p.events.clone());
+            }
+            held.push(wait);
+            touched.push((who, aggs));
+        }
         let plan = plan::plan(
-            pushes,
+            &going,
             &plan::Holdings {
                 head,
                 stored: &stored,
@@ -856,6 +1006,45 @@ impl PgLog {
             &self.db.inner.config.limits,
             &self.hlc,
         );
+        let mut planned = plan.outcomes.into_iter();
+        let mut outcomes = Vec::with_capacity(pushes.len());
+        for (wait, (who, aggs)) in held.into_iter().zip(&touched) {
+            let mut outcome = match wait {
+                Some(wait_ms) => PushOutcome::Held { wait_ms },
+                None => planned
+                    .next()
+                    .expect("one planned outcome a push that went"),
+            };
+            match &outcome {
+                PushOutcome::Appended(_) => turns.written(who, aggs, now_ms, lease_ms),
+                PushOutcome::Conflict(conflicts) => {
+                    let mut needs = aggs.clone();
+                    needs.extend(conflicts.iter().map(|(a, _)| a.clone()));
+                    turns.refused(who, needs, now_ms, lease_ms);
+                    // Another client holds the turn on these aggregates
+                    // (claimed earlier in this commit): what this client
+                    // rebased now would be stale again by its turn, so
+                    // its push waits, as the core's would.
+                    if let Some(wait_ms) = turns.held(who, aggs, now_ms) {
+                        outcome = PushOutcome::Held { wait_ms };
+                    }
+                }
+                _ => {}
+            }
+            outcomes.push(outcome);
+        }
+        // The turn may have passed during this commit (its holder's push
+        // was appended): a held push whose client is no longer blocked
+        // (it may hold the turn now) is offered again at once, the others
+        // when the turn as it stands now runs out.
+        for (outcome, (who, aggs)) in outcomes.iter_mut().zip(&touched) {
+            if let PushOutcome::Held { wait_ms } = outcome {
+                *wait_ms = turns.held(who, aggs, now_ms).unwrap_or(0);
+            }
+        }
+        if turns != turns_before {
+            self.set_turns(&tx, &turns).await?;
+        }
         if !plan.rows.is_empty() {
             let (insert, set_head, notify) = futures_util::try_join!(
                 tx.prepare_cached(INSERT_SQL),
@@ -903,7 +1092,7 @@ impl PgLog {
         }
         tx.commit().await?;
         Ok(CommitResult {
-            outcomes: plan.outcomes,
+            outcomes,
             head: plan.head,
         })
     }
@@ -956,6 +1145,15 @@ impl PgLog {
             )));
         }
         Ok(out)
+    }
+}
+
+/// The turn of a row of [`LOCK_SQL`].
+fn turns_of(row: &tokio_postgres::Row) -> Result<turn::Turns, OpError> {
+    match row.get::<_, Option<&str>>(1) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| OpError::Damaged(format!("its turn is not readable: {e}"))),
+        None => Ok(turn::Turns::default()),
     }
 }
 
@@ -1046,7 +1244,18 @@ impl CanonicalLog for PgLog {
         })
     }
 
-    fn append_pushes(&self, pushes: &[Arc<[Proposal]>]) -> Result<CommitResult, StorageError> {
+    fn keeps_turns(&self) -> bool {
+        true
+    }
+
+    fn client_left(&self, client: strata::sync::ClientId) -> Result<(), StorageError> {
+        let who = self.turn_client(client);
+        self.run("taking a departed client out of the turn", async |c| {
+            self.leave_turn(c, &who).await
+        })
+    }
+
+    fn append_pushes(&self, pushes: &[Push]) -> Result<CommitResult, StorageError> {
         if pushes.is_empty() {
             return Ok(CommitResult {
                 outcomes: Vec::new(),

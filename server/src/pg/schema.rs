@@ -16,13 +16,16 @@ use super::PgError;
 
 /// The schema version this binary writes and reads.
 ///
-/// History: 1 — `strata_stores`, `strata_events`.
-pub const SCHEMA_VERSION: i32 = 1;
+/// History: 1 — `strata_stores`, `strata_events`; 2 — `strata_stores.turn`
+/// (the fairness turn across nodes).
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: version, name, SQL. Version `n` is at index
 /// `n - 1`.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_init", include_str!("migrations/0001_init.sql")),
+    (2, "0002_turns", include_str!("migrations/0002_turns.sql")),
+];
 
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
 
