@@ -167,6 +167,7 @@ enum Command {
         table and the fraction of the raw limit (plain framed I/O with the same sync pattern), all measured in this run.\n\n\
         Examples:\n  strata bench\n  strata bench --events 100000 --json\n  strata bench --only scan_all,read_aggregate"
     )]
+    #[cfg(feature = "bench")]
     Bench(cmd::bench::Args),
 }
 
@@ -176,6 +177,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(&cli, args),
         Command::Init(args) => cmd::init::run(&cli, args),
         Command::Append(args) => cmd::append::run(&cli, args),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => cmd::bench::run(&cli, args),
         Command::Serve(args) => cmd::serve::run(&cli, args),
         Command::Sync(args) => cmd::sync::run(&cli, args),

@@ -85,6 +85,7 @@ fn a_missing_store_exits_3() {
     assert!(err.contains("strata init"), "{err}");
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_smoke_prints_every_workload_as_json() {
     // Tiny sizes: this checks the workloads run and report, not speed.

@@ -20,6 +20,9 @@
 //! written. Nothing unacknowledged is ever handed to a reader, a subscriber
 //! or the index.
 
+// Test support, compiled only when asked (the engine's own tests ask
+// through a dev-dependency on itself).
+#[cfg(feature = "fault-injection")]
 pub mod fault;
 mod follow;
 pub mod format;
