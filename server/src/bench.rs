@@ -65,8 +65,8 @@ use strata::sync::{Replica, ReplicaOptions};
 use strata::{AggregateEvents, ExpectedVersion, NewEvent, Options, Store};
 
 use crate::client::{ClientOptions, SyncClient};
-use crate::quic::{Frame, read_frame, write_frame};
 use crate::tls::Trust;
+use strata_sync::transport::{Frame, read_frame, write_frame};
 
 /// Every sync workload, in the order [`run`] runs them.
 pub const WORKLOADS: &[&str] = &[
@@ -517,7 +517,8 @@ async fn quic_receive_all(
         }
     }
     let elapsed = start.elapsed();
-    crate::quic::close_gracefully(&conn, &mut send, crate::quic::close::DONE, "done").await;
+    strata_sync::transport::close_gracefully(&conn, &mut send, crate::quic::close::DONE, "done")
+        .await;
     endpoint.wait_idle().await;
     Ok((received, bytes, elapsed))
 }
@@ -875,7 +876,7 @@ async fn quic_client(
     let tls = crate::tls::client_config(&Trust::Pin(server.fingerprint.clone())).map_err(failed)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.config).map_err(failed)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(crate::quic::transport_config(
+    config.transport_config(Arc::new(strata_sync::transport::transport_config(
         crate::quic::IDLE_TIMEOUT,
     )));
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))?;
@@ -941,7 +942,8 @@ async fn fanin_client(
         }
         latencies.push(sent.elapsed());
     }
-    crate::quic::close_gracefully(&conn, &mut send, crate::quic::close::DONE, "done").await;
+    strata_sync::transport::close_gracefully(&conn, &mut send, crate::quic::close::DONE, "done")
+        .await;
     endpoint.wait_idle().await;
     Ok(latencies)
 }

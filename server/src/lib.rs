@@ -31,7 +31,8 @@ pub mod admission;
 pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
-pub mod client;
+/// The QUIC sync client: the `strata-sync` crate, re-exported.
+pub use strata_sync::client;
 pub mod http;
 pub mod metrics;
 pub mod pg;

@@ -36,10 +36,7 @@ use crate::ServerError;
 use crate::metrics::StoreMetrics;
 use crate::pg::PgDatabase;
 
-/// Longest store name.
-pub const STORE_NAME_BYTES_MAX: usize = 64;
-/// Store served when a client names none.
-pub const DEFAULT_STORE: &str = "default";
+pub use strata_sync::{DEFAULT_STORE, STORE_NAME_BYTES_MAX, now_ms};
 /// Stores closed at once on shutdown.
 pub const CLOSE_THREADS_MAX: usize = 16;
 /// Messages from the core waiting for one connection's writer. A client
@@ -56,18 +53,7 @@ pub const COMMIT_GATHER_MAX: Duration = Duration::from_micros(500);
 /// Checks a store name: 1 to 64 bytes of `[a-z0-9_-]`, so that it is a safe
 /// directory name everywhere.
 pub fn validate_store_name(name: &str) -> Result<(), ServerError> {
-    let ok = !name.is_empty()
-        && name.len() <= STORE_NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ServerError::BadStoreName {
-            name: name.chars().take(80).collect(),
-        })
-    }
+    strata_sync::check_store_name(name).map_err(|e| ServerError::BadStoreName { name: e.name })
 }
 
 /// Where hosted stores keep their logs.
@@ -138,14 +124,6 @@ impl std::fmt::Debug for Hosted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hosted").field("name", &self.name).finish()
     }
-}
-
-/// Milliseconds since the Unix epoch: the shells own the clock the sync
-/// cores see.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Hosted {

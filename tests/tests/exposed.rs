@@ -36,8 +36,8 @@ use strata::projection::counter;
 use strata::sync::proto::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 use strata::sync::{Replica, ReplicaOptions, SyncError};
 use strata::{ExpectedVersion, NewEvent, Options, Store};
-use strata_server::client::{ClientError, sync_until_idle};
 use strata_server::{HttpTls, ServerError};
+use strata_sync::client::{ClientError, sync_until_idle};
 use strata_tests::net::{
     RECV_TIMEOUT, TestServer, connect, connect_from, expect_error, http_get, http_request,
     quic_raw, quic_recv, quic_send, recv, recv_close, send, start, start_in, tls_connect,

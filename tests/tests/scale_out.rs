@@ -25,9 +25,9 @@ use std::time::Duration;
 use strata::projection::counter::{self, CounterProjection};
 use strata::sync::{CanonicalLog, Replica, ReplicaOptions};
 use strata::{Event, ExpectedVersion, Uuid};
-use strata_server::client::{ClientOptions, sync_until_idle};
 use strata_server::pg::{PgConfig, PgDatabase};
 use strata_server::tls::{TLS_DIR, Trust};
+use strata_sync::client::{ClientOptions, sync_until_idle};
 use strata_tests::net::{TestServer, connect, http_get, new_database, start_in};
 use strata_tests::pg::PgCluster;
 use strata_tests::procs::{ServerProcess, kill, spawn_client, spawn_server};
@@ -440,7 +440,7 @@ async fn postgres_restarted_under_load_nodes_recover_on_their_own() {
         opts.idle_timeout = Duration::from_secs(2);
         let (r, stop) = (r.clone(), stop_rx.clone());
         syncing.push(tokio::spawn(async move {
-            strata_server::client::run(r, opts, stop).await
+            strata_sync::client::run(r, opts, stop).await
         }));
     }
     let appending = |n: usize| {

@@ -19,8 +19,8 @@ use strata::projection::{ViewOptions, Views};
 use strata::sync::proto::ErrorCode;
 use strata::sync::{Replica, ReplicaOptions, SyncError};
 use strata::{Event, ExpectedVersion, NewEvent, Options, Store, Uuid};
-use strata_server::client::{ClientError, ClientOptions, SyncClient, SyncReport, sync_until_idle};
-use strata_server::tls::Trust;
+use strata_sync::client::{ClientError, ClientOptions, SyncClient, SyncReport, sync_until_idle};
+use strata_sync::tls::Trust;
 use strata_tests::procs::{ClientProcess, kill, spawn_client, spawn_server};
 
 /// The child processes of the crash tests (tests/src/bin/).

@@ -1,5 +1,7 @@
-//! Child process for tests/sync_quic.rs: a replica that appends counter
-//! increments and syncs them in the background until it is killed.
+//! Child process for tests/sync_quic.rs and scale_out.rs: a replica, linked
+//! with the client crate `strata-sync` as an application would be, that
+//! appends counter increments and syncs them in the background until it is
+//! killed.
 //!
 //! Usage: `sync_client <replica-dir> <server-addr> <fingerprint> <seed>`.
 //! Prints `APPENDED <event-id>` after each append returned (the event is
@@ -14,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use strata::ExpectedVersion;
 use strata::projection::counter::{self, CounterProjection};
 use strata::sync::{Replica, ReplicaOptions};
-use strata_server::client::{ClientOptions, spawn_background};
-use strata_server::tls::Trust;
+use strata_sync::client::{ClientOptions, spawn_background};
+use strata_sync::tls::Trust;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -32,8 +32,9 @@ use strata::sync::proto::{ClientMessage, ErrorCode, ServerMessage};
 use strata::sync::{Replica, ReplicaConfig, ReplicaCore, ReplicaStorage, SyncError, SyncStatus};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::quic::{self, Frame, FrameError, close, now_ms, read_frame, write_frame};
+use crate::now_ms;
 use crate::tls::{self, FingerprintMismatch, MismatchSlot, TlsError, Trust};
+use crate::transport::{self as quic, Frame, FrameError, close, read_frame, write_frame};
 
 /// Longest a connection attempt (UDP, QUIC and TLS handshakes) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,8 +300,7 @@ impl SyncClient {
                 "backoff_max must be at least {BACKOFF_MIN:?}"
             )));
         }
-        crate::registry::validate_store_name(&opts.store)
-            .map_err(|e| ClientError::Options(e.to_string()))?;
+        crate::check_store_name(&opts.store).map_err(|e| ClientError::Options(e.to_string()))?;
         let client_tls = tls::client_config(&opts.trust)?;
         let crypto = QuicClientConfig::try_from(client_tls.config)
             .map_err(|e| ClientError::Options(format!("TLS: {e}")))?;
