@@ -746,7 +746,7 @@ fn s4_crash_between_segment_roll_steps() {
 
 /// Not an invariant, but found while writing these tests: closing an idle
 /// store waits out the indexer's idle timeout (200 ms). `Inner::shutdown`
-/// (store.rs) wakes the indexer with `Log::wake_all`, but the indexer
+/// (store/mod.rs) wakes the indexer with `Log::wake_all`, but the indexer
 /// sleeps in `Log::wait_beyond`, which only returns when the position moves,
 /// the log is closed or the timeout passes, so the wake-up changes nothing;
 /// `Log::close_waiters` would release it but is called only after the

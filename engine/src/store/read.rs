@@ -1,0 +1,418 @@
+//! Reads: by aggregate (index plus tail), by id, by position (cursors),
+//! and subscriptions that follow the log.
+
+use super::*;
+
+impl Store {
+    /// Up to `limit` events of an aggregate from `from_version` on, oldest
+    /// first.
+    pub fn read_aggregate(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let ptrs = self.aggregate_pointers(aggregate_id, from_version, false, limit)?;
+        self.read_pointers(&ptrs)
+    }
+
+    /// The latest `limit` events of an aggregate, newest first.
+    pub fn read_aggregate_backward(&self, aggregate_id: &str, limit: usize) -> Result<Vec<Event>> {
+        let ptrs = self.aggregate_pointers(aggregate_id, 0, true, limit)?;
+        self.read_pointers(&ptrs)
+    }
+
+    pub(super) fn aggregate_pointers(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        backward: bool,
+        limit: usize,
+    ) -> Result<Vec<Pointer>> {
+        let inner = &*self.inner;
+        let mut attempt = 0;
+        let (mut by_version, indexed) = loop {
+            // Tail first, then index: see `find_existing`.
+            let (by_version, tail_from, upto) = {
+                let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
+                let upto = if inner.options.read_only {
+                    tail.head
+                } else {
+                    inner.log.visible_position()
+                };
+                let by_version: BTreeMap<u64, Pointer> = tail
+                    .by_aggregate
+                    .get(aggregate_id)
+                    .map(|q| {
+                        q.iter()
+                            .filter(|p| p.position <= upto && p.version >= from_version)
+                            .map(|p| (p.version, *p))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (by_version, tail.from, upto)
+            };
+            if !inner.options.read_only {
+                let indexed = inner.index.aggregate_pointers(
+                    aggregate_id,
+                    from_version,
+                    backward,
+                    limit,
+                    upto,
+                )?;
+                break (by_version, indexed);
+            }
+            // A read-only store's index is written by another handle: read
+            // it in one snapshot, and check that snapshot reaches the tail.
+            let (indexed, checkpoint) = inner.index.snapshot(|r, _| {
+                r.aggregate_pointers(aggregate_id, from_version, backward, limit, upto)
+            })?;
+            if checkpoint < tail_from {
+                self.index_went_back(checkpoint, attempt)?;
+                attempt += 1;
+                continue;
+            }
+            break (by_version, indexed);
+        };
+        if by_version.is_empty() {
+            // Nothing for this aggregate waits for the indexer: the index's
+            // answer is the whole answer, already in order.
+            return Ok(indexed);
+        }
+        for p in indexed {
+            by_version.entry(p.version).or_insert(p);
+        }
+        let ptrs: Vec<Pointer> = if backward {
+            by_version.into_values().rev().take(limit).collect()
+        } else {
+            by_version.into_values().take(limit).collect()
+        };
+        Ok(ptrs)
+    }
+
+    #[cfg(feature = "bench")]
+    pub(crate) fn aggregate_pointers_for_bench(&self, aggregate_id: &str) -> Result<Vec<Pointer>> {
+        self.aggregate_pointers(aggregate_id, 0, false, usize::MAX)
+    }
+
+    pub(super) fn read_pointers(&self, ptrs: &[Pointer]) -> Result<Vec<Event>> {
+        let log = &self.inner.log;
+        let mut events = Vec::with_capacity(ptrs.len());
+        // Events of one aggregate mostly come from few nodes: share the
+        // node id between them instead of allocating one per event.
+        let mut node: Option<NodeId> = None;
+        let mut failed = None;
+        log.read_records(
+            ptrs.iter().map(|p| (p.segment, p.offset, p.position)),
+            |r| {
+                if failed.is_some() {
+                    return;
+                }
+                match EventRef::from(r).to_event_sharing_node(&mut node) {
+                    Ok(e) => events.push(e),
+                    Err(err) => failed = Some((r.position, err)),
+                }
+            },
+        )?;
+        if let Some((position, err)) = failed {
+            let p = ptrs
+                .iter()
+                .find(|p| p.position == position)
+                .expect("read from ptrs");
+            return Err(corrupt_hlc(log, p, err));
+        }
+        Ok(events)
+    }
+
+    /// The event with this id, if it is visible.
+    pub fn get(&self, event_id: Uuid) -> Result<Option<Event>> {
+        let found = self.find_existing(&[event_id])?;
+        match found.get(&event_id) {
+            Some((p, _)) if p.position <= self.head() => Ok(self.read_pointers(&[*p])?.pop()),
+            _ => Ok(None),
+        }
+    }
+
+    /// A cursor at `from`: a cached one that stopped there, or a new one.
+    pub(super) fn take_cursor(&self, from: u64) -> Cursor {
+        let mut cache = lock(&self.inner.cursors);
+        match cache.iter().position(|c| c.next_position() == from) {
+            Some(i) => cache.swap_remove(i),
+            None => self.inner.log.cursor(from),
+        }
+    }
+
+    pub(super) fn put_cursor(&self, cursor: Cursor) {
+        let mut cache = lock(&self.inner.cursors);
+        if cache.len() >= CURSOR_CACHE_MAX {
+            cache.remove(0);
+        }
+        cache.push(cursor);
+    }
+
+    /// Up to `max_events` events (and about `max_bytes`) from `from` on,
+    /// for sequential readers such as sync followers: a read that starts
+    /// where an earlier one stopped continues without seeking.
+    pub fn read_events(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>> {
+        let log = &self.inner.log;
+        let upto = self.head();
+        let mut cursor = self.take_cursor(from.max(1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut node = None;
+        // Whole batches only: the cursor has passed a batch once it hands
+        // it out, so the limits are checked between batches.
+        while out.len() < max_events && bytes < max_bytes {
+            let Some(view) = cursor.next_batch(upto)? else {
+                break;
+            };
+            for r in view.records() {
+                let (offset, rec) =
+                    r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+                let e = EventRef::from(rec)
+                    .to_event_sharing_node(&mut node)
+                    .map_err(|e| {
+                        let at = Pointer {
+                            position: rec.position,
+                            version: rec.version,
+                            segment: view.segment_first,
+                            offset,
+                        };
+                        corrupt_hlc(log, &at, e)
+                    })?;
+                bytes += rec.encoded_len;
+                out.push(e);
+            }
+        }
+        self.put_cursor(cursor);
+        Ok(out)
+    }
+
+    /// Every event from `from_position` up to the head at the time of the
+    /// call, in position order, one batch in memory at a time.
+    ///
+    /// ```
+    /// use strata::{ExpectedVersion, NewEvent, Options, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default())?;
+    /// for agg in ["a", "b", "a"] {
+    ///     store.append(agg, ExpectedVersion::Any, vec![NewEvent::new("T", b"{}".to_vec())])?;
+    /// }
+    /// let from_2: Vec<(u64, String)> = store
+    ///     .read_all(2)
+    ///     .map(|e| e.map(|e| (e.position, e.aggregate_id)))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(from_2, [(2, "b".to_owned()), (3, "a".to_owned())]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_all(&self, from_position: u64) -> ReadAll {
+        ReadAll {
+            cursor: self.inner.log.cursor(from_position),
+            upto: self.head(),
+            pending: VecDeque::new(),
+            failed: false,
+        }
+    }
+
+    /// Calls `f` for every event from `from_position` up to `upto` (or the
+    /// head) without copying: events borrow from the log's memory maps.
+    /// Returns how many events `f` saw.
+    pub fn scan(
+        &self,
+        from_position: u64,
+        upto: Option<u64>,
+        mut f: impl FnMut(EventRef<'_>) -> ControlFlow<()>,
+    ) -> Result<u64> {
+        let log = &self.inner.log;
+        let upto = upto.unwrap_or(u64::MAX).min(self.head());
+        let mut cursor = log.cursor(from_position);
+        let mut seen = 0;
+        while let Some(view) = cursor.next_batch(upto)? {
+            for r in view.records() {
+                let (_, rec) =
+                    r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+                if rec.position > upto {
+                    return Ok(seen);
+                }
+                seen += 1;
+                if f(EventRef::from(rec)).is_break() {
+                    return Ok(seen);
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Every event from `from_position` on: first those already there, then
+    /// new ones as they become visible. Never skips an event; blocks in
+    /// `next` while caught up; ends when the store closes.
+    ///
+    /// ```
+    /// use strata::{ExpectedVersion, NewEvent, Options, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default())?;
+    /// store.append("a", ExpectedVersion::Any, vec![NewEvent::new("T", b"{}".to_vec())])?;
+    /// let mut events = store.subscribe(1);
+    /// let writer = {
+    ///     let store = store.clone();
+    ///     std::thread::spawn(move || {
+    ///         store.append("b", ExpectedVersion::Any, vec![NewEvent::new("T", b"{}".to_vec())])
+    ///     })
+    /// };
+    /// // Catch-up, then live: the event appended by the other thread.
+    /// assert_eq!(events.next().unwrap()?.position, 1);
+    /// assert_eq!(events.next().unwrap()?.aggregate_id, "b");
+    /// writer.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe(&self, from_position: u64) -> Subscription {
+        Subscription {
+            log: self.inner.log.clone(),
+            cursor: self.inner.log.cursor(from_position),
+            pending: VecDeque::new(),
+            follow: self
+                .inner
+                .options
+                .read_only
+                .then(|| Arc::downgrade(&self.inner)),
+        }
+    }
+}
+
+/// Iterator returned by [`Store::read_all`].
+#[derive(Debug)]
+pub struct ReadAll {
+    pub(super) cursor: Cursor,
+    pub(super) upto: u64,
+    pub(super) pending: VecDeque<Event>,
+    pub(super) failed: bool,
+}
+
+pub(super) fn decode_batch(
+    log: &Log,
+    cursor: &mut Cursor,
+    upto: u64,
+    out: &mut VecDeque<Event>,
+) -> Result<bool> {
+    let Some(view) = cursor.next_batch(upto)? else {
+        return Ok(false);
+    };
+    for r in view.records() {
+        let (offset, rec) =
+            r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+        if rec.position > upto {
+            break;
+        }
+        let e = EventRef::from(rec).to_event().map_err(|e| {
+            corrupt_hlc(
+                log,
+                &Pointer {
+                    position: rec.position,
+                    version: rec.version,
+                    segment: view.segment_first,
+                    offset,
+                },
+                e,
+            )
+        })?;
+        out.push_back(e);
+    }
+    Ok(true)
+}
+
+impl Iterator for ReadAll {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.failed {
+                return None;
+            }
+            let log = self.cursor.log().clone();
+            match decode_batch(&log, &mut self.cursor, self.upto, &mut self.pending) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Iterator returned by [`Store::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    pub(super) log: Log,
+    pub(super) cursor: Cursor,
+    pub(super) pending: VecDeque<Event>,
+    /// A read-only store's subscription follows the log itself: while it
+    /// waits it calls [`Store::refresh`] every [`FOLLOW_POLL`]. Weak, so
+    /// that a subscription does not keep its store open.
+    pub(super) follow: Option<std::sync::Weak<Inner>>,
+}
+
+impl Subscription {
+    /// The next event, waiting at most `timeout` for one. `Ok(None)` on
+    /// timeout or when the store has closed.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Event>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            if decode_batch(&self.log, &mut self.cursor, u64::MAX, &mut self.pending)? {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.log.is_closed() {
+                return Ok(None);
+            }
+            match &self.follow {
+                None => {
+                    self.log.wait_beyond(self.cursor.next_position() - 1, left);
+                }
+                Some(weak) => {
+                    let Some(inner) = weak.upgrade() else {
+                        return Ok(None);
+                    };
+                    let head = Store { inner }.refresh()?;
+                    if head < self.cursor.next_position() {
+                        std::thread::sleep(left.min(FOLLOW_POLL));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The position of the next event this subscription will yield.
+    pub fn next_position(&self) -> u64 {
+        self.cursor.next_position()
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_timeout(Duration::from_secs(3600)) {
+                Ok(Some(e)) => return Some(Ok(e)),
+                Ok(None) if self.log.is_closed() && self.pending.is_empty() => return None,
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
