@@ -348,7 +348,7 @@ impl Limits {
             (
                 "batch_bytes_max",
                 self.batch_bytes_max,
-                format::FRAME_PAYLOAD_BYTES_MAX as usize - format::BATCH_HEADER_BYTES,
+                format::BATCH_RECORDS_BYTES_MAX,
             ),
         ];
         for (name, value, max) in checks {

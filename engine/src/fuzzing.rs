@@ -1888,17 +1888,17 @@ impl Conn {
                 return;
             }
             let events: Vec<Event> = if self.raw {
-                let (first, count, records) = store
+                let run = store
                     .read_raw_records(next, config.message_bytes_max)
                     .expect("read")
                     .unwrap_or_else(|| panic!("position {next} is due, but there are no records"));
-                assert_eq!(first, next);
-                let mut events = Vec::new();
-                format::for_each_record(first, count, &records, |r| {
-                    events.push(EventRef::from(r).to_event().expect("a valid timestamp"));
-                })
-                .expect("records decode");
-                events
+                assert_eq!(run.first_position, next);
+                let checked = run.check().expect("records decode");
+                checked
+                    .records()
+                    .iter()
+                    .map(|(_, r)| EventRef::from(*r).to_event().expect("a valid timestamp"))
+                    .collect()
             } else {
                 store
                     .read_events(next, config.message_events_max, config.message_bytes_max)

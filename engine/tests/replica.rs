@@ -101,13 +101,9 @@ impl Server {
             return Some(m);
         }
         let next = *self.follow.get(&id)?;
-        let (first, count, records) = self.store.read_raw_records(next, 1 << 20).unwrap()?;
-        self.follow.insert(id, first + u64::from(count));
-        Some(ServerMessage::Records {
-            first_position: first,
-            count,
-            records,
-        })
+        let run = self.store.read_raw_records(next, 1 << 20).unwrap()?;
+        self.follow.insert(id, run.last_position() + 1);
+        Some(run.into())
     }
 
     /// Pushes `events` as client `id` and returns the answers it got.

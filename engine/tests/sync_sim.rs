@@ -212,7 +212,7 @@ impl ReplicaStorage for MemReplica {
         Ok(())
     }
 
-    fn apply_records(&mut self, _: u64, _: u32, _: &[u8]) -> Result<(), Error> {
+    fn apply_records(&mut self, _: &strata::log::RawRun) -> Result<(), Error> {
         unreachable!("the simulated transport carries events")
     }
 

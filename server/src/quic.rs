@@ -665,11 +665,7 @@ async fn write_loop(
             let log = hosted.log.clone();
             let read =
                 tokio::task::spawn_blocking(move || match log.read_records(from, max_bytes)? {
-                    Some((first, count, records)) => Ok(Some(ServerMessage::Records {
-                        first_position: first,
-                        count,
-                        records,
-                    })),
+                    Some(run) => Ok(Some(ServerMessage::from(run))),
                     None => {
                         let events = log.read(from, max_events, max_bytes)?;
                         Ok::<_, strata::sync::StorageError>(

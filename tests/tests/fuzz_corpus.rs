@@ -603,8 +603,8 @@ fn store_model_seeds() {
 /// raw records.
 struct SyncLog {
     events: Vec<Event>,
-    /// `(first_position, count, records)` of the whole log.
-    records: (u64, u32, Vec<u8>),
+    /// The whole log as one run of raw records.
+    records: strata::log::RawRun,
 }
 
 impl SyncLog {
@@ -638,12 +638,7 @@ impl SyncLog {
     }
 
     fn records_message(&self) -> ServerMessage {
-        let (first_position, count, records) = self.records.clone();
-        ServerMessage::Records {
-            first_position,
-            count,
-            records,
-        }
+        self.records.clone().into()
     }
 }
 

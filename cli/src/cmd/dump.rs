@@ -67,8 +67,8 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
                     if batch.last_position() < args.from_position {
                         continue;
                     }
-                    for r in batch.iter() {
-                        let Ok((rel, rec)) = r else { continue };
+                    for r in batch.iter_with_crc() {
+                        let Ok((rel, rec, crc_ok)) = r else { continue };
                         if rec.position < args.from_position {
                             continue;
                         }
@@ -77,7 +77,6 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
                         }
                         shown += 1;
                         let at = records_offset + rel as u64;
-                        let crc_ok = format::decode_record(&bytes[at as usize..], true).is_ok();
                         damaged |= !crc_ok;
                         let e = strata::EventRef::from(rec);
                         if cli.json {

@@ -412,6 +412,10 @@ impl RecordFields<'_> {
     }
 }
 
+/// Most bytes of records one batch frame holds (its payload less the
+/// batch header): the bound of [`crate::event::Limits::batch_bytes_max`].
+pub const BATCH_RECORDS_BYTES_MAX: usize = FRAME_PAYLOAD_BYTES_MAX as usize - BATCH_HEADER_BYTES;
+
 /// Writes a batch header; records follow with [`encode_record`].
 ///
 /// ```text
@@ -663,6 +667,26 @@ impl<'a> BatchRef<'a> {
         self.first_position + self.event_count as u64 - 1
     }
 
+    /// The batch as a frame payload holds it: header, then the records.
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(BATCH_HEADER_BYTES + self.records.len());
+        encode_batch_header(&mut payload, self.first_position, self.event_count);
+        payload.extend_from_slice(self.records);
+        payload
+    }
+
+    /// Records with their byte offset within `records` and whether the
+    /// record's own CRC holds (the frame's CRC covers a batch read from a
+    /// log, so [`BatchRef::iter`] does not check it; `strata dump` shows it).
+    pub fn iter_with_crc(
+        &self,
+    ) -> impl Iterator<Item = Result<(usize, RecordRef<'a>, bool), FormatError>> + 'a {
+        let records = self.records;
+        self.iter().map(move |r| {
+            r.map(|(offset, rec)| (offset, rec, decode_record(&records[offset..], true).is_ok()))
+        })
+    }
+
     /// Records with their byte offset within `records`.
     pub fn iter(&self) -> BatchIter<'a> {
         BatchIter {
@@ -743,43 +767,110 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
-/// Visits a run of `count` records whose first is at `first_position` (as
-/// sync's bulk catch-up carries them), checking them as a batch would be
-/// checked, each record's own CRC included.
-pub fn for_each_record<'a>(
-    first_position: u64,
-    count: u32,
-    records: &'a [u8],
-    mut f: impl FnMut(RecordRef<'a>),
-) -> Result<(), FormatError> {
-    if count == 0 || count > BATCH_EVENTS_MAX {
-        return Err(FormatError::malformed("records", "count out of range"));
+/// Packs units of `(records, bytes)` into log frames, whole units only, at
+/// most `records_max` records and the format's payload per frame; returns
+/// each frame's record count. A unit above those limits gets a frame of
+/// its own (a batch within the store's limits always fits one:
+/// `Limits::validate`).
+pub fn pack_frames(units: &[(usize, usize)], records_max: usize) -> Vec<usize> {
+    let payload_max = BATCH_RECORDS_BYTES_MAX;
+    let records_max = records_max.min(BATCH_EVENTS_MAX as usize);
+    let mut frames = Vec::new();
+    let (mut records, mut bytes) = (0, 0);
+    for &(n, b) in units {
+        if records > 0 && (records + n > records_max || bytes + b > payload_max) {
+            frames.push(records);
+            (records, bytes) = (0, 0);
+        }
+        records += n;
+        bytes += b;
     }
-    if (count as u64) * (RECORD_HEADER_BYTES as u64) > records.len() as u64 {
-        return Err(FormatError::malformed(
-            "records",
-            "count exceeds what the bytes can hold",
-        ));
+    if records > 0 {
+        frames.push(records);
     }
-    let mut at = 0usize;
-    for i in 0..count as u64 {
-        let r = decode_record(&records[at..], true)?;
-        if first_position.checked_add(i) != Some(r.position) {
+    frames
+}
+
+/// A run of consecutive records exactly as a log stores them: what sync's
+/// bulk catch-up carries from a server's log to a replica's, unchanged
+/// (the `Records` message). Made by [`super::Cursor::next_run`] on the
+/// sending side; checked once with [`RawRun::check`] on the receiving side,
+/// and appended as checked ([`super::LogWriter::append_raw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRun {
+    pub first_position: u64,
+    pub count: u32,
+    /// `count` encoded records, back to back.
+    pub records: Vec<u8>,
+}
+
+impl RawRun {
+    /// The last record's position (`first_position` for an empty run,
+    /// which [`RawRun::check`] refuses).
+    pub fn last_position(&self) -> u64 {
+        self.first_position
+            .saturating_add(u64::from(self.count).saturating_sub(1))
+    }
+
+    /// Checks the run as a batch would be checked, each record's own CRC
+    /// included (the bytes came from elsewhere): 1 to [`BATCH_EVENTS_MAX`]
+    /// records that fit one batch frame, positions consecutive from
+    /// `first_position`, nothing after the last record.
+    pub fn check(&self) -> Result<CheckedRun<'_>, FormatError> {
+        const WHAT: &str = "records";
+        if self.count == 0 || self.count > BATCH_EVENTS_MAX {
+            return Err(FormatError::malformed(WHAT, "count out of range"));
+        }
+        if (self.count as u64) * (RECORD_HEADER_BYTES as u64) > self.records.len() as u64 {
             return Err(FormatError::malformed(
-                "records",
-                "record positions are not consecutive",
+                WHAT,
+                "count exceeds what the bytes can hold",
             ));
         }
-        at += r.encoded_len;
-        f(r);
+        if BATCH_HEADER_BYTES + self.records.len() > FRAME_PAYLOAD_BYTES_MAX as usize {
+            return Err(FormatError::malformed(
+                WHAT,
+                "more bytes than one batch frame holds",
+            ));
+        }
+        let mut records = Vec::with_capacity(self.count as usize);
+        let mut at = 0usize;
+        for i in 0..u64::from(self.count) {
+            let r = decode_record(&self.records[at..], true)?;
+            if self.first_position.checked_add(i) != Some(r.position) {
+                return Err(FormatError::malformed(
+                    WHAT,
+                    "record positions are not consecutive",
+                ));
+            }
+            records.push((at, r));
+            at += r.encoded_len;
+        }
+        if at != self.records.len() {
+            return Err(FormatError::malformed(WHAT, "bytes after the last record"));
+        }
+        Ok(CheckedRun { run: self, records })
     }
-    if at != records.len() {
-        return Err(FormatError::malformed(
-            "records",
-            "bytes after the last record",
-        ));
+}
+
+/// A [`RawRun`] whose records all passed [`RawRun::check`]: the only form
+/// in which a log appends records it did not encode itself.
+#[derive(Debug)]
+pub struct CheckedRun<'a> {
+    run: &'a RawRun,
+    /// Each record with its offset within `run.records`.
+    records: Vec<(usize, RecordRef<'a>)>,
+}
+
+impl<'a> CheckedRun<'a> {
+    pub fn run(&self) -> &'a RawRun {
+        self.run
     }
-    Ok(())
+
+    /// The records, in order, with their offsets within the run's bytes.
+    pub fn records(&self) -> &[(usize, RecordRef<'a>)] {
+        &self.records
+    }
 }
 
 #[cfg(test)]
@@ -1000,5 +1091,113 @@ mod tests {
             prop_assert_eq!((r.position, r.version, r.aggregate_id, r.event_type, r.data, r.metadata, r.hlc_node),
                 (position, version, agg.as_str(), ty.as_str(), &data[..], md.as_deref(), node.as_str()));
         }
+    }
+
+    /// S3 for group commits: batches of one `append_batches` call share
+    /// frames, but a batch is never split across two (a crash between
+    /// them would keep half of it).
+    #[test]
+    fn s3_pack_frames_keeps_every_batch_whole() {
+        let payload = BATCH_RECORDS_BYTES_MAX;
+        let third = payload / 3;
+        // Three batches fill a frame but for a few bytes; the fourth goes on.
+        assert_eq!(
+            pack_frames(&[(10, third), (20, third), (30, third), (5, 100)], 1_000),
+            [60, 5]
+        );
+        // A batch that would cross the payload limit starts the next frame.
+        assert_eq!(
+            pack_frames(&[(1, third * 2), (2, third * 2)], 1_000),
+            [1, 2]
+        );
+        // The record limit is a limit on whole batches too.
+        assert_eq!(
+            pack_frames(&[(600, 10), (600, 10), (1, 1)], 1_000),
+            [600, 601]
+        );
+        // One unit alone may pass it (it was checked against the store's
+        // own limits); the format's count bounds the limit given.
+        assert_eq!(pack_frames(&[(1_500, 10)], 1_000), [1_500]);
+        assert_eq!(
+            pack_frames(&[(1, 1); 3], usize::MAX),
+            [3],
+            "records_max is capped at {BATCH_EVENTS_MAX}, not exceeded"
+        );
+        assert!(pack_frames(&[], 10).is_empty());
+    }
+
+    /// A run from another log is checked once, whole: framing, each
+    /// record's CRC, consecutive positions, nothing after the last record,
+    /// a count and a size one batch frame holds.
+    #[test]
+    fn a_raw_run_is_checked_whole_before_a_log_takes_it() {
+        let records = [sample(7, b"a", None), sample(8, b"bb", Some(b"m"))].concat();
+        let run = RawRun {
+            first_position: 7,
+            count: 2,
+            records: records.clone(),
+        };
+        let checked = run.check().unwrap();
+        let got: Vec<(usize, u64)> = checked
+            .records()
+            .iter()
+            .map(|(at, r)| (*at, r.position))
+            .collect();
+        assert_eq!(got, [(0, 7), (sample(7, b"a", None).len(), 8)]);
+        assert_eq!(run.last_position(), 8);
+        let refused = |run: RawRun, why: &str| {
+            let e = run.check().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        let mut bad_crc = records.clone();
+        *bad_crc.last_mut().unwrap() ^= 1;
+        refused(
+            RawRun {
+                records: bad_crc,
+                ..run.clone()
+            },
+            "checksum mismatch",
+        );
+        refused(
+            RawRun {
+                first_position: 6,
+                ..run.clone()
+            },
+            "not consecutive",
+        );
+        refused(
+            RawRun {
+                count: 1,
+                ..run.clone()
+            },
+            "after the last record",
+        );
+        refused(
+            RawRun {
+                count: 0,
+                ..run.clone()
+            },
+            "count out of range",
+        );
+        refused(
+            RawRun {
+                count: 3,
+                ..run.clone()
+            },
+            "count exceeds",
+        );
+        // Records of the largest data each, one more than a frame holds.
+        let n = BATCH_RECORDS_BYTES_MAX / EVENT_DATA_BYTES_MAX + 1;
+        let big: Vec<u8> = (1..=n as u64)
+            .flat_map(|p| sample(p, &vec![0u8; EVENT_DATA_BYTES_MAX], None))
+            .collect();
+        refused(
+            RawRun {
+                first_position: 1,
+                count: n as u32,
+                records: big,
+            },
+            "more bytes than one batch frame holds",
+        );
     }
 }

@@ -43,7 +43,7 @@ use uuid::Uuid;
 use format::{
     BatchRef, FRAME_HEADER_BYTES, FrameHeader, FrameKind, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
 };
-pub use format::{FormatError, RecordFields, RecordRef};
+pub use format::{CheckedRun, FormatError, RawRun, RecordFields, RecordRef};
 pub use recovery::{RecoveryReport, TornTail};
 use segment::{SEGMENT_TMP_SUFFIX, Segment, segment_file_name};
 use vfs::{OpenMode, Vfs};
@@ -837,26 +837,22 @@ impl LogWriter {
         self.write_frame(log, &segment, offset, records.len() as u64, record_offsets)
     }
 
-    /// Appends log records exactly as another log holds them (a replica
-    /// copying its server's log): `count` records from `first_position`,
-    /// which must be this log's next position. The caller has checked the
-    /// records (see [`format::BatchRef::validate`] and each record's CRC);
-    /// they are framed here without being decoded or re-encoded.
-    pub fn append_raw(
-        &mut self,
-        log: &Log,
-        first_position: u64,
-        count: u32,
-        records: &[u8],
-    ) -> Result<Appended, LogError> {
+    /// Appends a run of records exactly as another log holds them (a
+    /// replica copying its server's log); its first position must be this
+    /// log's next one. [`RawRun::check`] checked the records once; they are
+    /// framed here without being decoded or re-encoded.
+    pub fn append_raw(&mut self, log: &Log, run: &CheckedRun<'_>) -> Result<Appended, LogError> {
         log.check_writable()?;
+        let RawRun {
+            first_position,
+            count,
+            ref records,
+        } = *run.run();
         assert_eq!(first_position, self.next_position, "checked by the caller");
-        assert!((1..=format::BATCH_EVENTS_MAX).contains(&count));
+        // RawRun::check made these hold.
         let payload_len = format::BATCH_HEADER_BYTES + records.len();
-        assert!(
-            payload_len <= format::FRAME_PAYLOAD_BYTES_MAX as usize,
-            "checked by the caller"
-        );
+        debug_assert!((1..=format::BATCH_EVENTS_MAX).contains(&count));
+        debug_assert!(payload_len <= format::FRAME_PAYLOAD_BYTES_MAX as usize);
         let (segment, offset, durable_offset) =
             self.make_room(log, (FRAME_HEADER_BYTES + payload_len) as u64)?;
         let buf = &mut self.buf;
@@ -866,13 +862,11 @@ impl LogWriter {
         let records_start = buf.len();
         buf.extend_from_slice(records);
         format::finish_frame(buf, start, FrameKind::Batch, durable_offset);
-        let mut record_offsets = Vec::with_capacity(count as usize);
-        let mut at = 0usize;
-        for _ in 0..count {
-            record_offsets.push(offset + (records_start + at) as u64);
-            at += u32::from_le_bytes(records[at..at + 4].try_into().expect("4 bytes")) as usize;
-        }
-        debug_assert_eq!(at, records.len());
+        let record_offsets = run
+            .records()
+            .iter()
+            .map(|(at, _)| offset + (records_start + at) as u64)
+            .collect();
         self.write_frame(log, &segment, offset, count as u64, record_offsets)
     }
 
@@ -1378,5 +1372,53 @@ impl Cursor {
                 skip_below,
             }));
         }
+    }
+
+    /// The records from `from` on (this cursor positioned at or before
+    /// it) up to `upto`, as a [`RawRun`] of about `max_bytes` (whole
+    /// batches after the first, at least one record) and at most half of
+    /// [`format::BATCH_EVENTS_MAX`] records: what a server sends for bulk
+    /// catch-up. `None` when there is nothing at or after `from` yet.
+    pub fn next_run(
+        &mut self,
+        from: u64,
+        upto: u64,
+        max_bytes: usize,
+    ) -> Result<Option<RawRun>, LogError> {
+        let from = from.max(1);
+        let mut records = Vec::new();
+        let mut count = 0u32;
+        let dir = self.log.dir().to_path_buf();
+        while records.len() < max_bytes && count < format::BATCH_EVENTS_MAX / 2 {
+            let Some(view) = self.next_batch(upto)? else {
+                break;
+            };
+            // A seek can land inside a batch: start at the first record
+            // at or after `from`.
+            let mut start = 0usize;
+            if view.batch.first_position < from {
+                for r in view.batch.iter() {
+                    let (offset, rec) = r.map_err(|e| {
+                        LogError::corrupt(
+                            &dir.join(segment_file_name(view.segment_first)),
+                            view.frame_offset,
+                            e,
+                        )
+                    })?;
+                    if rec.position >= from {
+                        start = offset;
+                        break;
+                    }
+                }
+            }
+            let skipped = from.saturating_sub(view.batch.first_position) as u32;
+            records.extend_from_slice(&view.batch.records[start..]);
+            count += view.batch.event_count - skipped.min(view.batch.event_count);
+        }
+        Ok((count > 0).then_some(RawRun {
+            first_position: from,
+            count,
+            records,
+        }))
     }
 }

@@ -14,7 +14,7 @@ use super::{BatchFailure, Projection, ProjectionError, VIEWS_FILE, ViewOptions, 
 use crate::event::EventRef;
 use crate::hlc::Hlc;
 use crate::log::Log;
-use crate::log::format::{BATCH_HEADER_BYTES, BatchRef};
+use crate::log::format::BatchRef;
 use crate::store::Store;
 
 /// How long the follower thread sleeps when the log does not move.
@@ -417,13 +417,7 @@ impl Frames {
             };
             events += view.batch.event_count as usize;
             frames.last = view.batch.last_position();
-            // The batch header and records, as in the frame payload.
-            let mut payload = Vec::with_capacity(BATCH_HEADER_BYTES + view.batch.records.len());
-            payload.extend_from_slice(&view.batch.first_position.to_le_bytes());
-            payload.extend_from_slice(&view.batch.event_count.to_le_bytes());
-            payload.extend_from_slice(&0u32.to_le_bytes());
-            payload.extend_from_slice(view.batch.records);
-            frames.payloads.push(payload);
+            frames.payloads.push(view.batch.to_payload());
         }
         Ok(frames)
     }

@@ -157,9 +157,23 @@ impl Store {
             .map(|r| r.expect("every batch planned"))
             .collect();
 
+        let first_planned = writer.log.next_position();
+        debug_assert_eq!(
+            first_planned + plan.records.len() as u64,
+            plan.next_position,
+            "the plan numbers its records from the log's next position, without gaps"
+        );
         if !plan.records.is_empty() {
             self.write_planned(writer, &plan)?;
         }
+        // Postconditions: the log took exactly the planned records, and
+        // every answer names events the log holds (new ones where they
+        // were planned, existing ones at or below the durable target).
+        debug_assert_eq!(writer.log.next_position(), plan.next_position);
+        debug_assert!(results.iter().flatten().flatten().all(|c| {
+            c.position < plan.next_position
+                && (c.position >= first_planned || c.position <= plan.existing_max)
+        }));
         drop(in_flight);
         drop(guard);
         let last_written = plan.next_position - 1;
@@ -398,7 +412,7 @@ impl Store {
             }
         }
         let mut rest = &fields[..];
-        for records in pack_frames(&units, crate::log::format::BATCH_EVENTS_MAX as usize) {
+        for records in format::pack_frames(&units, format::BATCH_EVENTS_MAX as usize) {
             let (chunk, after) = rest.split_at(records);
             rest = after;
             let appended = writer.log.append(&inner.log, chunk)?;
@@ -589,31 +603,6 @@ pub(super) struct PlannedRecord<'a> {
     pub(super) metadata: Option<&'a [u8]>,
 }
 
-/// Packs units of `(records, bytes)` into log frames, whole units only, at
-/// most `records_max` records and the format's payload per frame; returns
-/// each frame's record count. A unit above those limits gets a frame of
-/// its own (a batch within the store's limits always fits one:
-/// `Limits::validate`).
-pub(super) fn pack_frames(units: &[(usize, usize)], records_max: usize) -> Vec<usize> {
-    use crate::log::format::{BATCH_EVENTS_MAX, BATCH_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
-    let payload_max = FRAME_PAYLOAD_BYTES_MAX as usize - BATCH_HEADER_BYTES;
-    let records_max = records_max.min(BATCH_EVENTS_MAX as usize);
-    let mut frames = Vec::new();
-    let (mut records, mut bytes) = (0, 0);
-    for &(n, b) in units {
-        if records > 0 && (records + n > records_max || bytes + b > payload_max) {
-            frames.push(records);
-            (records, bytes) = (0, 0);
-        }
-        records += n;
-        bytes += b;
-    }
-    if records > 0 {
-        frames.push(records);
-    }
-    frames
-}
-
 /// The fields of an existing event (aggregate, type, payload, metadata)
 /// that an attempt to append another event under its id changes.
 pub(super) fn differences(
@@ -675,43 +664,4 @@ pub(crate) fn check_batch(limits: &Limits, groups: &[AggregateEvents]) -> Result
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pack_frames;
-    use crate::log::format::{BATCH_EVENTS_MAX, BATCH_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
-
-    /// S3 for group commits: batches of one `append_batches` call share
-    /// frames, but a batch is never split across two (a crash between
-    /// them would keep half of it).
-    #[test]
-    fn s3_pack_frames_keeps_every_batch_whole() {
-        let payload = FRAME_PAYLOAD_BYTES_MAX as usize - BATCH_HEADER_BYTES;
-        let third = payload / 3;
-        // Three batches fill a frame but for a few bytes; the fourth goes on.
-        assert_eq!(
-            pack_frames(&[(10, third), (20, third), (30, third), (5, 100)], 1_000),
-            [60, 5]
-        );
-        // A batch that would cross the payload limit starts the next frame.
-        assert_eq!(
-            pack_frames(&[(1, third * 2), (2, third * 2)], 1_000),
-            [1, 2]
-        );
-        // The record limit is a limit on whole batches too.
-        assert_eq!(
-            pack_frames(&[(600, 10), (600, 10), (1, 1)], 1_000),
-            [600, 601]
-        );
-        // One unit alone may pass it (it was checked against the store's
-        // own limits); the format's count bounds the limit given.
-        assert_eq!(pack_frames(&[(1_500, 10)], 1_000), [1_500]);
-        assert_eq!(
-            pack_frames(&[(1, 1); 3], usize::MAX),
-            [3],
-            "records_max is capped at {BATCH_EVENTS_MAX}, not exceeded"
-        );
-        assert!(pack_frames(&[], 10).is_empty());
-    }
 }

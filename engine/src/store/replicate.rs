@@ -5,43 +5,15 @@ use super::*;
 
 impl Store {
     /// Log records from `from` on as the log stores them, for bulk
-    /// catch-up without decoding: `(first_position, count, records)`, at
-    /// most about `max_bytes` (always at least one record). `None` when
-    /// there is nothing at or after `from` yet.
-    pub fn read_raw_records(
-        &self,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<Option<(u64, u32, Vec<u8>)>> {
-        let log = &self.inner.log;
+    /// catch-up without decoding: a [`RawRun`] of about `max_bytes`
+    /// (always at least one record). `None` when there is nothing at or
+    /// after `from` yet.
+    pub fn read_raw_records(&self, from: u64, max_bytes: usize) -> Result<Option<RawRun>> {
         let upto = self.head();
-        let from = from.max(1);
-        let mut cursor = self.take_cursor(from);
-        let mut records = Vec::new();
-        let mut count = 0u32;
-        while records.len() < max_bytes && count < crate::log::format::BATCH_EVENTS_MAX / 2 {
-            let Some(view) = cursor.next_batch(upto)? else {
-                break;
-            };
-            // A seek can land inside a batch: start at the first record
-            // at or after `from`.
-            let mut start = 0usize;
-            if view.batch.first_position < from {
-                for r in view.batch.iter() {
-                    let (offset, rec) =
-                        r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
-                    if rec.position >= from {
-                        start = offset;
-                        break;
-                    }
-                }
-            }
-            let skipped = from.saturating_sub(view.batch.first_position) as u32;
-            records.extend_from_slice(&view.batch.records[start..]);
-            count += view.batch.event_count - skipped.min(view.batch.event_count);
-        }
+        let mut cursor = self.take_cursor(from.max(1));
+        let run = cursor.next_run(from, upto, max_bytes);
         self.put_cursor(cursor);
-        Ok((count > 0).then_some((from, count, records)))
+        Ok(run?)
     }
 
     /// From now on plain appends are refused, by this handle and by every
@@ -108,7 +80,7 @@ impl Store {
         let units: Vec<(usize, usize)> = fields.iter().map(|f| (1, f.encoded_len())).collect();
         let mut last = 0;
         let mut rest = &fields[..];
-        for records in pack_frames(&units, inner.options.limits.batch_events_max) {
+        for records in format::pack_frames(&units, inner.options.limits.batch_events_max) {
             let (chunk, after) = rest.split_at(records);
             rest = after;
             let appended = writer.log.append(&inner.log, chunk)?;
@@ -185,45 +157,25 @@ impl Store {
         Ok(())
     }
 
-    /// Appends raw records from a server's log (see
-    /// [`Store::read_raw_records`]), checking each record's CRC and
-    /// [`Store::check_copied`] before framing them unchanged.
-    pub fn append_raw_records(
-        &self,
-        first_position: u64,
-        count: u32,
-        records: &[u8],
-    ) -> Result<()> {
-        use crate::log::format::{self, BatchRef};
+    /// Appends a run of records from a server's log (see
+    /// [`Store::read_raw_records`]): checks it once ([`RawRun::check`]:
+    /// framing, each record's CRC, consecutive positions) and against this
+    /// log ([`Store::check_copied`]), then frames the records unchanged.
+    /// Returns the ids of the events appended, in order.
+    pub fn append_raw_records(&self, run: &RawRun) -> Result<Vec<Uuid>> {
         let inner = &*self.inner;
-        if count == 0 {
-            return Ok(());
-        }
         let invalid = |reason: String| {
             diverged(format!(
-                "records from the server at position {first_position}: {reason}"
+                "records from the server at position {}: {reason}",
+                run.first_position
             ))
         };
-        let mut payload = Vec::with_capacity(format::BATCH_HEADER_BYTES + records.len());
-        format::encode_batch_header(
-            &mut payload,
-            first_position,
-            count.min(format::BATCH_EVENTS_MAX),
-        );
-        payload.extend_from_slice(records);
-        if count > format::BATCH_EVENTS_MAX
-            || payload.len() > format::FRAME_PAYLOAD_BYTES_MAX as usize
-        {
-            return Err(invalid("too many records for one batch".into()));
-        }
-        let batch = BatchRef::parse(&payload).map_err(|e| invalid(e.to_string()))?;
-        batch.validate().map_err(|e| invalid(e.to_string()))?;
-        let mut fields = Vec::with_capacity(count as usize);
-        for r in batch.iter() {
-            let (offset, rec) = r.map_err(|e| invalid(e.to_string()))?;
-            format::decode_record(&records[offset..], true).map_err(|e| invalid(e.to_string()))?;
-            fields.push(RecordFields::from(EventRef::from(rec)));
-        }
+        let checked = run.check().map_err(|e| invalid(e.to_string()))?;
+        let fields: Vec<RecordFields<'_>> = checked
+            .records()
+            .iter()
+            .map(|(_, r)| RecordFields::from(EventRef::from(*r)))
+            .collect();
         let mut guard = lock(&inner.writer);
         let writer = guard.as_mut().ok_or(if inner.options.read_only {
             Error::ReadOnly
@@ -234,13 +186,11 @@ impl Store {
         for f in &fields {
             inner.hlc.restore(f.hlc_physical_ms, f.hlc_counter);
         }
-        let appended = writer
-            .log
-            .append_raw(&inner.log, first_position, count, records)?;
+        let appended = writer.log.append_raw(&inner.log, &checked)?;
         self.record_tail(writer, &fields, &appended);
         drop(guard);
         inner.log.wait_durable(appended.last_position)?;
-        Ok(())
+        Ok(fields.iter().map(|f| f.event_id).collect())
     }
 
     /// Records freshly written events in the tail and the version cache.

@@ -21,6 +21,7 @@ use super::replica::ReplicaStorage;
 use crate::error::Error;
 use crate::event::{Event, EventRef, ExpectedVersion, NewEvent};
 use crate::hlc::Timestamp;
+use crate::log::RawRun;
 use crate::projection::{Projection, ProjectionError, ViewOptions, Views};
 use crate::store::{Options, Store};
 
@@ -663,25 +664,17 @@ fn bad_records(e: crate::log::FormatError) -> Error {
 }
 
 /// Decodes a run of records into events.
-fn records_to_events(first_position: u64, count: u32, records: &[u8]) -> Result<Vec<Event>, Error> {
-    let mut out = Vec::with_capacity(count as usize);
-    let mut failed = None;
-    crate::log::format::for_each_record(
-        first_position,
-        count,
-        records,
-        |r| match EventRef::from(r).to_event() {
-            Ok(e) => out.push(e),
-            Err(e) => failed = Some(e),
-        },
-    )
-    .map_err(bad_records)?;
-    match failed {
-        Some(e) => Err(Error::Replica {
-            reason: format!("the server sent a record with a bad timestamp: {e}"),
-        }),
-        None => Ok(out),
-    }
+fn records_to_events(run: &RawRun) -> Result<Vec<Event>, Error> {
+    let checked = run.check().map_err(bad_records)?;
+    checked
+        .records()
+        .iter()
+        .map(|(_, r)| {
+            EventRef::from(*r).to_event().map_err(|e| Error::Replica {
+                reason: format!("the server sent a record with a bad timestamp: {e}"),
+            })
+        })
+        .collect()
 }
 
 /// Moves a pending event from the outbox to the rejections table, inside
@@ -786,38 +779,22 @@ impl ReplicaStorage for ReplicaRef<'_> {
         retire(&mut self.0.outbox(), &self.0.outbox_path(), &ids)
     }
 
-    fn apply_records(
-        &mut self,
-        first_position: u64,
-        count: u32,
-        records: &[u8],
-    ) -> Result<(), Error> {
+    fn apply_records(&mut self, run: &RawRun) -> Result<(), Error> {
         let head = self.0.store.head();
-        if first_position
-            .saturating_add(u64::from(count))
-            .saturating_sub(1)
-            <= head
-        {
+        if run.last_position() <= head {
             return Ok(());
         }
-        if first_position <= head {
+        if run.first_position <= head {
             // Part of this run is held already: fall back to the events.
-            let events = records_to_events(first_position, count, records)?;
+            let events = records_to_events(run)?;
             return self.apply_events(&events);
         }
-        self.0
-            .store
-            .append_raw_records(first_position, count, records)?;
+        // Checked once, in the store; the ids come back for retiring.
+        let ids = self.0.store.append_raw_records(run)?;
         if self.0.outbox().events.is_empty() {
-            // Nothing to retire (a fresh replica catching up): the records
-            // need not be read again.
+            // Nothing to retire (a fresh replica catching up).
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(count as usize);
-        crate::log::format::for_each_record(first_position, count, records, |r| {
-            ids.push(r.event_id)
-        })
-        .map_err(bad_records)?;
         retire(&mut self.0.outbox(), &self.0.outbox_path(), &ids)
     }
 

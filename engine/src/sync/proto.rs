@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::event::{Event, NewEvent};
 use crate::hlc::Timestamp;
+use crate::log::RawRun;
 
 /// Version of the sync protocol. Carried in the QUIC ALPN and in `Hello`.
 ///
@@ -167,6 +168,17 @@ pub enum ServerMessage {
         message: String,
         fatal: bool,
     },
+}
+
+impl From<RawRun> for ServerMessage {
+    /// A run of records as the `Records` message that carries it.
+    fn from(run: RawRun) -> ServerMessage {
+        ServerMessage::Records {
+            first_position: run.first_position,
+            count: run.count,
+            records: run.records,
+        }
+    }
 }
 
 /// Serde for a byte vector as one run of bytes (`serialize_bytes`) rather

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::proto::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Proposal, ServerMessage};
 use crate::error::Error;
 use crate::event::Event;
+use crate::log::RawRun;
 
 /// Default [`ReplicaConfig::request_timeout_ms`].
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
@@ -43,13 +44,9 @@ pub trait ReplicaStorage {
     /// Appends committed events, contiguous from `committed_head() + 1`,
     /// and retires pending events among them.
     fn apply_events(&mut self, events: &[Event]) -> Result<(), Error>;
-    /// The same for raw log records.
-    fn apply_records(
-        &mut self,
-        first_position: u64,
-        count: u32,
-        records: &[u8],
-    ) -> Result<(), Error>;
+    /// The same for a run of raw log records (unchecked: the storage
+    /// checks it, [`RawRun::check`]).
+    fn apply_records(&mut self, run: &RawRun) -> Result<(), Error>;
     /// The outbox to push, at most `max` events of at most `max_bytes` in
     /// all ([`Proposal::size_bytes`]; always at least one event), rebased
     /// first if the
@@ -291,7 +288,11 @@ impl ReplicaCore {
                     ));
                 };
                 self.server_head = self.server_head.max(last);
-                storage.apply_records(first_position, count, &records)?;
+                storage.apply_records(&RawRun {
+                    first_position,
+                    count,
+                    records,
+                })?;
                 self.last_sync_ms = Some(now_ms);
             }
             ServerMessage::Accepted {

@@ -34,7 +34,7 @@ use super::proto::{Placed, Proposal};
 use super::server::ClientId;
 use crate::error::Error;
 use crate::event::{AggregateEvents, Event, ExpectedVersion, InvalidInput, Limits};
-use crate::log::LogError;
+use crate::log::{LogError, RawRun};
 use crate::store::Store;
 
 /// Why the canonical log could not do what was asked. Messages are safe to
@@ -110,10 +110,6 @@ pub struct CommitResult {
     pub head: u64,
 }
 
-/// A run of raw log records (bulk catch-up without decoding): `count`
-/// records from `first_position`, as the log stores them.
-pub type RawRecords = (u64, u32, Vec<u8>);
-
 /// The canonical log of one hosted store. See the module documentation for
 /// the contract.
 pub trait CanonicalLog: Send + Sync {
@@ -143,11 +139,7 @@ pub trait CanonicalLog: Send + Sync {
     ) -> Result<Vec<Event>, StorageError>;
     /// Raw records from `from` on, about `max_bytes`; `None` when there
     /// are none yet or this log cannot serve raw records.
-    fn read_records(
-        &self,
-        _from: u64,
-        _max_bytes: usize,
-    ) -> Result<Option<RawRecords>, StorageError> {
+    fn read_records(&self, _from: u64, _max_bytes: usize) -> Result<Option<RawRun>, StorageError> {
         Ok(None)
     }
 }
@@ -273,11 +265,7 @@ impl CanonicalLog for Store {
         Ok(self.read_events(from, max_events, max_bytes)?)
     }
 
-    fn read_records(
-        &self,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<Option<RawRecords>, StorageError> {
+    fn read_records(&self, from: u64, max_bytes: usize) -> Result<Option<RawRun>, StorageError> {
         Ok(self.read_raw_records(from, max_bytes)?)
     }
 }

@@ -1282,7 +1282,7 @@ impl CanonicalLog for PgLog {
         &self,
         _from: u64,
         _max_bytes: usize,
-    ) -> Result<Option<strata::sync::storage::RawRecords>, StorageError> {
+    ) -> Result<Option<strata::log::RawRun>, StorageError> {
         Ok(None)
     }
 }

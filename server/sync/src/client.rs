@@ -694,13 +694,8 @@ impl ReplicaStorage for PullBeforePush<'_> {
         self.inner.apply_events(events)
     }
 
-    fn apply_records(
-        &mut self,
-        first_position: u64,
-        count: u32,
-        records: &[u8],
-    ) -> Result<(), strata::Error> {
-        self.inner.apply_records(first_position, count, records)
+    fn apply_records(&mut self, run: &strata::log::RawRun) -> Result<(), strata::Error> {
+        self.inner.apply_records(run)
     }
 
     fn prepare_push(
