@@ -727,7 +727,8 @@ fn wait_for(
 /// (nothing appended, even though it builds on the current version) until
 /// the holder's push lands; the turn then passes to the held client, whose
 /// rebased push wins. Other aggregates are never held. Without turns in the
-/// database each node would only order its own clients (PROTOCOL §10).
+/// database each node would only order its own clients (docs/ARCHITECTURE.md,
+/// "Protocol: rationale and history"; the rule is PROTOCOL §5.4).
 #[test]
 fn postgres_the_turn_holds_clients_of_every_node_in_order() {
     let pg = Postgres::new();
