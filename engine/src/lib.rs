@@ -20,8 +20,6 @@
 pub mod bench;
 pub mod error;
 pub mod event;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod hlc;
 pub mod index;
 pub mod json;

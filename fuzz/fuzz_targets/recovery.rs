@@ -1,7 +1,7 @@
-//! Fuzz target `recovery`: the body is `strata::fuzzing::recovery`; fuzz/README.md
+//! Fuzz target `recovery`: the body is `strata_fuzzing::recovery`; fuzz/README.md
 //! says what it checks.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| strata::fuzzing::recovery(data));
+fuzz_target!(|data: &[u8]| strata_fuzzing::recovery(data));

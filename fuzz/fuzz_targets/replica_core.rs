@@ -1,7 +1,7 @@
-//! Fuzz target `replica_core`: the body is `strata::fuzzing::replica_core`; fuzz/README.md
+//! Fuzz target `replica_core`: the body is `strata_fuzzing::replica_core`; fuzz/README.md
 //! says what it checks.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| strata::fuzzing::replica_core(data));
+fuzz_target!(|data: &[u8]| strata_fuzzing::replica_core(data));

@@ -1,7 +1,7 @@
-//! Fuzz target `server_core`: the body is `strata::fuzzing::server_core`; fuzz/README.md
+//! Fuzz target `server_core`: the body is `strata_fuzzing::server_core`; fuzz/README.md
 //! says what it checks.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| strata::fuzzing::server_core(data));
+fuzz_target!(|data: &[u8]| strata_fuzzing::server_core(data));

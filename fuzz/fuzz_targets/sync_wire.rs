@@ -1,7 +1,7 @@
-//! Fuzz target `sync_wire`: the body is `strata::fuzzing::sync_wire`; fuzz/README.md
+//! Fuzz target `sync_wire`: the body is `strata_fuzzing::sync_wire`; fuzz/README.md
 //! says what it checks.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| strata::fuzzing::sync_wire(data));
+fuzz_target!(|data: &[u8]| strata_fuzzing::sync_wire(data));

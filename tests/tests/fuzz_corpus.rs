@@ -1,5 +1,5 @@
 //! Replays every file of fuzz/corpus/<target>/ through that fuzz target's
-//! body in `strata::fuzzing`, on stable Rust. CI has no nightly to run
+//! body in `strata_fuzzing`, on stable Rust. CI has no nightly to run
 //! cargo-fuzz, so this is where the seeds, and every crash input a fuzzer
 //! ever found (kept in the corpus after its fix), keep being checked: the
 //! target functions assert their identities themselves, so a replay that
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
-use strata::fuzzing;
 use strata::log::format::{FrameHeader, SEGMENT_HEADER_BYTES};
 use strata::log::recovery::{ScanStop, scan_frames};
 use strata::sync::proto::{
@@ -27,6 +26,7 @@ use strata::{
     AggregateEvents, Durability, Event, ExpectedVersion, ManualClock, NewEvent, Store, Timestamp,
     Uuid,
 };
+use strata_fuzzing as fuzzing;
 
 type Target = fn(&[u8]);
 
@@ -407,7 +407,7 @@ fn frame_decoder_seeds(stores: &[SeedStore]) {
 }
 
 /// Mutations of the reference store (`[kind, offset u32 LE, argument u16
-/// LE]`, see `strata::fuzzing::recovery`) at its interesting offsets: the
+/// LE]`, see `strata_fuzzing::recovery`) at its interesting offsets: the
 /// headers and every frame of the first (sealed) and last (active)
 /// segments, plus one frame in between.
 fn recovery_seeds() {
@@ -519,7 +519,7 @@ fn hlc_parse_seeds() {
 }
 
 /// Operation sequences for `store_model` (opcodes in
-/// `strata::fuzzing::store_model`'s documentation), hand-written for the
+/// `strata_fuzzing::store_model`'s documentation), hand-written for the
 /// paths that matter, plus a few random ones.
 fn store_model_seeds() {
     const APPEND: u8 = 0;
@@ -846,7 +846,7 @@ fn sync_wire_seeds(sync: &SyncLog) {
 }
 
 /// Operation runs for `server_core` (opcodes in the documentation of
-/// `strata::fuzzing`'s `ServerOp`).
+/// `strata_fuzzing`'s `ServerOp`).
 fn server_core_seeds() -> Vec<(&'static str, Vec<u8>)> {
     const WIRE: u8 = 0;
     const STORAGE: u8 = 1;
@@ -867,7 +867,7 @@ fn server_core_seeds() -> Vec<(&'static str, Vec<u8>)> {
     const FAIL_AFTER: u8 = 6;
     const FOREIGN: u8 = 7;
     // A proposal: id, aggregate (3: the empty id), version, flags (see
-    // `strata::fuzzing::proposal`: timestamp % 4, data << 2, metadata 16,
+    // `strata_fuzzing::proposal`: timestamp % 4, data << 2, metadata 16,
     // the forbidden type 32).
     let ev = |id: u8, agg: u8, version: u8, flags: u8| [id - 1, agg | version << 2, flags];
     let push = |client: u8, events: &[[u8; 3]]| -> Vec<u8> {
@@ -1182,7 +1182,7 @@ fn server_core_seeds() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Operation runs for `replica_core` (opcodes in
-/// `strata::fuzzing::replica_core`'s documentation). The replica starts
+/// `strata_fuzzing::replica_core`'s documentation). The replica starts
 /// with pending events agg-0 v1, agg-0 v2, agg-1 v1 and pushes two at a
 /// time.
 fn replica_core_seeds(sync: &SyncLog) -> Vec<(&'static str, Vec<u8>)> {

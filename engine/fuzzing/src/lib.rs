@@ -11,8 +11,8 @@
 //! (docs/FORMAT.md section 5, STYLE.md section 2). What each target checks
 //! is listed in fuzz/README.md.
 //!
-//! Built only with the `fuzzing` feature, which brings in `tempfile`.
-#![cfg(feature = "fuzzing")]
+//! A crate of its own (strata-fuzzing), so that the engine library carries
+//! none of this; it uses the engine's public API only.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -25,27 +25,27 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::event::{
+use strata::event::{
     AggregateEvents, Committed, Event, EventRef, ExpectedVersion, Limits, NewEvent,
 };
-use crate::hlc::{self, ManualClock, Timestamp, WallClock};
-use crate::log::format::{
+use strata::hlc::{self, ManualClock, Timestamp, WallClock};
+use strata::log::format::{
     self, BatchRef, FrameKind, RecordFields, RecordRef, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
 };
-use crate::log::recovery::{ScanStop, scan_frames};
-use crate::log::segment::segment_file_name;
-use crate::log::{Durability, LOG_DIR, SEGMENT_BYTES_MIN};
-use crate::sync::proto::{
+use strata::log::recovery::{ScanStop, scan_frames};
+use strata::log::segment::segment_file_name;
+use strata::log::{Durability, LOG_DIR, SEGMENT_BYTES_MIN};
+use strata::sync::proto::{
     ClientMessage, ErrorCode, PROTOCOL_VERSION, Placed, Proposal, ServerMessage,
 };
-use crate::sync::seed::{Auth, SeedSession, SeedStep, error_json};
-use crate::sync::server::PUSHES_WAITING_PER_CLIENT_MAX;
-use crate::sync::wire::{self, WireError};
-use crate::sync::{
+use strata::sync::seed::{Auth, SeedSession, SeedStep, error_json};
+use strata::sync::server::PUSHES_WAITING_PER_CLIENT_MAX;
+use strata::sync::wire::{self, WireError};
+use strata::sync::{
     CanonicalLog, ClientId, ClientInfo, CommitResult, CoreEvent, Push, PushPolicy, Replica,
     ReplicaConfig, ReplicaCore, ReplicaOptions, ServerConfig, ServerCore, StorageError,
 };
-use crate::{Error, Options, Store};
+use strata::{Error, Options, Store};
 
 /// Node id of every timestamp the fuzz stores make, so that their bytes do
 /// not depend on the random store id.
@@ -1537,6 +1537,7 @@ impl Shell {
                 CoreEvent::LeftTurn { client } => {
                     panic!("client {client} left a turn the log keeps, but this log keeps none")
                 }
+                other => panic!("a core event this harness does not know: {other:?}"),
             }
         }
         sent
@@ -2157,8 +2158,8 @@ impl ReplicaSide {
             Ok(_) => {}
             // The server may have sent the largest timestamp there is;
             // then no later one exists, and saying so is the right answer.
-            Err(crate::Error::Invalid(crate::event::InvalidInput::Timestamp(
-                crate::hlc::HlcError::Exhausted,
+            Err(strata::Error::Invalid(strata::event::InvalidInput::Timestamp(
+                strata::hlc::HlcError::Exhausted,
             ))) => {}
             Err(e) => panic!("a local append: {e}"),
         }
@@ -2214,7 +2215,7 @@ impl ReplicaSide {
         let mut out = Vec::with_capacity(specs.len());
         for (i, &[x, y]) in specs.iter().enumerate() {
             let aggregate_id = match x % 4 {
-                3 => "a".repeat(crate::event::AGGREGATE_ID_BYTES_MAX_DEFAULT + 1),
+                3 => "a".repeat(strata::event::AGGREGATE_ID_BYTES_MAX_DEFAULT + 1),
                 k => format!("agg-{k}"),
             };
             let current = match versions.get(&aggregate_id) {
@@ -2250,7 +2251,7 @@ impl ReplicaSide {
                 version,
                 event_type: match x / 4 % 4 {
                     2 => String::new(),
-                    3 => "t".repeat(crate::event::EVENT_TYPE_BYTES_MAX_DEFAULT + 1),
+                    3 => "t".repeat(strata::event::EVENT_TYPE_BYTES_MAX_DEFAULT + 1),
                     _ => "T".into(),
                 },
                 data: match y / 64 {
@@ -2422,7 +2423,7 @@ impl ReplicaSide {
     }
 
     /// An error ends the connection; the shell connects again.
-    fn after(&mut self, result: Result<(), crate::sync::SyncError>) {
+    fn after(&mut self, result: Result<(), strata::sync::SyncError>) {
         if result.is_err() {
             self.core.handle_disconnected();
             self.core.handle_connected(&self.replica.storage());
