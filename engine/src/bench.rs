@@ -1,5 +1,6 @@
 //! Benchmark workloads, shared by `strata bench` and `cargo bench -p strata
-//! --features bench`. Every figure is measured in the same run as its
+//! --features bench` (compiled only with that feature; one file, as the
+//! workloads share their setup, baselines and the way figures are made). Every figure is measured in the same run as its
 //! baseline (the seed design's plain SQLite `events` table) and as its raw
 //! limit (the same bytes written or read with nothing but framing, CRC and
 //! the same sync pattern), so ratios compare like with like on this machine.

@@ -1,6 +1,8 @@
 //! A [`Vfs`] for tests that injects faults and models what a power loss
 //! keeps: failed syncs, full disks with short writes, and crashes after any
-//! operation.
+//! operation. One model, one file (compiled only with the
+//! `fault-injection` feature): the operations and the durable image they
+//! leave must be read together.
 //!
 //! # Brief overview
 //!

@@ -1,4 +1,7 @@
-//! [`Replica`]: a local-first store that syncs with a server.
+//! [`Replica`]: a local-first store that syncs with a server. One file a
+//! little over 800 lines: the committed store, the outbox, the views with
+//! pending events on top and the rejections change together, in one
+//! transaction discipline that reads best in one place.
 //!
 //! Its committed log is a [`Store`] holding exactly the server's events at
 //! the server's positions (Y1). Local appends go to a durable outbox in
