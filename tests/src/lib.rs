@@ -1,8 +1,9 @@
 //! Helpers shared by the end-to-end tests: where the workspace and the
 //! `strata` binary are, the "pairs" workload of the readers tests,
 //! ([`net`]) a real server with raw HTTP, WebSocket and QUIC clients, a
-//! client of the seed's JSON protocol ([`seed::SeedClient`]), and a
-//! temporary PostgreSQL ([`pg::PgCluster`]).
+//! client of the seed's JSON protocol ([`seed::SeedClient`]), a temporary
+//! PostgreSQL ([`pg::PgCluster`]), and server and replica child processes
+//! that the crash tests kill ([`procs`]).
 
 pub mod net;
 pub mod pg;

@@ -48,6 +48,11 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// The directory of the log this cursor reads.
+    pub fn log_dir(&self) -> &Path {
+        self.log.dir()
+    }
+
     /// Bytes `[offset, offset + len)` of `segment`, which must lie below its
     /// readable end: from this cursor's map when it covers them, otherwise
     /// read into the buffer.

@@ -160,7 +160,9 @@ pub(super) fn apply_and_blame(
 /// Frames copied out of the log for one batch: each slot iterates them in
 /// turn, so a batch is read from the log once whatever the projection count.
 pub(super) struct Frames {
-    pub(super) payloads: Vec<Vec<u8>>,
+    /// Each batch's payload, with the segment file and frame offset it came
+    /// from (damage found while decoding its records names them).
+    pub(super) payloads: Vec<(Vec<u8>, PathBuf, u64)>,
     pub(super) last: u64,
 }
 
@@ -178,13 +180,17 @@ impl Frames {
             last: 0,
         };
         let mut events = 0usize;
+        let dir = cursor.log_dir().to_path_buf();
         while events < events_max {
             let Some(view) = cursor.next_batch(upto)? else {
                 break;
             };
             events += view.batch.event_count as usize;
             frames.last = view.batch.last_position();
-            frames.payloads.push(view.batch.to_payload());
+            let path = dir.join(crate::log::segment::segment_file_name(view.segment_first));
+            frames
+                .payloads
+                .push((view.batch.to_payload(), path, view.frame_offset));
         }
         Ok(frames)
     }
@@ -210,19 +216,22 @@ impl Frames {
         upto: u64,
         mut f: impl FnMut(EventRef<'a>) -> bool,
     ) -> Result<(), ProjectionError> {
-        for payload in &self.payloads {
-            let batch = BatchRef::parse(payload).map_err(|e| ProjectionError::Invalid {
-                name: "log".into(),
-                reason: e.to_string(),
-            })?;
+        for (payload, path, offset) in &self.payloads {
+            // Damage in the log is the log's, with its file and offset and
+            // the log's advice, never a projection's.
+            let corrupt = |source| {
+                ProjectionError::Store(crate::Error::Log(crate::log::LogError::Corrupt {
+                    path: path.clone(),
+                    offset: *offset,
+                    source,
+                }))
+            };
+            let batch = BatchRef::parse(payload).map_err(corrupt)?;
             if batch.last_position() <= after {
                 continue;
             }
             for r in batch.iter() {
-                let (_, rec) = r.map_err(|e| ProjectionError::Invalid {
-                    name: "log".into(),
-                    reason: e.to_string(),
-                })?;
+                let (_, rec) = r.map_err(corrupt)?;
                 if rec.position <= after || rec.position > upto {
                     continue;
                 }
