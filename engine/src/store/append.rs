@@ -130,11 +130,7 @@ impl Store {
         let in_flight = inner.log.begin_append();
         let mut guard = lock(&inner.writer);
         if guard.is_none() {
-            return Err(if inner.options.read_only {
-                Error::ReadOnly
-            } else {
-                Error::Closed
-            });
+            return Err(self.no_writer());
         }
         self.wait_for_tail_room()?;
         let writer = guard.as_mut().expect("checked above");

@@ -442,6 +442,15 @@ impl Store {
         Ok(())
     }
 
+    /// Why this handle has no writer: opened read-only, or closed.
+    fn no_writer(&self) -> Error {
+        if self.inner.options.read_only {
+            Error::ReadOnly
+        } else {
+            Error::Closed
+        }
+    }
+
     /// Why writes are refused after a failed sync, if they are.
     pub fn poisoned(&self) -> Option<String> {
         self.inner.log.poisoned()

@@ -58,11 +58,7 @@ impl Store {
             return Ok(());
         };
         let mut guard = lock(&inner.writer);
-        let writer = guard.as_mut().ok_or(if inner.options.read_only {
-            Error::ReadOnly
-        } else {
-            Error::Closed
-        })?;
+        let writer = guard.as_mut().ok_or_else(|| self.no_writer())?;
         let invalid = |reason: String| {
             diverged(format!(
                 "events from the server at position {}: {reason}",
@@ -177,11 +173,7 @@ impl Store {
             .map(|(_, r)| RecordFields::from(EventRef::from(*r)))
             .collect();
         let mut guard = lock(&inner.writer);
-        let writer = guard.as_mut().ok_or(if inner.options.read_only {
-            Error::ReadOnly
-        } else {
-            Error::Closed
-        })?;
+        let writer = guard.as_mut().ok_or_else(|| self.no_writer())?;
         self.check_copied(writer, &fields).map_err(invalid)?;
         for f in &fields {
             inner.hlc.restore(f.hlc_physical_ms, f.hlc_counter);

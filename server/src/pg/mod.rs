@@ -258,6 +258,21 @@ pub enum PgError {
     BadStoreName { name: String },
 }
 
+/// Maps a failed statement of `action` on the database at `target` to
+/// [`PgError::Query`], with a hint when one applies.
+pub(crate) fn query_error(
+    target: &str,
+    action: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+    let target = target.to_owned();
+    move |source| PgError::Query {
+        target,
+        action,
+        hint: hint_for(&source),
+        source,
+    }
+}
+
 fn hint_suffix(hint: Option<&'static str>) -> String {
     hint.map(|h| format!("; {h}")).unwrap_or_default()
 }
@@ -461,12 +476,7 @@ impl PgDatabase {
         let encoding: String = client
             .query_one("SHOW server_encoding", &[])
             .await
-            .map_err(|source| PgError::Query {
-                target: target.clone(),
-                action: "reading the server's encoding",
-                hint: hint_for(&source),
-                source,
-            })?
+            .map_err(query_error(&target, "reading the server's encoding"))?
             .get(0);
         if !encoding.eq_ignore_ascii_case("UTF8") {
             return Err(PgError::Encoding {
@@ -480,12 +490,7 @@ impl PgDatabase {
         let session = Uuid::new_v4();
         let presence = presence::start(&handle, pg.clone(), session)
             .await
-            .map_err(|source| PgError::Query {
-                target: target.clone(),
-                action: "taking this node's presence lock",
-                hint: hint_for(&source),
-                source,
-            })?;
+            .map_err(query_error(&target, "taking this node's presence lock"))?;
         Ok(PgDatabase {
             inner: Arc::new(DbInner {
                 pool,
@@ -534,14 +539,7 @@ impl PgDatabase {
                 .get()
                 .await
                 .map_err(|e| unreachable_error(&db.target, db.config.connect_timeout, e))?;
-            let err = |action| {
-                move |source: tokio_postgres::Error| PgError::Query {
-                    target: db.target.clone(),
-                    action,
-                    hint: hint_for(&source),
-                    source,
-                }
-            };
+            let err = |action| query_error(&db.target, action);
             if create {
                 client
                     .execute(

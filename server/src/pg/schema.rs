@@ -45,15 +45,7 @@ const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS strata_schema (
 /// it found. Refuses a newer schema ([`PgError::SchemaNewer`]) without
 /// changing anything.
 pub(crate) async fn migrate(client: &mut Client, target: &str) -> Result<i32, PgError> {
-    let err = |action: &'static str| {
-        let target = target.to_owned();
-        move |source: tokio_postgres::Error| PgError::Query {
-            target,
-            action,
-            hint: super::hint_for(&source),
-            source,
-        }
-    };
+    let err = |action| super::query_error(target, action);
     let tx = client
         .transaction()
         .await

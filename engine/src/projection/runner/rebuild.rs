@@ -89,32 +89,26 @@ impl Inner {
         // Replay the log up to the head as it was when the rebuild began,
         // without holding the views lock: readers and the other projections
         // carry on.
-        let mut position = 0u64;
         let mut cursor = self.log.cursor(1);
-        position = self.replay_into(
-            &conn,
-            &shadow,
-            projection,
-            &mut cursor,
-            position,
-            total,
-            |done| {
-                let mut state = lock(&self.state);
-                report(done, total, Some(&mut state));
-            },
-        )?;
+        let mut replay = |from, upto, progress: &mut dyn FnMut(u64)| {
+            self.replay_into(
+                &conn,
+                &shadow,
+                projection,
+                &mut cursor,
+                from,
+                upto,
+                progress,
+            )
+        };
+        let mut position = replay(0, total, &mut |done| {
+            let mut state = lock(&self.state);
+            report(done, total, Some(&mut state));
+        })?;
         // Swap under the lock, after replaying what arrived meanwhile.
         let mut state = lock(&self.state);
         let head = self.log.visible_position();
-        position = self.replay_into(
-            &conn,
-            &shadow,
-            projection,
-            &mut cursor,
-            position,
-            head,
-            |_| {},
-        )?;
+        position = replay(position, head, &mut |_| {})?;
         drop(conn);
         let objects = self.swap_in(&mut state, index, projection, &shadow, position)?;
         let slot = &mut state.slots[index];
