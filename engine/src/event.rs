@@ -5,7 +5,7 @@ use std::fmt;
 use uuid::Uuid;
 
 use crate::hlc::{HlcError, NodeId, Timestamp};
-use crate::log::format::{self, RecordRef};
+use crate::log::format;
 
 /// A recorded event: what was appended, plus where it landed.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,7 +64,9 @@ impl Event {
 }
 
 /// A recorded event borrowed from the log (a memory-mapped segment or a
-/// read buffer): reading it copies nothing.
+/// read buffer): reading it copies nothing. The one borrowed form of a
+/// record: the log decodes records into it and encodes records from it
+/// (`log::format::decode_record`, `encode_record`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventRef<'a> {
     pub position: u64,
@@ -77,42 +79,6 @@ pub struct EventRef<'a> {
     pub hlc_counter: u32,
     pub hlc_node: &'a str,
     pub metadata: Option<&'a [u8]>,
-}
-
-impl<'a> From<RecordRef<'a>> for EventRef<'a> {
-    fn from(r: RecordRef<'a>) -> Self {
-        EventRef {
-            position: r.position,
-            event_id: r.event_id,
-            aggregate_id: r.aggregate_id,
-            version: r.version,
-            event_type: r.event_type,
-            data: r.data,
-            hlc_physical_ms: r.hlc_physical_ms,
-            hlc_counter: r.hlc_counter,
-            hlc_node: r.hlc_node,
-            metadata: r.metadata,
-        }
-    }
-}
-
-/// The fields to encode an event's record again, exactly as it is (a
-/// replica copying its server's log).
-impl<'a> From<EventRef<'a>> for crate::log::format::RecordFields<'a> {
-    fn from(e: EventRef<'a>) -> Self {
-        crate::log::format::RecordFields {
-            position: e.position,
-            event_id: e.event_id,
-            version: e.version,
-            hlc_physical_ms: e.hlc_physical_ms,
-            hlc_counter: e.hlc_counter,
-            hlc_node: e.hlc_node,
-            aggregate_id: e.aggregate_id,
-            event_type: e.event_type,
-            data: e.data,
-            metadata: e.metadata,
-        }
-    }
 }
 
 impl EventRef<'_> {

@@ -38,7 +38,6 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata::log::fault::{CrashMode, FaultVfs, Op, OpKind};
-use strata::log::format::RecordFields;
 use strata::log::vfs::{OsVfs, Vfs};
 use strata::log::{Log, LogConfig};
 use strata::{
@@ -321,7 +320,7 @@ fn check_log(
                 x.position
             );
             assert_eq!(
-                EventRef::from(r).timestamp().ok().as_ref(),
+                r.timestamp().ok().as_ref(),
                 run.timestamps.get(&x.position),
                 "{what}: timestamp at {}",
                 x.position
@@ -341,7 +340,7 @@ fn check_log(
     if append_after {
         // The log goes on from where recovery left it.
         let mut writer = writer.expect("read-write");
-        let record = RecordFields {
+        let record = EventRef {
             position: 0,
             event_id: Uuid::now_v7(),
             version: 1,

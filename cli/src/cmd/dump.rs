@@ -78,7 +78,7 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
                         shown += 1;
                         let at = records_offset + rel as u64;
                         damaged |= !crc_ok;
-                        let e = strata::EventRef::from(rec);
+                        let e = rec;
                         if cli.json {
                             crate::out::json_line(&serde_json::json!({
                                 "file": name, "frame_offset": offset, "batch_first_position": batch.first_position,

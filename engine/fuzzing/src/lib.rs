@@ -29,9 +29,7 @@ use strata::event::{
     AggregateEvents, Committed, Event, EventRef, ExpectedVersion, Limits, NewEvent,
 };
 use strata::hlc::{self, ManualClock, Timestamp, WallClock};
-use strata::log::format::{
-    self, BatchRef, FrameKind, RecordFields, RecordRef, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
-};
+use strata::log::format::{self, BatchRef, FrameKind, SEGMENT_HEADER_BYTES, Seal, SegmentHeader};
 use strata::log::recovery::{ScanStop, scan_frames};
 use strata::log::segment::segment_file_name;
 use strata::log::{Durability, LOG_DIR, SEGMENT_BYTES_MIN};
@@ -122,8 +120,9 @@ pub fn frame_decoder(data: &[u8]) {
     if let Ok(header) = SegmentHeader::decode(data) {
         assert_eq!(header.encode()[..], data[..SEGMENT_HEADER_BYTES]);
     }
-    if let Ok(record) = format::decode_record(data, true) {
-        assert_eq!(encode_record(&record), data[..record.encoded_len]);
+    if let Ok((record, len)) = format::decode_record(data, true) {
+        assert_eq!(encode_record(&record), data[..len]);
+        assert_eq!(format::record_len(&record), len);
     }
     if let Ok(frame) = format::decode_frame(data) {
         let mut again = Vec::new();
@@ -342,23 +341,9 @@ fn hlc_wall(clock: &ManualClock) -> u64 {
     clock.now_ms().min(hlc::PHYSICAL_MS_MAX)
 }
 
-fn encode_record(r: &RecordRef<'_>) -> Vec<u8> {
+fn encode_record(r: &EventRef<'_>) -> Vec<u8> {
     let mut buf = Vec::new();
-    format::encode_record(
-        &mut buf,
-        &RecordFields {
-            position: r.position,
-            event_id: r.event_id,
-            version: r.version,
-            hlc_physical_ms: r.hlc_physical_ms,
-            hlc_counter: r.hlc_counter,
-            hlc_node: r.hlc_node,
-            aggregate_id: r.aggregate_id,
-            event_type: r.event_type,
-            data: r.data,
-            metadata: r.metadata,
-        },
-    );
+    format::encode_record(&mut buf, r);
     buf
 }
 
@@ -378,11 +363,12 @@ fn check_batch(payload: &[u8]) {
         };
         assert_eq!(offset, at);
         assert_eq!(record.position, batch.first_position + count);
-        let bytes = &batch.records[offset..offset + record.encoded_len];
+        let len = format::record_len(&record);
+        let bytes = &batch.records[offset..offset + len];
         let mut again = encode_record(&record);
         again[4..8].copy_from_slice(&bytes[4..8]);
         assert_eq!(again, bytes);
-        at += record.encoded_len;
+        at += len;
         count += 1;
     }
     assert!(failed || count == u64::from(batch.event_count));
@@ -1898,7 +1884,7 @@ impl Conn {
                 checked
                     .records()
                     .iter()
-                    .map(|(_, r)| EventRef::from(*r).to_event().expect("a valid timestamp"))
+                    .map(|(_, r)| r.to_event().expect("a valid timestamp"))
                     .collect()
             } else {
                 store
@@ -2269,7 +2255,7 @@ impl ReplicaSide {
 
     /// `events` as a `Records` message, damaged as `damage % 8` says.
     fn records(events: &[Event], damage: u8) -> ServerMessage {
-        let mut fields: Vec<RecordFields<'_>> = events.iter().map(|e| e.as_ref().into()).collect();
+        let mut fields: Vec<EventRef<'_>> = events.iter().map(Event::as_ref).collect();
         if let Some(f) = fields.first_mut() {
             match damage % 8 {
                 6 => f.hlc_physical_ms = hlc::PHYSICAL_MS_MAX + 1,

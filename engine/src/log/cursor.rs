@@ -21,7 +21,7 @@ pub struct BatchView<'a> {
 impl<'a> BatchView<'a> {
     /// The records at or after the cursor's start, with their offset in the
     /// segment.
-    pub fn records(&self) -> impl Iterator<Item = Result<(u64, RecordRef<'a>), FormatError>> + 'a {
+    pub fn records(&self) -> impl Iterator<Item = Result<(u64, EventRef<'a>), FormatError>> + 'a {
         let base = self.records_offset;
         let skip = self.skip_below;
         self.batch

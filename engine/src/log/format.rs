@@ -21,6 +21,8 @@
 
 use uuid::Uuid;
 
+pub use crate::event::EventRef;
+
 /// Identifies a Strata segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"STRATSEG";
 /// Format version written in every segment header.
@@ -387,31 +389,14 @@ pub const SEAL_FRAME_BYTES: usize = FRAME_HEADER_BYTES + SEAL_PAYLOAD_BYTES;
 // Batches and event records
 // ---------------------------------------------------------------------------
 
-/// Everything needed to encode one event record.
-#[derive(Debug, Clone, Copy)]
-pub struct RecordFields<'a> {
-    pub position: u64,
-    pub event_id: Uuid,
-    pub version: u64,
-    pub hlc_physical_ms: u64,
-    pub hlc_counter: u32,
-    pub hlc_node: &'a str,
-    pub aggregate_id: &'a str,
-    pub event_type: &'a str,
-    pub data: &'a [u8],
-    pub metadata: Option<&'a [u8]>,
-}
-
-impl RecordFields<'_> {
-    /// Bytes this record takes in a batch.
-    pub fn encoded_len(&self) -> usize {
-        RECORD_HEADER_BYTES
-            + self.hlc_node.len()
-            + self.aggregate_id.len()
-            + self.event_type.len()
-            + self.data.len()
-            + self.metadata.map_or(0, <[u8]>::len)
-    }
+/// Bytes `r` takes as a record in a batch.
+pub fn record_len(r: &EventRef<'_>) -> usize {
+    RECORD_HEADER_BYTES
+        + r.hlc_node.len()
+        + r.aggregate_id.len()
+        + r.event_type.len()
+        + r.data.len()
+        + r.metadata.map_or(0, <[u8]>::len)
 }
 
 /// Most bytes of records one batch frame holds (its payload less the
@@ -454,7 +439,7 @@ pub fn encode_batch_header(buf: &mut Vec<u8>, first_position: u64, event_count: 
 /// | 64     | 4    | metadata_len     | zero when absent
 /// | 68     | ...  | hlc_node, aggregate_id, event_type, data, metadata
 /// ```
-pub fn encode_record(buf: &mut Vec<u8>, r: &RecordFields<'_>) {
+pub fn encode_record(buf: &mut Vec<u8>, r: &EventRef<'_>) {
     // Lengths are checked at the API boundary against `Limits`, which are
     // asserted to fit these fields.
     assert!(r.hlc_node.len() <= NODE_BYTES_MAX && !r.hlc_node.is_empty());
@@ -463,7 +448,7 @@ pub fn encode_record(buf: &mut Vec<u8>, r: &RecordFields<'_>) {
     assert!(r.data.len() <= EVENT_DATA_BYTES_MAX);
     assert!(r.metadata.map_or(0, <[u8]>::len) <= METADATA_BYTES_MAX);
     let start = buf.len();
-    let len = r.encoded_len();
+    let len = record_len(r);
     buf.reserve(len);
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     buf.extend_from_slice(&[0u8; 4]); // crc, filled in below
@@ -497,26 +482,10 @@ pub fn encode_record(buf: &mut Vec<u8>, r: &RecordFields<'_>) {
     debug_assert!(decode_record(&buf[start..], true).is_ok());
 }
 
-/// An event record borrowed from log bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordRef<'a> {
-    pub position: u64,
-    pub event_id: Uuid,
-    pub version: u64,
-    pub hlc_physical_ms: u64,
-    pub hlc_counter: u32,
-    pub hlc_node: &'a str,
-    pub aggregate_id: &'a str,
-    pub event_type: &'a str,
-    pub data: &'a [u8],
-    pub metadata: Option<&'a [u8]>,
-    /// Bytes the record occupies.
-    pub encoded_len: usize,
-}
-
-/// Decodes the record at the start of `b`. `check_crc` is false when the
-/// enclosing frame's CRC was already checked.
-pub fn decode_record(b: &[u8], check_crc: bool) -> Result<RecordRef<'_>, FormatError> {
+/// Decodes the record at the start of `b`: the event, borrowed from `b`,
+/// and the bytes the record takes. `check_crc` is false when the enclosing
+/// frame's CRC was already checked.
+pub fn decode_record(b: &[u8], check_crc: bool) -> Result<(EventRef<'_>, usize), FormatError> {
     const WHAT: &str = "event record";
     need(b, RECORD_HEADER_BYTES)?;
     let len = u32_at(b, 0) as usize;
@@ -603,7 +572,7 @@ pub fn decode_record(b: &[u8], check_crc: bool) -> Result<RecordRef<'_>, FormatE
     if position == 0 {
         return Err(FormatError::malformed(WHAT, "position is 0"));
     }
-    Ok(RecordRef {
+    let event = EventRef {
         position,
         event_id: Uuid::from_bytes(b[16..32].try_into().expect("16 bytes")),
         version: u64_at(b, 32),
@@ -614,8 +583,8 @@ pub fn decode_record(b: &[u8], check_crc: bool) -> Result<RecordRef<'_>, FormatE
         event_type,
         data,
         metadata: (flags & RECORD_FLAG_METADATA != 0).then_some(metadata),
-        encoded_len: len,
-    })
+    };
+    Ok((event, len))
 }
 
 /// A batch payload whose frame CRC has been checked, with its header read.
@@ -682,7 +651,7 @@ impl<'a> BatchRef<'a> {
     /// log, so [`BatchRef::iter`] does not check it; `strata dump` shows it).
     pub fn iter_with_crc(
         &self,
-    ) -> impl Iterator<Item = Result<(usize, RecordRef<'a>, bool), FormatError>> + 'a {
+    ) -> impl Iterator<Item = Result<(usize, EventRef<'a>, bool), FormatError>> + 'a {
         let records = self.records;
         self.iter().map(move |r| {
             r.map(|(offset, rec)| (offset, rec, decode_record(&records[offset..], true).is_ok()))
@@ -726,7 +695,7 @@ pub struct BatchIter<'a> {
 }
 
 impl<'a> Iterator for BatchIter<'a> {
-    type Item = Result<(usize, RecordRef<'a>), FormatError>;
+    type Item = Result<(usize, EventRef<'a>), FormatError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
@@ -748,7 +717,7 @@ impl<'a> Iterator for BatchIter<'a> {
             it.at = it.records.len();
             Some(Err(e))
         };
-        let r = match decode_record(&self.records[offset..], false) {
+        let (r, len) = match decode_record(&self.records[offset..], false) {
             Ok(r) => r,
             Err(e) => return fail(self, e),
         };
@@ -758,7 +727,7 @@ impl<'a> Iterator for BatchIter<'a> {
                 FormatError::malformed("batch", "record positions are not consecutive"),
             );
         }
-        self.at += r.encoded_len;
+        self.at += len;
         self.next_position += 1;
         self.remaining -= 1;
         Some(Ok((offset, r)))
@@ -838,7 +807,7 @@ impl RawRun {
         let mut records = Vec::with_capacity(self.count as usize);
         let mut at = 0usize;
         for i in 0..u64::from(self.count) {
-            let r = decode_record(&self.records[at..], true)?;
+            let (r, len) = decode_record(&self.records[at..], true)?;
             if self.first_position.checked_add(i) != Some(r.position) {
                 return Err(FormatError::malformed(
                     WHAT,
@@ -846,7 +815,7 @@ impl RawRun {
                 ));
             }
             records.push((at, r));
-            at += r.encoded_len;
+            at += len;
         }
         if at != self.records.len() {
             return Err(FormatError::malformed(WHAT, "bytes after the last record"));
@@ -861,7 +830,7 @@ impl RawRun {
 pub struct CheckedRun<'a> {
     run: &'a RawRun,
     /// Each record with its offset within `run.records`.
-    records: Vec<(usize, RecordRef<'a>)>,
+    records: Vec<(usize, EventRef<'a>)>,
 }
 
 impl<'a> CheckedRun<'a> {
@@ -870,7 +839,7 @@ impl<'a> CheckedRun<'a> {
     }
 
     /// The records, in order, with their offsets within the run's bytes.
-    pub fn records(&self) -> &[(usize, RecordRef<'a>)] {
+    pub fn records(&self) -> &[(usize, EventRef<'a>)] {
         &self.records
     }
 }
@@ -884,7 +853,7 @@ mod tests {
         let mut buf = Vec::new();
         encode_record(
             &mut buf,
-            &RecordFields {
+            &EventRef {
                 position,
                 event_id: Uuid::from_u128(position as u128),
                 version: position,
@@ -934,11 +903,12 @@ mod tests {
     fn record_round_trips_with_and_without_metadata() {
         for md in [None, Some(&b""[..]), Some(&b"{\"user\":1}"[..])] {
             let b = sample(9, b"payload", md);
-            let r = decode_record(&b, true).unwrap();
+            let (r, len) = decode_record(&b, true).unwrap();
             assert_eq!(r.position, 9);
             assert_eq!(r.data, b"payload");
             assert_eq!(r.metadata, md);
-            assert_eq!(r.encoded_len, b.len());
+            assert_eq!(len, b.len());
+            assert_eq!(record_len(&r), b.len());
         }
     }
 
@@ -1027,7 +997,7 @@ mod tests {
         let mut buf = Vec::new();
         encode_record(
             &mut buf,
-            &RecordFields {
+            &EventRef {
                 position: 1,
                 event_id: Uuid::from_u128(1),
                 version: 1,
@@ -1081,15 +1051,15 @@ mod tests {
             version in any::<u64>(),
             position in 1u64..,
         ) {
-            let fields = RecordFields {
+            let fields = EventRef {
                 position, event_id: Uuid::from_u128(version as u128), version,
                 hlc_physical_ms: version >> 1, hlc_counter: version as u32, hlc_node: &node,
                 aggregate_id: &agg, event_type: &ty, data: &data, metadata: md.as_deref(),
             };
             let mut buf = Vec::new();
             encode_record(&mut buf, &fields);
-            let r = decode_record(&buf, true).unwrap();
-            prop_assert_eq!(r.encoded_len, buf.len());
+            let (r, len) = decode_record(&buf, true).unwrap();
+            prop_assert_eq!(len, buf.len());
             prop_assert_eq!((r.position, r.version, r.aggregate_id, r.event_type, r.data, r.metadata, r.hlc_node),
                 (position, version, agg.as_str(), ty.as_str(), &data[..], md.as_deref(), node.as_str()));
         }

@@ -1,5 +1,5 @@
 //! The segmented, append-only event log. The only code that reads or writes
-//! log bytes; everything else sees [`RecordRef`]s and positions.
+//! log bytes; everything else sees [`EventRef`]s and positions.
 //!
 //! # Brief overview
 //!
@@ -47,7 +47,7 @@ use uuid::Uuid;
 use format::{
     BatchRef, FRAME_HEADER_BYTES, FrameHeader, FrameKind, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
 };
-pub use format::{CheckedRun, FormatError, RawRun, RecordFields, RecordRef};
+pub use format::{CheckedRun, EventRef, FormatError, RawRun};
 pub use recovery::{RecoveryReport, TornTail};
 use segment::{SEGMENT_TMP_SUFFIX, Segment, segment_file_name};
 use vfs::{OpenMode, Vfs};
@@ -630,7 +630,7 @@ impl Log {
         segment_first: u64,
         offset: u64,
         position: u64,
-        f: impl FnOnce(RecordRef<'_>) -> T,
+        f: impl FnOnce(EventRef<'_>) -> T,
     ) -> Result<T, LogError> {
         let mut f = Some(f);
         let mut out = None;
@@ -646,7 +646,7 @@ impl Log {
     pub fn read_records(
         &self,
         pointers: impl IntoIterator<Item = (u64, u64, u64)>,
-        mut f: impl FnMut(RecordRef<'_>),
+        mut f: impl FnMut(EventRef<'_>),
     ) -> Result<(), LogError> {
         let visible = self.visible_position();
         let mut segment: Option<Arc<Segment>> = None;
@@ -688,7 +688,7 @@ impl Log {
         segment_first: u64,
         offset: u64,
         position: u64,
-        f: impl FnOnce(RecordRef<'_>) -> T,
+        f: impl FnOnce(EventRef<'_>) -> T,
     ) -> Result<T, LogError> {
         let segment = self
             .segments()
@@ -716,7 +716,7 @@ fn read_record_in<'a>(
     position: u64,
     buf: &'a mut Vec<u8>,
     published_only: bool,
-) -> Result<RecordRef<'a>, LogError> {
+) -> Result<EventRef<'a>, LogError> {
     let path = segment.path();
     let mut head = [0u8; 4];
     head.copy_from_slice(
@@ -745,7 +745,7 @@ fn read_record_in<'a>(
     let bytes = segment
         .read(offset, len, buf)
         .map_err(|e| LogError::io(path, "reading a record", e))?;
-    let record =
+    let (record, _) =
         format::decode_record(bytes, true).map_err(|e| LogError::corrupt(path, offset, e))?;
     if record.position != position {
         return Err(LogError::inconsistent(

@@ -57,15 +57,11 @@ impl LogWriter {
     /// Appends one batch frame holding `records` (their `position` field is
     /// ignored and assigned here). Returns once written to the OS; call
     /// [`Log::wait_durable`] with the last position before acknowledging.
-    pub fn append(
-        &mut self,
-        log: &Log,
-        records: &[RecordFields<'_>],
-    ) -> Result<Appended, LogError> {
+    pub fn append(&mut self, log: &Log, records: &[EventRef<'_>]) -> Result<Appended, LogError> {
         log.check_writable()?;
         assert!(!records.is_empty() && records.len() <= format::BATCH_EVENTS_MAX as usize);
-        let payload_len: usize = format::BATCH_HEADER_BYTES
-            + records.iter().map(RecordFields::encoded_len).sum::<usize>();
+        let payload_len: usize =
+            format::BATCH_HEADER_BYTES + records.iter().map(format::record_len).sum::<usize>();
         assert!(
             payload_len <= format::FRAME_PAYLOAD_BYTES_MAX as usize,
             "checked by the caller"

@@ -375,12 +375,12 @@ impl Store {
     /// because it lies in one frame), and records them in the tail.
     pub(super) fn write_planned(&self, writer: &mut Writer, plan: &Plan<'_>) -> Result<()> {
         let inner = &*self.inner;
-        let fields: Vec<RecordFields<'_>> = plan
+        let fields: Vec<EventRef<'_>> = plan
             .records
             .iter()
             .map(|r| {
                 let ts = &plan.stamps[r.stamp];
-                RecordFields {
+                EventRef {
                     position: r.position,
                     event_id: r.event_id,
                     version: r.version,
@@ -401,10 +401,10 @@ impl Store {
             if unit_batch == Some(r.batch) {
                 let u = units.last_mut().expect("a unit for this batch");
                 u.0 += 1;
-                u.1 += f.encoded_len();
+                u.1 += format::record_len(f);
             } else {
                 unit_batch = Some(r.batch);
-                units.push((1, f.encoded_len()));
+                units.push((1, format::record_len(f)));
             }
         }
         let mut rest = &fields[..];

@@ -109,7 +109,7 @@ impl Indexer {
                         source: e,
                     })?;
                     self.writer.insert(&NewRow {
-                        event: EventRef::from(rec),
+                        event: rec,
                         segment: view.segment_first,
                         offset,
                     })?;

@@ -43,7 +43,7 @@ use crate::event::{
 use crate::hlc::{DRIFT_MS_MAX_DEFAULT, Hlc, NodeId, SystemClock, Timestamp, WallClock};
 use crate::index::{self, Index, IndexError, IndexWriter, NewRow, Pointer};
 use crate::lock::LockFile;
-use crate::log::format::{self, RawRun, RecordFields};
+use crate::log::format::{self, RawRun};
 use crate::log::vfs::{OsVfs, Vfs};
 use crate::log::{
     Cursor, Durability, Log, LogConfig, LogError, LogWriter, RecoveryReport,

@@ -108,7 +108,7 @@ impl Store {
                 if failed.is_some() {
                     return;
                 }
-                match EventRef::from(r).to_event_sharing_node(&mut node) {
+                match r.to_event_sharing_node(&mut node) {
                     Ok(e) => events.push(e),
                     Err(err) => failed = Some((r.position, err)),
                 }
@@ -174,18 +174,16 @@ impl Store {
             for r in view.records() {
                 let (offset, rec) =
                     r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
-                let e = EventRef::from(rec)
-                    .to_event_sharing_node(&mut node)
-                    .map_err(|e| {
-                        let at = Pointer {
-                            position: rec.position,
-                            version: rec.version,
-                            segment: view.segment_first,
-                            offset,
-                        };
-                        corrupt_hlc(log, &at, e)
-                    })?;
-                bytes += rec.encoded_len;
+                let e = rec.to_event_sharing_node(&mut node).map_err(|e| {
+                    let at = Pointer {
+                        position: rec.position,
+                        version: rec.version,
+                        segment: view.segment_first,
+                        offset,
+                    };
+                    corrupt_hlc(log, &at, e)
+                })?;
+                bytes += format::record_len(&rec);
                 out.push(e);
             }
         }
@@ -241,7 +239,7 @@ impl Store {
                     return Ok(seen);
                 }
                 seen += 1;
-                if f(EventRef::from(rec)).is_break() {
+                if f(rec).is_break() {
                     return Ok(seen);
                 }
             }
@@ -310,7 +308,7 @@ pub(super) fn decode_batch(
         if rec.position > upto {
             break;
         }
-        let e = EventRef::from(rec).to_event().map_err(|e| {
+        let e = rec.to_event().map_err(|e| {
             corrupt_hlc(
                 log,
                 &Pointer {

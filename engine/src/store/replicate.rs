@@ -65,7 +65,7 @@ impl Store {
                 first.position
             ))
         };
-        let fields: Vec<RecordFields<'_>> = events.iter().map(|e| e.as_ref().into()).collect();
+        let fields: Vec<EventRef<'_>> = events.iter().map(Event::as_ref).collect();
         // The whole run is checked before any of it is written.
         self.check_copied(writer, &fields).map_err(invalid)?;
         for f in &fields {
@@ -73,7 +73,8 @@ impl Store {
         }
         // Frames of at most the store's batch size (each event is a unit: a
         // copy of the server's log may break anywhere).
-        let units: Vec<(usize, usize)> = fields.iter().map(|f| (1, f.encoded_len())).collect();
+        let units: Vec<(usize, usize)> =
+            fields.iter().map(|f| (1, format::record_len(f))).collect();
         let mut last = 0;
         let mut rest = &fields[..];
         for records in format::pack_frames(&units, inner.options.limits.batch_events_max) {
@@ -98,7 +99,7 @@ impl Store {
     pub(super) fn check_copied(
         &self,
         writer: &Writer,
-        fields: &[RecordFields<'_>],
+        fields: &[EventRef<'_>],
     ) -> std::result::Result<(), String> {
         let limits = &self.inner.options.limits;
         let mut versions: HashMap<&str, u64> = HashMap::new();
@@ -167,11 +168,7 @@ impl Store {
             ))
         };
         let checked = run.check().map_err(|e| invalid(e.to_string()))?;
-        let fields: Vec<RecordFields<'_>> = checked
-            .records()
-            .iter()
-            .map(|(_, r)| RecordFields::from(EventRef::from(*r)))
-            .collect();
+        let fields: Vec<EventRef<'_>> = checked.records().iter().map(|(_, r)| *r).collect();
         let mut guard = lock(&inner.writer);
         let writer = guard.as_mut().ok_or_else(|| self.no_writer())?;
         self.check_copied(writer, &fields).map_err(invalid)?;
@@ -189,7 +186,7 @@ impl Store {
     pub(super) fn record_tail(
         &self,
         writer: &mut Writer,
-        fields: &[RecordFields<'_>],
+        fields: &[EventRef<'_>],
         appended: &crate::log::Appended,
     ) {
         let mut tail = self.inner.tail.write().unwrap_or_else(|e| e.into_inner());

@@ -134,7 +134,7 @@ impl LogRows<'_> {
                     aggregate_id: rec.aggregate_id.to_owned(),
                     version: rec.version,
                     event_type: rec.event_type.to_owned(),
-                    timestamp: EventRef::from(rec).timestamp_text(),
+                    timestamp: rec.timestamp_text(),
                     segment: view.segment_first,
                     offset,
                 });

@@ -673,7 +673,7 @@ fn records_to_events(run: &RawRun) -> Result<Vec<Event>, Error> {
         .records()
         .iter()
         .map(|(_, r)| {
-            EventRef::from(*r).to_event().map_err(|e| Error::Replica {
+            r.to_event().map_err(|e| Error::Replica {
                 reason: format!("the server sent a record with a bad timestamp: {e}"),
             })
         })

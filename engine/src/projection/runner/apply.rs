@@ -235,7 +235,7 @@ impl Frames {
                 if rec.position <= after || rec.position > upto {
                     continue;
                 }
-                if !f(EventRef::from(rec)) {
+                if !f(rec) {
                     return Ok(());
                 }
             }
