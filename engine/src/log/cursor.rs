@@ -158,15 +158,20 @@ impl Cursor {
                 ));
             }
             if header.kind == FrameKind::Seal {
-                let seal = self
+                let frame = self
                     .bytes(&segment, at, frame_len)
                     .map_err(|e| LogError::io(path, "reading a seal", e))
                     .and_then(|b| {
-                        format::decode_frame(b).map_err(|e| LogError::corrupt(path, at, e))
-                    })
-                    .and_then(|f| {
-                        Seal::decode(f.payload).map_err(|e| LogError::corrupt(path, at, e))
+                        format::check_frame(b, at, FrameCheck::Header)
+                            .map_err(|e| LogError::corrupt(path, at, e))
                     })?;
+                let FrameBody::Seal(seal) = frame.body else {
+                    return Err(LogError::inconsistent(
+                        path,
+                        at,
+                        "a frame changed kind between reads",
+                    ));
+                };
                 if !self.seeking && seal.last_position.wrapping_add(1) != self.next_position {
                     return Err(LogError::inconsistent(
                         path,
@@ -210,9 +215,9 @@ impl Cursor {
                         &mut self.buf,
                     )
                     .map_err(|e| LogError::io(path, "reading a batch header", e))?;
-                let first = u64::from_le_bytes(bh[0..8].try_into().expect("8 bytes"));
-                let count = u32::from_le_bytes(bh[8..12].try_into().expect("4 bytes")) as u64;
-                if first.saturating_add(count) <= self.next_position {
+                if let Ok((first, count)) = BatchRef::parse_header(bh)
+                    && first + u64::from(count) <= self.next_position
+                {
                     self.offset = at + frame_len;
                     continue;
                 }
@@ -221,10 +226,15 @@ impl Cursor {
                 let bytes = self
                     .bytes(&segment, at, frame_len)
                     .map_err(|e| LogError::io(path, "reading a frame", e))?;
-                let frame =
-                    format::decode_frame(bytes).map_err(|e| LogError::corrupt(path, at, e))?;
-                let batch =
-                    BatchRef::parse(frame.payload).map_err(|e| LogError::corrupt(path, at, e))?;
+                let frame = format::check_frame(bytes, at, FrameCheck::Header)
+                    .map_err(|e| LogError::corrupt(path, at, e))?;
+                let FrameBody::Batch(batch) = frame.body else {
+                    return Err(LogError::inconsistent(
+                        path,
+                        at,
+                        "a frame changed kind between reads",
+                    ));
+                };
                 (batch.first_position, batch.last_position())
             };
             // A seek lands on the batch holding the start position; after

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::format::{self, BatchRef, FrameKind, SEGMENT_HEADER_BYTES, Seal, SegmentHeader};
+use super::format::{self, FrameBody, FrameCheck, SEGMENT_HEADER_BYTES, SegmentHeader};
 use super::segment::{Segment, segment_file_name};
 use super::vfs::OpenMode;
 use super::{Log, LogError, lock};
@@ -95,16 +95,14 @@ impl Log {
         let mut at = 0usize;
         let mut next = segment.last_position() + 1;
         while at < bytes.len() {
-            let Ok(frame) = format::decode_frame(&bytes[at..]) else {
+            // A frame still being written is not valid yet: stop there.
+            let Ok(frame) =
+                format::check_frame(&bytes[at..], from + at as u64, FrameCheck::Records)
+            else {
                 break;
             };
-            match frame.kind {
-                FrameKind::Batch => {
-                    let Ok(batch) =
-                        BatchRef::parse(frame.payload).and_then(|b| b.validate().map(|()| b))
-                    else {
-                        break;
-                    };
+            match frame.body {
+                FrameBody::Batch(batch) => {
                     if batch.first_position != next {
                         return Err(LogError::inconsistent(
                             path,
@@ -116,14 +114,11 @@ impl Log {
                         ));
                     }
                     next = batch.last_position() + 1;
-                    at += frame.len();
+                    at += frame.len;
                     segment.publish(from + at as u64, next - 1);
                 }
-                FrameKind::Seal => {
-                    let Ok(seal) = Seal::decode(frame.payload) else {
-                        break;
-                    };
-                    if seal.last_position + 1 == next && at + frame.len() == bytes.len() {
+                FrameBody::Seal(seal) => {
+                    if seal.last_position + 1 == next && at + frame.len == bytes.len() {
                         segment.mark_sealed(file_len);
                     }
                     break;

@@ -385,6 +385,103 @@ impl Seal {
 /// Total bytes of a seal frame.
 pub const SEAL_FRAME_BYTES: usize = FRAME_HEADER_BYTES + SEAL_PAYLOAD_BYTES;
 
+/// How much of a frame [`check_frame`] checks beyond its own CRC and
+/// header: every reader of frames goes through it, each with its profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCheck {
+    /// The batch header only; records are decoded when read (the frame's
+    /// CRC already covers them): the cursor, on segments recovery checked.
+    Header,
+    /// Every record of a batch too, and that nothing follows the last one:
+    /// recovery, verification, and following another process's appends.
+    Records,
+}
+
+/// What a frame holds.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameBody<'a> {
+    Batch(BatchRef<'a>),
+    Seal(Seal),
+}
+
+/// A frame that passed [`check_frame`].
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedFrame<'a> {
+    /// Bytes the whole frame occupies.
+    pub len: usize,
+    pub durable_offset: u64,
+    pub body: FrameBody<'a>,
+}
+
+/// Checks the frame at the start of `b`, found at byte `offset` of its
+/// segment: magic, length, CRC, a durable offset no later than the frame
+/// itself (a writer cannot have synced past what it had written), and its
+/// payload as `check` says.
+pub fn check_frame(
+    b: &[u8],
+    offset: u64,
+    check: FrameCheck,
+) -> Result<CheckedFrame<'_>, FormatError> {
+    let frame = decode_frame(b)?;
+    if frame.durable_offset > offset {
+        return Err(FormatError::malformed(
+            "frame",
+            "durable offset lies beyond the frame itself",
+        ));
+    }
+    let body = match frame.kind {
+        FrameKind::Batch => {
+            let batch = BatchRef::parse(frame.payload)?;
+            if check == FrameCheck::Records {
+                batch.validate()?;
+            }
+            FrameBody::Batch(batch)
+        }
+        FrameKind::Seal => FrameBody::Seal(Seal::decode(frame.payload)?),
+    };
+    Ok(CheckedFrame {
+        len: frame.len(),
+        durable_offset: frame.durable_offset,
+        body,
+    })
+}
+
+/// The search for a frame ran out of its budget (crafted input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchBudgetSpent;
+
+/// The first offset at or after `from` where a whole frame with a valid
+/// CRC starts and `wanted(offset, header)` holds: the one resync search,
+/// for verification (the next frame after damage) and recovery (a later
+/// frame that proves damage). Each CRC checked spends its payload's bytes
+/// from `budget`, so that crafted input cannot make the search quadratic.
+pub fn find_frame(
+    bytes: &[u8],
+    from: usize,
+    mut wanted: impl FnMut(usize, &FrameHeader) -> bool,
+    budget: &mut u64,
+) -> Result<Option<usize>, SearchBudgetSpent> {
+    let mut i = from;
+    while i + FRAME_HEADER_BYTES <= bytes.len() {
+        let magic = &bytes[i..i + 4];
+        if (magic == FRAME_MAGIC_BATCH || magic == FRAME_MAGIC_SEAL)
+            && let Ok(h) = FrameHeader::decode(&bytes[i..])
+            && i as u64 + h.frame_len() <= bytes.len() as u64
+            && wanted(i, &h)
+        {
+            if *budget < h.payload_len as u64 {
+                return Err(SearchBudgetSpent);
+            }
+            *budget -= h.payload_len as u64;
+            if decode_frame(&bytes[i..]).is_ok() {
+                return Ok(Some(i));
+            }
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
 // ---------------------------------------------------------------------------
 // Batches and event records
 // ---------------------------------------------------------------------------
@@ -597,9 +694,9 @@ pub struct BatchRef<'a> {
 }
 
 impl<'a> BatchRef<'a> {
-    /// Reads a batch header. Records are decoded lazily by [`BatchRef::iter`];
-    /// [`BatchRef::validate`] decodes them all up front.
-    pub fn parse(payload: &'a [u8]) -> Result<BatchRef<'a>, FormatError> {
+    /// The batch header alone (`first_position`, `event_count`), checked:
+    /// what a reader skipping batches by their headers needs.
+    pub fn parse_header(payload: &[u8]) -> Result<(u64, u32), FormatError> {
         need(payload, BATCH_HEADER_BYTES)?;
         let first_position = u64_at(payload, 0);
         let event_count = u32_at(payload, 8);
@@ -618,6 +715,13 @@ impl<'a> BatchRef<'a> {
         if first_position.checked_add(event_count as u64).is_none() {
             return Err(FormatError::malformed("batch", "positions overflow"));
         }
+        Ok((first_position, event_count))
+    }
+
+    /// Reads a batch header. Records are decoded lazily by [`BatchRef::iter`];
+    /// [`BatchRef::validate`] decodes them all up front.
+    pub fn parse(payload: &'a [u8]) -> Result<BatchRef<'a>, FormatError> {
+        let (first_position, event_count) = Self::parse_header(payload)?;
         // Each record is at least its header: a count that cannot fit is
         // rejected before anyone iterates.
         let records = &payload[BATCH_HEADER_BYTES..];

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    self, BatchRef, FRAME_HEADER_BYTES, FormatError, FrameHeader, FrameKind, SEGMENT_HEADER_BYTES,
+    self, BatchRef, FRAME_HEADER_BYTES, FormatError, FrameBody, FrameCheck, SEGMENT_HEADER_BYTES,
     Seal, SegmentHeader,
 };
 use super::recovery::{self, ScanStop, TailVerdict};
@@ -45,37 +45,23 @@ pub enum FrameVisit<'a> {
 pub fn walk_frames<'a>(bytes: &'a [u8], mut visit: impl FnMut(FrameVisit<'a>)) {
     let mut at = SEGMENT_HEADER_BYTES.min(bytes.len());
     while at < bytes.len() {
-        match format::decode_frame(&bytes[at..]) {
+        match format::check_frame(&bytes[at..], at as u64, FrameCheck::Records) {
             Ok(frame) => {
-                let len = frame.len();
-                let bad = |error| FrameVisit::Bad {
-                    offset: at as u64,
-                    end: (at + len) as u64,
-                    error,
-                };
-                match frame.kind {
-                    FrameKind::Batch => match BatchRef::parse(frame.payload)
-                        .and_then(|b| b.validate().map(|()| b))
-                    {
-                        Ok(batch) => visit(FrameVisit::Batch {
-                            offset: at as u64,
-                            durable_offset: frame.durable_offset,
-                            batch,
-                            records_offset: (at + FRAME_HEADER_BYTES + format::BATCH_HEADER_BYTES)
-                                as u64,
-                        }),
-                        Err(e) => visit(bad(e)),
-                    },
-                    FrameKind::Seal => match Seal::decode(frame.payload) {
-                        Ok(seal) => visit(FrameVisit::Seal {
-                            offset: at as u64,
-                            seal,
-                            body_crc_ok: crc32fast::hash(&bytes[..at]) == seal.body_crc,
-                        }),
-                        Err(e) => visit(bad(e)),
-                    },
+                match frame.body {
+                    FrameBody::Batch(batch) => visit(FrameVisit::Batch {
+                        offset: at as u64,
+                        durable_offset: frame.durable_offset,
+                        batch,
+                        records_offset: (at + FRAME_HEADER_BYTES + format::BATCH_HEADER_BYTES)
+                            as u64,
+                    }),
+                    FrameBody::Seal(seal) => visit(FrameVisit::Seal {
+                        offset: at as u64,
+                        seal,
+                        body_crc_ok: crc32fast::hash(&bytes[..at]) == seal.body_crc,
+                    }),
                 }
-                at += len;
+                at += frame.len;
             }
             Err(error) => {
                 let next = next_frame_start(bytes, at + 1).unwrap_or(bytes.len());
@@ -91,15 +77,10 @@ pub fn walk_frames<'a>(bytes: &'a [u8], mut visit: impl FnMut(FrameVisit<'a>)) {
 }
 
 /// The first offset at or after `from` where a frame with a valid CRC
-/// starts.
+/// starts (no budget: verification reads every byte anyway).
 fn next_frame_start(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).find(|&i| {
-        let magic = &bytes[i..i + 4];
-        (magic == format::FRAME_MAGIC_BATCH || magic == format::FRAME_MAGIC_SEAL)
-            && FrameHeader::decode(&bytes[i..])
-                .is_ok_and(|h| i as u64 + h.frame_len() <= bytes.len() as u64)
-            && format::decode_frame(&bytes[i..]).is_ok()
-    })
+    let mut unbounded = u64::MAX;
+    format::find_frame(bytes, from, |_, _| true, &mut unbounded).unwrap_or(None)
 }
 
 /// A problem found by [`verify_log`].

@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use format::{
-    BatchRef, FRAME_HEADER_BYTES, FrameHeader, FrameKind, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
+    BatchRef, FRAME_HEADER_BYTES, FrameBody, FrameCheck, FrameHeader, FrameKind,
+    SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
 };
 pub use format::{CheckedRun, EventRef, FormatError, RawRun};
 pub use recovery::{RecoveryReport, TornTail};

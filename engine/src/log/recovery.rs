@@ -32,8 +32,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::format::{
-    self, BatchRef, FRAME_HEADER_BYTES, FRAME_MAGIC_BATCH, FRAME_MAGIC_SEAL, FormatError,
-    FrameHeader, FrameKind, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
+    self, BatchRef, CheckedFrame, FormatError, FrameBody, FrameCheck, FrameHeader,
+    SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES, Seal, SegmentHeader,
 };
 use super::segment::{SEGMENT_SUFFIX, SEGMENT_TMP_SUFFIX, Segment, parse_segment_file_name};
 use super::vfs::{OpenMode, Vfs, VfsFile};
@@ -125,22 +125,13 @@ pub fn scan_frames(
             offset: offset as u64,
             error,
         };
-        let frame = match format::decode_frame(&bytes[offset..]) {
+        let frame = match format::check_frame(&bytes[offset..], offset as u64, FrameCheck::Records)
+        {
             Ok(f) => f,
             Err(e) => break bad(e),
         };
-        if frame.durable_offset > offset as u64 {
-            break bad(FormatError::Malformed {
-                what: "frame",
-                reason: "durable offset lies beyond the frame itself",
-            });
-        }
-        match frame.kind {
-            FrameKind::Seal => {
-                let seal = match Seal::decode(frame.payload) {
-                    Ok(s) => s,
-                    Err(e) => break bad(e),
-                };
+        match frame.body {
+            FrameBody::Seal(seal) => {
                 if seal.last_position.wrapping_add(1) != next_position {
                     break bad(FormatError::Malformed {
                         what: "seal",
@@ -154,7 +145,7 @@ pub fn scan_frames(
                         reason: "seals a segment that holds no batch",
                     });
                 }
-                if offset + frame.len() != bytes.len() {
+                if offset + frame.len != bytes.len() {
                     break bad(FormatError::Malformed {
                         what: "seal",
                         reason: "bytes follow the seal frame",
@@ -165,12 +156,7 @@ pub fn scan_frames(
                     seal,
                 };
             }
-            FrameKind::Batch => {
-                let batch =
-                    match BatchRef::parse(frame.payload).and_then(|b| b.validate().map(|()| b)) {
-                        Ok(b) => b,
-                        Err(e) => break bad(e),
-                    };
+            FrameBody::Batch(batch) => {
                 if batch.first_position != next_position {
                     break bad(FormatError::Malformed {
                         what: "batch",
@@ -180,7 +166,7 @@ pub fn scan_frames(
                 on_batch(offset as u64, &batch);
                 next_position = batch.last_position() + 1;
                 batches += 1;
-                offset += frame.len();
+                offset += frame.len;
             }
         }
     };
@@ -211,38 +197,20 @@ pub enum TailVerdict {
 /// Looks for a valid frame after `bad_offset` whose durable offset proves
 /// the failing frame had been synced. See the module documentation.
 pub fn classify_tail(bytes: &[u8], bad_offset: u64) -> TailVerdict {
-    let start = bad_offset as usize + 1;
     let tail = bytes.len().saturating_sub(bad_offset as usize) as u64;
     let mut budget = (tail * RESYNC_HASH_BUDGET_FACTOR).max(RESYNC_HASH_BUDGET_MIN);
-    let mut i = start;
-    while i + FRAME_HEADER_BYTES <= bytes.len() {
-        let magic = &bytes[i..i + 4];
-        if (magic == FRAME_MAGIC_BATCH || magic == FRAME_MAGIC_SEAL)
-            && let Ok(h) = FrameHeader::decode(&bytes[i..])
-        {
-            {
-                let end = i as u64 + h.frame_len();
-                // A proof must be a frame the writer could have written: its
-                // durable offset cannot lie beyond its own offset.
-                if end <= bytes.len() as u64
-                    && h.durable_offset > bad_offset
-                    && h.durable_offset <= i as u64
-                {
-                    if budget < h.payload_len as u64 {
-                        return TailVerdict::Undecided;
-                    }
-                    budget -= h.payload_len as u64;
-                    if format::decode_frame(&bytes[i..]).is_ok() {
-                        return TailVerdict::Damaged {
-                            proof_offset: i as u64,
-                        };
-                    }
-                }
-            }
-        }
-        i += 1;
+    // A proof must be a frame the writer could have written after the
+    // failing one was synced: its durable offset lies past the failing
+    // frame and no later than its own offset.
+    let proves =
+        |i: usize, h: &FrameHeader| h.durable_offset > bad_offset && h.durable_offset <= i as u64;
+    match format::find_frame(bytes, bad_offset as usize + 1, proves, &mut budget) {
+        Ok(Some(i)) => TailVerdict::Damaged {
+            proof_offset: i as u64,
+        },
+        Ok(None) => TailVerdict::Torn,
+        Err(format::SearchBudgetSpent) => TailVerdict::Undecided,
     }
-    TailVerdict::Torn
 }
 
 fn read_all(file: &dyn VfsFile, path: &Path) -> Result<Vec<u8>, LogError> {
@@ -302,11 +270,11 @@ fn read_seal(file: &dyn VfsFile, path: &Path) -> Result<Option<(u64, Seal)>, Log
     let mut b = [0u8; SEAL_FRAME_BYTES];
     super::vfs::read_exact_at(file, &mut b, offset)
         .map_err(|e| LogError::io(path, "reading a seal", e))?;
-    match format::decode_frame(&b) {
-        Ok(f) if f.kind == FrameKind::Seal => match Seal::decode(f.payload) {
-            Ok(seal) => Ok(Some((offset, seal))),
-            Err(_) => Ok(None),
-        },
+    match format::check_frame(&b, offset, FrameCheck::Header) {
+        Ok(CheckedFrame {
+            body: FrameBody::Seal(seal),
+            ..
+        }) => Ok(Some((offset, seal))),
         _ => Ok(None),
     }
 }
