@@ -7,6 +7,8 @@ use super::*;
 /// One batch as a cursor yields it: borrowed bytes, already CRC-checked.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchView<'a> {
+    /// The segment file holding the batch.
+    pub segment_path: &'a Path,
     /// First position of the segment holding the batch.
     pub segment_first: u64,
     /// Byte offset of the batch's frame in its segment.
@@ -20,14 +22,24 @@ pub struct BatchView<'a> {
 
 impl<'a> BatchView<'a> {
     /// The records at or after the cursor's start, with their offset in the
-    /// segment.
-    pub fn records(&self) -> impl Iterator<Item = Result<(u64, EventRef<'a>), FormatError>> + 'a {
+    /// segment; a record that does not decode is an error naming the
+    /// segment file and the frame's offset.
+    pub fn records(&self) -> impl Iterator<Item = Result<(u64, EventRef<'a>), LogError>> + 'a {
         let base = self.records_offset;
         let skip = self.skip_below;
+        let (path, frame_offset) = (self.segment_path, self.frame_offset);
         self.batch
             .iter()
-            .map(move |r| r.map(|(off, rec)| (base + off as u64, rec)))
+            .map(move |r| {
+                r.map(|(off, rec)| (base + off as u64, rec))
+                    .map_err(|e| LogError::corrupt(path, frame_offset, e))
+            })
             .filter(move |r| r.as_ref().map_or(true, |(_, rec)| rec.position >= skip))
+    }
+
+    /// Damage found in this batch, as the log reports it (file, offset).
+    pub fn corrupt(&self, source: FormatError) -> LogError {
+        LogError::corrupt(self.segment_path, self.frame_offset, source)
     }
 }
 
@@ -48,11 +60,6 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// The directory of the log this cursor reads.
-    pub fn log_dir(&self) -> &Path {
-        self.log.dir()
-    }
-
     /// Bytes `[offset, offset + len)` of `segment`, which must lie below its
     /// readable end: from this cursor's map when it covers them, otherwise
     /// read into the buffer.
@@ -269,6 +276,7 @@ impl Cursor {
             let batch = BatchRef::parse(&bytes[FRAME_HEADER_BYTES..])
                 .map_err(|e| LogError::corrupt(segment.path(), at, e))?;
             return Ok(Some(BatchView {
+                segment_path: segment.path(),
                 segment_first: segment.first_position(),
                 frame_offset: at,
                 records_offset: at + (FRAME_HEADER_BYTES + format::BATCH_HEADER_BYTES) as u64,
@@ -292,7 +300,6 @@ impl Cursor {
         let from = from.max(1);
         let mut records = Vec::new();
         let mut count = 0u32;
-        let dir = self.log.dir().to_path_buf();
         while records.len() < max_bytes && count < format::BATCH_EVENTS_MAX / 2 {
             let Some(view) = self.next_batch(upto)? else {
                 break;
@@ -302,13 +309,7 @@ impl Cursor {
             let mut start = 0usize;
             if view.batch.first_position < from {
                 for r in view.batch.iter() {
-                    let (offset, rec) = r.map_err(|e| {
-                        LogError::corrupt(
-                            &dir.join(segment_file_name(view.segment_first)),
-                            view.frame_offset,
-                            e,
-                        )
-                    })?;
+                    let (offset, rec) = r.map_err(|e| view.corrupt(e))?;
                     if rec.position >= from {
                         start = offset;
                         break;

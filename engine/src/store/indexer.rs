@@ -100,14 +100,7 @@ impl Indexer {
                     break;
                 };
                 for r in view.records() {
-                    let (offset, rec) = r.map_err(|e| LogError::Corrupt {
-                        path: self
-                            .log
-                            .dir()
-                            .join(crate::log::segment::segment_file_name(view.segment_first)),
-                        offset: view.frame_offset,
-                        source: e,
-                    })?;
+                    let (offset, rec) = r?;
                     self.writer.insert(&NewRow {
                         event: rec,
                         segment: view.segment_first,

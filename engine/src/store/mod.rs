@@ -506,16 +506,6 @@ fn default_node_id(store_id: Uuid) -> NodeId {
     NodeId::new(&format!("{tail:016x}")).expect("hex is a valid node id")
 }
 
-fn corrupt_at(log: &Log, segment_first: u64, offset: u64, e: crate::log::FormatError) -> Error {
-    Error::Log(LogError::Corrupt {
-        path: log
-            .dir()
-            .join(crate::log::segment::segment_file_name(segment_first)),
-        offset,
-        source: e,
-    })
-}
-
 fn corrupt_hlc(log: &Log, p: &Pointer, e: crate::hlc::HlcError) -> Error {
     Error::Log(LogError::Inconsistent {
         path: log

@@ -172,8 +172,7 @@ impl Store {
                 break;
             };
             for r in view.records() {
-                let (offset, rec) =
-                    r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+                let (offset, rec) = r?;
                 let e = rec.to_event_sharing_node(&mut node).map_err(|e| {
                     let at = Pointer {
                         position: rec.position,
@@ -233,8 +232,7 @@ impl Store {
         let mut seen = 0;
         while let Some(view) = cursor.next_batch(upto)? {
             for r in view.records() {
-                let (_, rec) =
-                    r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+                let (_, rec) = r?;
                 if rec.position > upto {
                     return Ok(seen);
                 }
@@ -303,8 +301,7 @@ pub(super) fn decode_batch(
         return Ok(false);
     };
     for r in view.records() {
-        let (offset, rec) =
-            r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+        let (offset, rec) = r?;
         if rec.position > upto {
             break;
         }

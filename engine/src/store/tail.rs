@@ -85,8 +85,7 @@ pub(super) fn extend_tail(log: &Log, tail: &mut Tail, upto: u64) -> Result<(u64,
     let mut cursor = log.cursor(tail.head + 1);
     while let Some(view) = cursor.next_batch(upto)? {
         for r in view.records() {
-            let (offset, rec) =
-                r.map_err(|e| corrupt_at(log, view.segment_first, view.frame_offset, e))?;
+            let (offset, rec) = r?;
             hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
             tail.insert(
                 rec.aggregate_id,

@@ -22,7 +22,6 @@ impl Store {
         };
         let head = self.head();
         let mut log_rows = LogRows {
-            log: &inner.log,
             cursor: inner.log.cursor(1),
             upto: 0,
             pending: VecDeque::new(),
@@ -107,15 +106,14 @@ impl Store {
 }
 
 /// Index rows made from the log, for [`Store::verify_index`].
-pub(super) struct LogRows<'a> {
-    pub(super) log: &'a Log,
+pub(super) struct LogRows {
     pub(super) cursor: Cursor,
     pub(super) upto: u64,
     pub(super) pending: VecDeque<index::IndexRow>,
     pub(super) done: bool,
 }
 
-impl LogRows<'_> {
+impl LogRows {
     pub(super) fn peek(&mut self) -> Result<Option<&index::IndexRow>> {
         while self.pending.is_empty() && !self.done {
             let Some(view) = self.cursor.next_batch(self.upto)? else {
@@ -123,8 +121,7 @@ impl LogRows<'_> {
                 break;
             };
             for r in view.records() {
-                let (offset, rec) =
-                    r.map_err(|e| corrupt_at(self.log, view.segment_first, view.frame_offset, e))?;
+                let (offset, rec) = r?;
                 if rec.position > self.upto {
                     break;
                 }

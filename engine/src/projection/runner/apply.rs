@@ -180,14 +180,13 @@ impl Frames {
             last: 0,
         };
         let mut events = 0usize;
-        let dir = cursor.log_dir().to_path_buf();
         while events < events_max {
             let Some(view) = cursor.next_batch(upto)? else {
                 break;
             };
             events += view.batch.event_count as usize;
             frames.last = view.batch.last_position();
-            let path = dir.join(crate::log::segment::segment_file_name(view.segment_first));
+            let path = view.segment_path.to_path_buf();
             frames
                 .payloads
                 .push((view.batch.to_payload(), path, view.frame_offset));
