@@ -745,12 +745,11 @@ fn s4_crash_between_segment_roll_steps() {
 }
 
 /// Not an invariant, but found while writing these tests: closing an idle
-/// store waits out the indexer's idle timeout (200 ms). `Inner::shutdown`
-/// (store/mod.rs) wakes the indexer with `Log::wake_all`, but the indexer
-/// sleeps in `Log::wait_beyond`, which only returns when the position moves,
-/// the log is closed or the timeout passes, so the wake-up changes nothing;
-/// `Log::close_waiters` would release it but is called only after the
-/// threads are joined.
+/// store used to wait out the indexer's idle timeout (200 ms), since the
+/// indexer slept in a wait that a plain wake-up sent back to sleep. The
+/// store now releases every waiter for good (`Log::close_waiters`) before
+/// joining its threads, and the follow loop (`log::follower::follow`) reads
+/// the stop flag under the wait's lock.
 #[test]
 fn store_close_does_not_wait_out_the_indexer_idle_timeout() {
     let tmp = tempfile::tempdir().unwrap();

@@ -28,6 +28,7 @@ mod cursor;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod follow;
+pub mod follower;
 pub mod format;
 pub mod inspect;
 pub mod recovery;

@@ -138,31 +138,30 @@ impl Indexer {
         }
     }
 
+    /// Follows the log until the store closes, indexing what it makes
+    /// visible (and, at close, what is visible already). Readers do not
+    /// wait for the index (the tail answers), so a trickle of appends is
+    /// let gather into fewer SQLite transactions.
     pub(super) fn run(mut self) {
-        loop {
-            let visible = self.log.visible_position();
+        let (log, shutdown) = (self.log.clone(), self.shutdown.clone());
+        let pace = FollowPace {
+            idle_wake: IDLE_WAKE,
+            gather: INDEXER_GATHER,
+            retry: INDEXER_RETRY,
+        };
+        follow(&log, &shutdown, pace, |visible| {
             if visible <= self.indexed {
-                if self.shutdown.load(Ordering::Acquire) {
-                    return;
-                }
-                self.log.wait_beyond(self.indexed, IDLE_WAKE);
-                // A trickle of small appends would otherwise cost one SQLite
-                // transaction each; readers do not wait for the index (the
-                // tail answers), so gather a little first.
-                if !self.shutdown.load(Ordering::Acquire) {
-                    std::thread::sleep(INDEXER_GATHER);
-                }
-                continue;
+                return Step::Applied(self.indexed);
             }
-            if let Err(e) = self.step(visible) {
-                tracing::error!(error = %e, "indexer failed; retrying");
-                self.progress.set(self.indexed, Some(e.to_string()));
-                if self.shutdown.load(Ordering::Acquire) {
-                    return;
+            match self.step(visible) {
+                Ok(()) => Step::Applied(self.indexed),
+                Err(e) => {
+                    tracing::error!(error = %e, "indexer failed; retrying");
+                    self.progress.set(self.indexed, Some(e.to_string()));
+                    Step::Failed
                 }
-                std::thread::sleep(INDEXER_RETRY);
             }
-        }
+        });
     }
 }
 

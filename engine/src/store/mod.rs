@@ -43,6 +43,7 @@ use crate::event::{
 use crate::hlc::{DRIFT_MS_MAX_DEFAULT, Hlc, NodeId, SystemClock, Timestamp, WallClock};
 use crate::index::{self, Index, IndexError, IndexWriter, NewRow, Pointer};
 use crate::lock::LockFile;
+use crate::log::follower::{FollowPace, Step, follow};
 use crate::log::format::{self, RawRun};
 use crate::log::vfs::{OsVfs, Vfs};
 use crate::log::{

@@ -3,6 +3,7 @@
 //! event that caused it), and the follower thread.
 
 use super::*;
+use crate::log::follower::{FollowPace, Step, follow as follow_log};
 
 impl Inner {
     /// Applies events up to `upto` to every runnable view, in batches.
@@ -281,12 +282,23 @@ pub(super) fn apply_frames(
 /// events as they become visible. Holds only a weak reference, so dropping
 /// the last `Views` stops it.
 pub(super) fn follow(inner: std::sync::Weak<Inner>) {
-    loop {
+    let Some((log, stop)) = inner.upgrade().map(|s| (s.log.clone(), s.stop.clone())) else {
+        return;
+    };
+    let pace = FollowPace {
+        idle_wake: FOLLOW_WAKE,
+        gather: FOLLOW_GATHER,
+        // Views never fail a step as a whole: a failing view stops alone.
+        retry: FOLLOW_WAKE,
+    };
+    // The views hold no strong reference between steps, so that dropping
+    // them ends this thread.
+    follow_log(&log, &stop, pace, |head| {
         let Some(strong) = inner.upgrade() else {
-            return;
+            return Step::Stop;
         };
         if strong.stop.load(Ordering::Acquire) {
-            return;
+            return Step::Stop;
         }
         let next = {
             let state = lock(&strong.state);
@@ -302,37 +314,21 @@ pub(super) fn follow(inner: std::sync::Weak<Inner>) {
             ) {
                 tracing::error!(error = %e, "rebuilding a view failed");
             }
-            continue;
+            return Step::Again;
         }
-        let head = strong.log.visible_position();
-        let applied = {
-            let mut state = lock(&strong.state);
-            if let Err(e) = strong.apply_upto(&mut state, head) {
-                tracing::error!(error = %e, "applying events to views failed");
-            }
+        let mut state = lock(&strong.state);
+        if let Err(e) = strong.apply_upto(&mut state, head) {
+            tracing::error!(error = %e, "applying events to views failed");
+        }
+        // The slowest view that can run; views that cannot wait for a fix.
+        Step::Applied(
             state
                 .slots
                 .iter()
                 .filter(|s| s.runnable())
                 .map(|s| s.view.expect("runnable").1)
                 .min()
-                .unwrap_or(head)
-        };
-        let log = strong.log.clone();
-        let stop = strong.stop.clone();
-        drop(strong);
-        // The stop flag is checked under the log's wait lock, so a close
-        // that comes between the check at the top and this wait is not
-        // missed (it would cost up to FOLLOW_WAKE).
-        if applied >= head
-            && log.wait_beyond_unless(head, FOLLOW_WAKE, &stop) > head
-            && !log.is_closed()
-            && !stop.load(Ordering::Acquire)
-        {
-            std::thread::sleep(FOLLOW_GATHER);
-        }
-        if log.is_closed() {
-            return;
-        }
-    }
+                .unwrap_or(head),
+        )
+    });
 }
