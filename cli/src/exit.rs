@@ -58,9 +58,12 @@ impl From<strata::Error> for Failure {
     fn from(e: strata::Error) -> Failure {
         use strata::Error as E;
         let code = match &e {
-            E::Locked { .. } | E::NotFound { .. } | E::Io { .. } | E::Closed | E::ReadOnly => {
-                Code::Unavailable
-            }
+            E::Locked { .. }
+            | E::NotFound { .. }
+            | E::Io { .. }
+            | E::Closed
+            | E::ReadOnly
+            | E::BackupIncomplete { .. } => Code::Unavailable,
             E::Invalid(_) | E::NotAReplica { .. } => Code::Usage,
             E::Conflict { .. } => Code::Conflict,
             E::EventIdReused { .. } => Code::Damage,

@@ -115,6 +115,11 @@ enum Command {
     #[command(
         long_about = "Delete index.sqlite and rebuild it from the log.\n\nExamples:\n  strata reindex"
     )]
+    /// Copy the store, consistently, beside a running application.
+    #[command(
+        long_about = "Copy the store into DEST while applications keep using it: SQLite files as snapshots first, then the log up to a batch boundary at or after the durable head. DEST opens as a store; a second backup into it copies only what it lacks; --link hard-links sealed segments. A backup cut short leaves DEST marked BACKUP-INCOMPLETE, which stores refuse to open until a backup into it completes.\n\nExamples:\n  strata --store ./data backup /backups/data\n  strata --store ./data backup /backups/data --link --json"
+    )]
+    Backup(cmd::backup::Args),
     Reindex(cmd::reindex::Args),
     /// Projections: status, rebuild.
     #[command(
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
         Command::Dump(args) => cmd::dump::run(&cli, args),
         Command::Verify(args) => cmd::verify::run(&cli, args),
         Command::Repair(args) => cmd::repair::run(&cli, args),
+        Command::Backup(args) => cmd::backup::run(&cli, args),
         Command::Reindex(args) => cmd::reindex::run(&cli, args),
         Command::Views(command) => cmd::views::run(&cli, command),
         Command::Stats(args) => cmd::stats::run(&cli, args),

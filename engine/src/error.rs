@@ -61,6 +61,10 @@ pub enum Error {
     )]
     ReplicaLog { path: PathBuf },
     #[error(
+        "{path} is a backup that did not finish (it holds BACKUP-INCOMPLETE): run the backup again to complete it, or delete the directory"
+    )]
+    BackupIncomplete { path: PathBuf },
+    #[error(
         "this replica refused what its server sent, and wrote none of it: {reason}; if the server was restored from an older backup or replaced, start a new replica from it, otherwise the server is broken"
     )]
     Replica { reason: String },

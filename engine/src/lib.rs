@@ -16,6 +16,7 @@
 //! Invariants the tests prove are named S1–S8, H1 and Y1–Y6 in
 //! docs/ARCHITECTURE.md.
 
+pub mod backup;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod error;
@@ -36,6 +37,7 @@ pub use event::{
 pub use hlc::{Hlc, HlcError, ManualClock, NodeId, SystemClock, Timestamp, WallClock};
 pub use log::{Durability, RecoveryReport, TornTail};
 pub use store::{
-    FOLLOW_POLL, Options, ProgressHook, REPLICA_LOG_FILE, ReadAll, Store, Subscription,
+    BACKUP_INCOMPLETE_FILE, FOLLOW_POLL, Options, ProgressHook, REPLICA_LOG_FILE, ReadAll, Store,
+    Subscription,
 };
 pub use uuid::Uuid;

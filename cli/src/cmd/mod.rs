@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod append;
+pub mod backup;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod counter;

@@ -83,6 +83,10 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// The file that marks a store as a sync replica's committed log, whose
 /// plain appends are refused ([`Error::ReplicaLog`]).
 pub const REPLICA_LOG_FILE: &str = "REPLICA";
+/// The file that marks a directory as a backup still being written
+/// ([`crate::backup`]): such a directory is refused
+/// ([`Error::BackupIncomplete`]), never opened as if it were whole.
+pub const BACKUP_INCOMPLETE_FILE: &str = "BACKUP-INCOMPLETE";
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -159,6 +163,9 @@ impl Store {
                 action: "creating the store directory",
                 source,
             })?;
+        }
+        if dir.join(BACKUP_INCOMPLETE_FILE).exists() {
+            return Err(Error::BackupIncomplete { path: dir });
         }
         let lock_file = if options.read_only {
             None
