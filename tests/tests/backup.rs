@@ -1,0 +1,105 @@
+//! Backups of a replica (issue 18): a replica's copy carries its outbox, so
+//! restored and synced it neither loses nor duplicates what it had pending,
+//! whether or not the lost original had pushed it before it was lost.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use strata::backup::{BackupOptions, backup};
+use strata::projection::counter::{self, CounterProjection};
+use strata::sync::{Replica, ReplicaOptions};
+use strata::{ExpectedVersion, Uuid};
+use strata_sync::client::sync_until_idle;
+use strata_tests::net::start;
+
+fn open_replica(dir: &Path) -> Arc<Replica> {
+    Arc::new(
+        Replica::open(
+            dir,
+            ReplicaOptions {
+                projections: vec![Arc::new(CounterProjection)],
+                ..ReplicaOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn incr(r: &Replica, aggregate: &str) -> Uuid {
+    let e = counter::increment(1);
+    let id = e.event_id;
+    r.append(aggregate, ExpectedVersion::Any, vec![e]).unwrap();
+    id
+}
+
+/// A replica synced some events and holds others pending; it is backed
+/// up. Case 1: it is lost before pushing them; the restored copy pushes
+/// them. Case 2: it pushed them after the backup, then was lost; the
+/// restored copy pushes them again, and the server keeps each once. Every
+/// event is on the server exactly once, and the restored replica's
+/// counter equals the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_replica_pushes_its_pending_events_once() {
+    for pushed_before_loss in [false, true] {
+        let server = start(|c| c.quic = Some("127.0.0.1:0".parse().unwrap())).await;
+        let opts = server.quic_options(None);
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, copy) = (tmp.path().join("replica"), tmp.path().join("copy"));
+        let replica = open_replica(&dir);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(incr(&replica, "counter-1"));
+        }
+        sync_until_idle(replica.clone(), opts.clone())
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            ids.push(incr(&replica, "counter-1"));
+        }
+        assert_eq!(replica.pending().len(), 4);
+        let report = tokio::task::spawn_blocking({
+            let (dir, copy) = (dir.clone(), copy.clone());
+            move || backup(&dir, &copy, &BackupOptions::default())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            report.snapshots.iter().any(|s| s == "outbox.sqlite"),
+            "{report:?}"
+        );
+        if pushed_before_loss {
+            sync_until_idle(replica.clone(), opts.clone())
+                .await
+                .unwrap();
+            assert!(replica.pending().is_empty());
+        }
+        // The original is lost.
+        drop(replica);
+        let restored = open_replica(&copy);
+        assert_eq!(restored.pending().len(), 4, "the outbox came along");
+        sync_until_idle(restored.clone(), opts.clone())
+            .await
+            .unwrap();
+        assert!(restored.pending().is_empty());
+        let log = server.events("default", None).await;
+        let on_server: Vec<String> = log
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        let mut want: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let mut got = on_server.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(
+            got, want,
+            "every event once (pushed before loss: {pushed_before_loss})"
+        );
+        let value = restored
+            .read_views(|c| counter::value(c, "counter-1"))
+            .unwrap();
+        assert_eq!(value, Some(7));
+        Arc::try_unwrap(restored).unwrap().close().unwrap();
+        server.stop().await;
+    }
+}
