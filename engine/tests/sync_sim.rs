@@ -1148,12 +1148,23 @@ fn a_push_the_log_holds_waits_unanswered_until_the_head_moves_or_its_wait_runs_o
     let fourth = core.poll_commit().unwrap();
     assert_eq!(&*fourth.pushes[0].events, &[ev("mine", 1, 2)]);
     // The log hears when a client that took part in its turn leaves, and
-    // only then.
+    // only then; one whose push is in a commit, once that commit is done
+    // (told earlier, the log could take it back into its turn).
     core.handle_disconnect(70, 2);
     assert_eq!(core.poll_event(), None);
     core.handle_disconnect(70, 1);
+    assert_eq!(core.poll_event(), None, "its push is still in a commit");
+    core.handle_committed(
+        71,
+        fourth.id,
+        Ok(CommitResult {
+            outcomes: vec![PushOutcome::Held { wait_ms: 50 }],
+            head: 4,
+        }),
+    );
     assert_eq!(
         core.poll_event(),
         Some(strata::sync::CoreEvent::LeftTurn { client: 1 })
     );
+    assert_eq!(core.poll_event(), None);
 }

@@ -64,13 +64,20 @@ pub fn walk_frames<'a>(bytes: &'a [u8], mut visit: impl FnMut(FrameVisit<'a>)) {
                 at += frame.len;
             }
             Err(error) => {
-                let next = next_frame_start(bytes, at + 1).unwrap_or(bytes.len());
+                // A whole frame whose CRC holds but whose contents do not is
+                // bad and skipped whole: searching inside its payload could
+                // take bytes an event carries for frames. Otherwise look
+                // for the next frame that starts with a valid CRC.
+                let end = match format::decode_frame(&bytes[at..]) {
+                    Ok(frame) => at + frame.len(),
+                    Err(_) => next_frame_start(bytes, at + 1).unwrap_or(bytes.len()),
+                };
                 visit(FrameVisit::Bad {
                     offset: at as u64,
-                    end: next as u64,
+                    end: end as u64,
                     error,
                 });
-                at = next;
+                at = end;
             }
         }
     }

@@ -266,6 +266,9 @@ pub struct ServerCore {
     /// Clients the log held or refused for a conflict (a log that keeps
     /// turns): the log hears when they leave.
     in_log_turn: HashSet<ClientId>,
+    /// Clients that left while a push of theirs was in a commit: the log
+    /// hears of it once that commit is done (it may put them in its turn).
+    left_in_flight: HashSet<ClientId>,
     transmit: VecDeque<(ClientId, ServerMessage)>,
     events: VecDeque<CoreEvent>,
 }
@@ -291,6 +294,7 @@ impl ServerCore {
             turn: None,
             queue: VecDeque::new(),
             in_log_turn: HashSet::new(),
+            left_in_flight: HashSet::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -315,7 +319,19 @@ impl ServerCore {
         if self.turn.as_ref().is_some_and(|t| t.holder == client) {
             self.pass_turn(now_ms);
         }
-        if self.in_log_turn.remove(&client) {
+        let was_in_turn = self.in_log_turn.remove(&client);
+        if !self.config.log_keeps_turns {
+            return;
+        }
+        let in_commit = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|(_, ps)| ps.iter().any(|p| p.client == client));
+        if in_commit {
+            // Told after the commit: told now, the log could put the
+            // client back in its turn with the commit still running.
+            self.left_in_flight.insert(client);
+        } else if was_in_turn {
             self.events.push_back(CoreEvent::LeftTurn { client });
         }
     }
@@ -529,6 +545,15 @@ impl ServerCore {
             return;
         };
         assert_eq!(in_flight, id, "commits complete one at a time, in order");
+        // Clients that left during this commit: the log hears of it now,
+        // whatever the commit did (it may have taken them into its turn,
+        // or written and then failed to answer).
+        for p in &pushes {
+            if self.left_in_flight.remove(&p.client) {
+                self.events
+                    .push_back(CoreEvent::LeftTurn { client: p.client });
+            }
+        }
         let result = match result {
             Ok(r) => r,
             Err(e) => {

@@ -94,7 +94,7 @@ pub use listener::{
 };
 pub use presence::{PRESENCE_APPLICATION_NAME, PRESENCE_LOCK_CLASS};
 pub use schema::SCHEMA_VERSION;
-pub use turn::{TURN_QUEUE_MAX, WAITER_STALE_LEASES};
+pub use turn::{HELD_RECHECK_MS, TURN_LEASE_MS_MAX, TURN_QUEUE_MAX, WAITER_STALE_LEASES};
 
 /// Default [`PgConfig::pool_size_max`].
 pub const POOL_SIZE_DEFAULT: usize = 16;
@@ -407,11 +407,11 @@ impl PgDatabase {
                 ),
             });
         }
-        if config.turn_lease_ms == 0 || i64::try_from(config.turn_lease_ms).is_err() {
+        if !(1..=TURN_LEASE_MS_MAX).contains(&config.turn_lease_ms) {
             return Err(PgError::Setting {
                 name: "turn_lease_ms",
                 reason: format!(
-                    "is {}, must be at least 1 and fit a signed 64-bit count of milliseconds",
+                    "is {}, must be 1 to {TURN_LEASE_MS_MAX} (a day)",
                     config.turn_lease_ms
                 ),
             });
@@ -698,12 +698,14 @@ impl std::fmt::Debug for PgLog {
     }
 }
 
-/// The store's position lock, with its head, its turn (module [`turn`]) and
-/// the database's clock in milliseconds (the turn's clock, the same for
-/// every node).
-const LOCK_SQL: &str = "SELECT head, turn::text,
-            (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-     FROM strata_stores WHERE id = $1 FOR UPDATE";
+/// The store's position lock, with its head and its turn (module
+/// [`turn`]).
+const LOCK_SQL: &str = "SELECT head, turn::text FROM strata_stores WHERE id = $1 FOR UPDATE";
+/// The database's clock in milliseconds: the turn's clock, the same for
+/// every node. Its own statement, sent after the lock's, so that it reads
+/// the clock once the lock is held (in the locking statement it would be
+/// read before the wait for the lock).
+const CLOCK_SQL: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 /// The events the log holds under some ids, their payloads by length and
 /// SHA-256 (`sha256` is in PostgreSQL from 11 on).
 const HELD_SQL: &str = "SELECT event_id, position, version, aggregate_id, event_type,
@@ -723,8 +725,8 @@ const SET_HEAD_SQL: &str = "UPDATE strata_stores SET head = $2 WHERE id = $1";
 const SET_TURN_SQL: &str = "UPDATE strata_stores SET turn = $2::text::jsonb WHERE id = $1";
 /// For each presence key, whether its node is gone (nobody holds the lock;
 /// the shared lock taken to find out ends with the transaction).
-const GONE_SQL: &str =
-    "SELECT pg_try_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k";
+const GONE_SQL: &str = "SELECT pg_try_advisory_xact_lock_shared($1, k)
+     FROM unnest($2::int4[]) WITH ORDINALITY AS t(k, i) ORDER BY i";
 const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2)";
 const HEAD_SQL: &str = "SELECT head FROM strata_stores WHERE id = $1";
 /// Events from a position on, at most `$3` of them and about `$4` bytes:
@@ -822,12 +824,13 @@ impl PgLog {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<(u64, turn::Turns, i64), OpError> {
-        let lock = tx.prepare_cached(LOCK_SQL).await?;
-        let row = tx
-            .query_opt(&lock, &[&self.key])
-            .await?
-            .ok_or_else(|| OpError::Damaged("its row in strata_stores is gone".into()))?;
-        Ok((to_u64(row.get(0), "head")?, turns_of(&row)?, row.get(2)))
+        let (lock, clock) =
+            futures_util::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(CLOCK_SQL))?;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&self.key];
+        let (row, now) =
+            futures_util::try_join!(tx.query_opt(&lock, &lock_params), tx.query_one(&clock, &[]))?;
+        let row = row.ok_or_else(|| OpError::Damaged("its row in strata_stores is gone".into()))?;
+        Ok((to_u64(row.get(0), "head")?, turns_of(&row)?, now.get(0)))
     }
 
     /// Writes the store's turn (NULL when free).
@@ -919,8 +922,9 @@ impl PgLog {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .await?;
-        let (lock, held, versions) = futures_util::try_join!(
+        let (lock, clock, held, versions) = futures_util::try_join!(
             tx.prepare_cached(LOCK_SQL),
+            tx.prepare_cached(CLOCK_SQL),
             tx.prepare_cached(HELD_SQL),
             tx.prepare_cached(VERSIONS_SQL)
         )?;
@@ -929,8 +933,9 @@ impl PgLog {
         let lock_params: [&(dyn ToSql + Sync); 1] = [&self.key];
         let held_params: [&(dyn ToSql + Sync); 2] = [&self.key, &ids];
         let versions_params: [&(dyn ToSql + Sync); 2] = [&self.key, &aggregates];
-        let (head_row, held_rows, version_rows) = futures_util::try_join!(
+        let (head_row, clock_row, held_rows, version_rows) = futures_util::try_join!(
             tx.query_opt(&lock, &lock_params),
+            tx.query_one(&clock, &[]),
             tx.query(&held, &held_params),
             tx.query(&versions, &versions_params)
         )?;
@@ -938,7 +943,7 @@ impl PgLog {
             head_row.ok_or_else(|| OpError::Damaged("its row in strata_stores is gone".into()))?;
         let head = to_u64(head_row.get(0), "head")?;
         let turns_before = turns_of(&head_row)?;
-        let now_ms: i64 = head_row.get(2);
+        let now_ms: i64 = clock_row.get(0);
         let lease_ms = to_i64(self.db.inner.config.turn_lease_ms);
         let mut turns = turns_before.clone();
         self.forget_gone_nodes(&tx, &mut turns, now_ms, lease_ms)
@@ -1033,11 +1038,16 @@ impl PgLog {
         }
         // The turn may have passed during this commit (its holder's push
         // was appended): a held push whose client is no longer blocked
-        // (it may hold the turn now) is offered again at once, the others
-        // when the turn as it stands now runs out.
+        // (it may hold the turn now) is offered again at once. A turn can
+        // also pass with nothing appended (its holder left,
+        // its node died, its time ran out in a commit that wrote nothing)
+        // and no notification says so: waiters look again at least every
+        // HELD_RECHECK_MS.
         for (outcome, (who, aggs)) in outcomes.iter_mut().zip(&touched) {
             if let PushOutcome::Held { wait_ms } = outcome {
-                *wait_ms = turns.held(who, aggs, now_ms).unwrap_or(0);
+                *wait_ms = turns
+                    .held(who, aggs, now_ms)
+                    .map_or(0, |w| w.min(HELD_RECHECK_MS));
             }
         }
         if turns != turns_before {

@@ -40,6 +40,14 @@ pub const WAITER_STALE_LEASES: i64 = 3;
 /// Most clients a store's queue holds; past it, a held client is not
 /// queued (it still waits, and may claim the turn when it is free).
 pub const TURN_QUEUE_MAX: usize = 1_024;
+/// Longest a held push waits before its node offers it again. The turn can
+/// pass without the head moving (its holder disconnected, its node died,
+/// its time ran out in a commit that wrote nothing), and no notification
+/// says so: waiters look again at least this often.
+pub const HELD_RECHECK_MS: u64 = 100;
+/// Longest lease a store's turn may be given (a day): longer ones would
+/// overflow the clock arithmetic and mean nothing.
+pub const TURN_LEASE_MS_MAX: u64 = 86_400_000;
 
 /// A store's turn and queue, as `strata_stores.turn` holds them (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -288,7 +288,8 @@ pub(super) fn follow(inner: std::sync::Weak<Inner>) {
     let pace = FollowPace {
         idle_wake: FOLLOW_WAKE,
         gather: FOLLOW_GATHER,
-        // Views never fail a step as a whole: a failing view stops alone.
+        // A step fails as a whole only when the log or views.sqlite does (a
+        // failing view stops alone).
         retry: FOLLOW_WAKE,
     };
     // The views hold no strong reference between steps, so that dropping
@@ -297,7 +298,8 @@ pub(super) fn follow(inner: std::sync::Weak<Inner>) {
         let Some(strong) = inner.upgrade() else {
             return Step::Stop;
         };
-        if strong.stop.load(Ordering::Acquire) {
+        // Closed views, or a closed store: nothing more to follow.
+        if strong.stop.load(Ordering::Acquire) || strong.log.is_closed() {
             return Step::Stop;
         }
         let next = {
@@ -318,7 +320,10 @@ pub(super) fn follow(inner: std::sync::Weak<Inner>) {
         }
         let mut state = lock(&strong.state);
         if let Err(e) = strong.apply_upto(&mut state, head) {
+            // Not one view's failure (those stop that view alone): the log
+            // or views.sqlite itself. Paced, not retried in a busy loop.
             tracing::error!(error = %e, "applying events to views failed");
+            return Step::Failed;
         }
         // The slowest view that can run; views that cannot wait for a fix.
         Step::Applied(
