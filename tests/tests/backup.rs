@@ -103,3 +103,83 @@ async fn a_restored_replica_pushes_its_pending_events_once() {
         server.stop().await;
     }
 }
+
+/// `strata backup` killed (SIGKILL) at random moments: each time, DEST is
+/// either refused as an unfinished backup, or whole (it opens, checks
+/// clean and is the source's prefix); never a store with a silent hole.
+/// A backup run to the end over a killed one completes it.
+#[test]
+fn a_killed_backup_is_refused_or_whole_never_silently_partial() {
+    use strata::{AggregateEvents, Error, NewEvent, Options, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let options = || Options {
+        segment_bytes_max: 64 << 10,
+        ..Options::default()
+    };
+    let store = Store::open(&src, options()).unwrap();
+    for k in 0..100 {
+        let events = (0..100)
+            .map(|i| {
+                NewEvent::new(
+                    "T",
+                    format!(r#"{{"k":{k},"i":{i},"pad":"{}"}}"#, "p".repeat(150)).into_bytes(),
+                )
+            })
+            .collect();
+        store
+            .append_batch(&[AggregateEvents {
+                aggregate_id: format!("agg-{k}"),
+                expected: strata::ExpectedVersion::Any,
+                events,
+            }])
+            .unwrap();
+    }
+    let source: Vec<strata::Event> = store.read_all(1).map(Result::unwrap).collect();
+    store.close().unwrap();
+    let (mut refused, mut whole) = (0, 0);
+    for round in 0..12u64 {
+        let dest = tmp.path().join(format!("dest-{round}"));
+        let mut child = std::process::Command::new(strata_tests::strata_cli())
+            .arg("--store")
+            .arg(&src)
+            .arg("backup")
+            .arg(&dest)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(round * 7));
+        let _ = child.kill();
+        child.wait().unwrap();
+        if !dest.exists() {
+            continue;
+        }
+        match Store::open(&dest, options()) {
+            Err(Error::BackupIncomplete { .. }) => refused += 1,
+            Err(e) => panic!("round {round}: neither refused as unfinished nor whole: {e}"),
+            Ok(copy) => {
+                let events: Vec<strata::Event> = copy.read_all(1).map(Result::unwrap).collect();
+                assert_eq!(events.len() as u64, copy.head());
+                assert_eq!(&events[..], &source[..events.len()], "round {round}");
+                assert_eq!(
+                    events.len(),
+                    source.len(),
+                    "round {round}: a finished backup is whole"
+                );
+                let (problems, _) = copy.verify_index(10).unwrap();
+                assert!(problems.is_empty(), "round {round}: {problems:?}");
+                whole += 1;
+            }
+        }
+        // Run to the end, it completes whatever the kill left.
+        backup(&src, &dest, &BackupOptions::default()).unwrap();
+        let copy = Store::open(&dest, options()).unwrap();
+        assert_eq!(copy.head(), source.len() as u64);
+    }
+    eprintln!("killed backups: {refused} refused as unfinished, {whole} whole");
+    assert!(
+        refused > 0,
+        "no kill landed during a backup: the test proves nothing"
+    );
+}
