@@ -32,6 +32,7 @@ pub const WORKLOADS: &[&str] = &[
     "read_aggregate",
     "open_clean",
     "project_rebuild",
+    "backup",
 ];
 /// Events per append in the batch workloads.
 pub const BATCH_EVENTS: u64 = 1_000;
@@ -199,6 +200,12 @@ pub fn run(
     if wanted("project_rebuild") {
         push(
             project_rebuild(events, &config.dir.join("project"))?,
+            &mut results,
+        );
+    }
+    if wanted("backup") {
+        push(
+            backup(config.open_bytes, &config.dir.join("backup"))?,
             &mut results,
         );
     }
@@ -635,26 +642,31 @@ fn read_aggregate(
     )
 }
 
-fn open_clean(bytes: u64, dir: &Path) -> Result<WorkloadResult, BenchError> {
+/// Fills a store in `dir` with about `bytes` of log (events of
+/// [`OPEN_EVENT_BYTES`], no syncs); returns its event count.
+fn fill_store(bytes: u64, dir: &Path) -> Result<u64, BenchError> {
     let per_event = OPEN_EVENT_BYTES as u64 + 100;
     let events = (bytes / per_event / BATCH_EVENTS).max(1) * BATCH_EVENTS;
-    {
-        let store = Store::open(
-            dir,
-            Options {
-                durability: Durability::None,
-                ..Options::default()
-            },
-        )?;
-        let data = vec![b'x'; OPEN_EVENT_BYTES];
-        for b in 0..events / BATCH_EVENTS {
-            let batch: Vec<NewEvent> = (0..BATCH_EVENTS)
-                .map(|_| NewEvent::new("Recorded", data.clone()))
-                .collect();
-            store.append(&aggregate_name(b % 1000), ExpectedVersion::Any, batch)?;
-        }
-        store.close()?;
+    let store = Store::open(
+        dir,
+        Options {
+            durability: Durability::None,
+            ..Options::default()
+        },
+    )?;
+    let data = vec![b'x'; OPEN_EVENT_BYTES];
+    for b in 0..events / BATCH_EVENTS {
+        let batch: Vec<NewEvent> = (0..BATCH_EVENTS)
+            .map(|_| NewEvent::new("Recorded", data.clone()))
+            .collect();
+        store.append(&aggregate_name(b % 1000), ExpectedVersion::Any, batch)?;
     }
+    store.close()?;
+    Ok(events)
+}
+
+fn open_clean(bytes: u64, dir: &Path) -> Result<WorkloadResult, BenchError> {
+    let events = fill_store(bytes, dir)?;
     let size = dir_bytes(&dir.join("log"));
     let start = Instant::now();
     let store = Store::open(dir, Options::default())?;
@@ -667,6 +679,51 @@ fn open_clean(bytes: u64, dir: &Path) -> Result<WorkloadResult, BenchError> {
             .with("store_bytes", size)
             .with("target_seconds", 1.0),
     )
+}
+
+/// `backup`: [`crate::backup::backup`] of a store of about `bytes` against
+/// the baseline of copying the same files as `cp -r` then `sync` would
+/// (each file copied whole and synced, then its directory), in the same
+/// run, both reading a source the page cache holds.
+fn backup(bytes: u64, dir: &Path) -> Result<WorkloadResult, BenchError> {
+    let src = dir.join("src");
+    let events = fill_store(bytes, &src)?;
+    // The log and the files beside it (the index).
+    let size = dir_bytes(&src) + dir_bytes(&src.join("log"));
+    let copied = dir.join("cp");
+    let start = Instant::now();
+    copy_tree_synced(&src, &copied)?;
+    let cp = start.elapsed();
+    let start = Instant::now();
+    let report = crate::backup::backup(&src, &dir.join("backup"), &Default::default())?;
+    let took = start.elapsed();
+    assert_eq!(report.head, events);
+    let mut result = WorkloadResult::new("backup", events, took, Some(cp), None)
+        .with("store_bytes", size)
+        .with("backup_seconds", took.as_secs_f64())
+        .with("cp_seconds", cp.as_secs_f64())
+        .with("target_ratio", 0.8);
+    // Incremental: nothing new, so only the active segment is looked at.
+    let start = Instant::now();
+    crate::backup::backup(&src, &dir.join("backup"), &Default::default())?;
+    result = result.with("incremental_seconds", start.elapsed().as_secs_f64());
+    Ok(result)
+}
+
+/// `cp -r` then `sync`, for one directory tree.
+fn copy_tree_synced(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree_synced(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(to)?.sync_all()
 }
 
 /// Counters in `project_rebuild`.
