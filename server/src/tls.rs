@@ -89,10 +89,8 @@ impl Identity {
                 names.push(ip);
             }
         }
-        let certified =
-            rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate {
-                reason: e.to_string(),
-            })?;
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TlsError::Generate(Box::new(e)))?;
         create_private_dir(&dir)?;
         // The key first: the certificate's presence says the pair is whole.
         write_durably(

@@ -94,7 +94,9 @@ pub use listener::{
 };
 pub use presence::{PRESENCE_APPLICATION_NAME, PRESENCE_LOCK_CLASS};
 pub use schema::SCHEMA_VERSION;
-pub use turn::{HELD_RECHECK_MS, TURN_LEASE_MS_MAX, TURN_QUEUE_MAX, WAITER_STALE_LEASES};
+pub use turn::{
+    HELD_RECHECK_MS, TURN_AGGREGATES_MAX, TURN_LEASE_MS_MAX, TURN_QUEUE_MAX, WAITER_STALE_LEASES,
+};
 
 /// Default [`PgConfig::pool_size_max`].
 pub const POOL_SIZE_DEFAULT: usize = 16;

@@ -40,6 +40,11 @@ pub const WAITER_STALE_LEASES: i64 = 3;
 /// Most clients a store's queue holds; past it, a held client is not
 /// queued (it still waits, and may claim the turn when it is free).
 pub const TURN_QUEUE_MAX: usize = 1_024;
+/// Most aggregates one holder or waiter is recorded with: the turn is read
+/// and written under the store's lock on every contended commit, so it
+/// stays small. A push that touches more is held on these only (its other
+/// aggregates may move meanwhile and cost it another round).
+pub const TURN_AGGREGATES_MAX: usize = 16;
 /// Longest a held push waits before its node offers it again. The turn can
 /// pass without the head moving (its holder disconnected, its node died,
 /// its time ran out in a commit that wrote nothing), and no notification
@@ -95,12 +100,14 @@ impl Turns {
     /// widens its place and is seen now).
     pub fn wait(&mut self, client: &str, needs: &BTreeSet<String>, now_ms: i64) {
         if let Some(w) = self.queue.iter_mut().find(|w| w.client == client) {
-            w.aggregates.extend(needs.iter().cloned());
+            widen(&mut w.aggregates, needs.iter().cloned());
             w.seen_ms = now_ms;
         } else if self.queue.len() < TURN_QUEUE_MAX {
+            let mut aggregates = BTreeSet::new();
+            widen(&mut aggregates, needs.iter().cloned());
             self.queue.push(Waiter {
                 client: client.to_owned(),
-                aggregates: needs.clone(),
+                aggregates,
                 seen_ms: now_ms,
             });
         }
@@ -133,13 +140,15 @@ impl Turns {
         match &mut self.holder {
             None => {
                 self.queue.retain(|w| w.client != client);
+                let mut aggregates = BTreeSet::new();
+                widen(&mut aggregates, needs);
                 self.holder = Some(Holder {
                     client: client.to_owned(),
-                    aggregates: needs,
+                    aggregates,
                     until_ms: now_ms + lease_ms,
                 });
             }
-            Some(h) if h.client == client => h.aggregates.extend(needs),
+            Some(h) if h.client == client => widen(&mut h.aggregates, needs),
             Some(_) => self.wait(client, &needs, now_ms),
         }
     }
@@ -200,6 +209,16 @@ impl Turns {
                 return;
             }
         }
+    }
+}
+
+/// Adds `more` to `set` up to [`TURN_AGGREGATES_MAX`] aggregates.
+fn widen(set: &mut BTreeSet<String>, more: impl IntoIterator<Item = String>) {
+    for a in more {
+        if set.len() >= TURN_AGGREGATES_MAX {
+            return;
+        }
+        set.insert(a);
     }
 }
 
@@ -305,6 +324,20 @@ mod tests {
         // The holder left: the turn is free.
         t.left("c/4", 7, LEASE);
         assert_eq!(t, Turns::default());
+    }
+
+    #[test]
+    fn a_holder_and_a_waiter_are_recorded_with_a_bounded_set_of_aggregates() {
+        let mut t = Turns::default();
+        let many: BTreeSet<String> = (0..100).map(|i| format!("agg-{i:03}")).collect();
+        t.refused("a/1", many.clone(), 0, LEASE);
+        t.wait("b/2", &many, 0);
+        t.refused("a/1", set(&["zzz"]), 1, LEASE);
+        assert_eq!(
+            t.holder.as_ref().unwrap().aggregates.len(),
+            TURN_AGGREGATES_MAX
+        );
+        assert_eq!(t.queue[0].aggregates.len(), TURN_AGGREGATES_MAX);
     }
 
     #[test]

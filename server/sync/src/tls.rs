@@ -46,8 +46,10 @@ pub enum TlsError {
     },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
-    #[error("making a certificate: {reason}")]
-    Generate { reason: String },
+    /// Making the server's own certificate failed (the generator's error
+    /// kept as the source; this crate does not link the generator).
+    #[error("making a certificate: {0}")]
+    Generate(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
