@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use strata::projection::counter;
-use strata::{AggregateEvents, ExpectedVersion, NewEvent, Options, Store};
+use std::sync::Arc;
+
+use strata::projection::counter::{self, CounterProjection};
+use strata::sync::{Replica, ReplicaOptions};
+use strata::{AggregateEvents, ExpectedVersion, NewEvent, Options, Store, Uuid};
 
 /// The workspace's root directory.
 pub fn workspace() -> PathBuf {
@@ -133,4 +136,26 @@ pub fn check_pairs_view(store: &Store) -> Seen {
         }
     }
     Seen { head, version }
+}
+
+/// A replica in `dir` with the counter view, as the sync tests use it.
+pub fn counter_replica(dir: &Path) -> Arc<Replica> {
+    Arc::new(
+        Replica::open(
+            dir,
+            ReplicaOptions {
+                projections: vec![Arc::new(CounterProjection)],
+                ..ReplicaOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+/// Appends one `CounterIncremented` to `aggregate` of `r`; returns its id.
+pub fn increment_counter(r: &Replica, aggregate: &str) -> Uuid {
+    let e = counter::increment(1);
+    let id = e.event_id;
+    r.append(aggregate, ExpectedVersion::Any, vec![e]).unwrap();
+    id
 }

@@ -2,35 +2,14 @@
 //! restored and synced it neither loses nor duplicates what it had pending,
 //! whether or not the lost original had pushed it before it was lost.
 
-use std::path::Path;
 use std::sync::Arc;
 
+use strata::Uuid;
 use strata::backup::{BackupOptions, backup};
-use strata::projection::counter::{self, CounterProjection};
-use strata::sync::{Replica, ReplicaOptions};
-use strata::{ExpectedVersion, Uuid};
+use strata::projection::counter;
 use strata_sync::client::sync_until_idle;
 use strata_tests::net::start;
-
-fn open_replica(dir: &Path) -> Arc<Replica> {
-    Arc::new(
-        Replica::open(
-            dir,
-            ReplicaOptions {
-                projections: vec![Arc::new(CounterProjection)],
-                ..ReplicaOptions::default()
-            },
-        )
-        .unwrap(),
-    )
-}
-
-fn incr(r: &Replica, aggregate: &str) -> Uuid {
-    let e = counter::increment(1);
-    let id = e.event_id;
-    r.append(aggregate, ExpectedVersion::Any, vec![e]).unwrap();
-    id
-}
+use strata_tests::{counter_replica, increment_counter};
 
 /// A replica synced some events and holds others pending; it is backed
 /// up. Case 1: it is lost before pushing them; the restored copy pushes
@@ -45,16 +24,16 @@ async fn a_restored_replica_pushes_its_pending_events_once() {
         let opts = server.quic_options(None);
         let tmp = tempfile::tempdir().unwrap();
         let (dir, copy) = (tmp.path().join("replica"), tmp.path().join("copy"));
-        let replica = open_replica(&dir);
+        let replica = counter_replica(&dir);
         let mut ids = Vec::new();
         for _ in 0..3 {
-            ids.push(incr(&replica, "counter-1"));
+            ids.push(increment_counter(&replica, "counter-1"));
         }
         sync_until_idle(replica.clone(), opts.clone())
             .await
             .unwrap();
         for _ in 0..4 {
-            ids.push(incr(&replica, "counter-1"));
+            ids.push(increment_counter(&replica, "counter-1"));
         }
         assert_eq!(replica.pending().len(), 4);
         let report = tokio::task::spawn_blocking({
@@ -76,7 +55,7 @@ async fn a_restored_replica_pushes_its_pending_events_once() {
         }
         // The original is lost.
         drop(replica);
-        let restored = open_replica(&copy);
+        let restored = counter_replica(&copy);
         assert_eq!(restored.pending().len(), 4, "the outbox came along");
         sync_until_idle(restored.clone(), opts.clone())
             .await

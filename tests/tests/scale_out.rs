@@ -22,8 +22,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use strata::projection::counter::{self, CounterProjection};
-use strata::sync::{CanonicalLog, Replica, ReplicaOptions};
+use strata::projection::counter;
+use strata::sync::{CanonicalLog, Replica};
 use strata::{Event, ExpectedVersion, Uuid};
 use strata_server::pg::{PgConfig, PgDatabase};
 use strata_server::tls::{TLS_DIR, Trust};
@@ -32,6 +32,7 @@ use strata_tests::net::{TestServer, connect, http_get, new_database, start_in};
 use strata_tests::pg::PgCluster;
 use strata_tests::procs::{ServerProcess, kill, spawn_client, spawn_server};
 use strata_tests::seed::SeedClient;
+use strata_tests::{counter_replica, increment_counter};
 
 /// Nodes in the multi-node tests.
 const NODES: usize = 3;
@@ -96,31 +97,11 @@ fn assert_gapless(log: &[Event]) {
     }
 }
 
-fn open_replica(dir: &Path) -> Arc<Replica> {
-    Arc::new(
-        Replica::open(
-            dir,
-            ReplicaOptions {
-                projections: vec![Arc::new(CounterProjection)],
-                ..ReplicaOptions::default()
-            },
-        )
-        .unwrap(),
-    )
-}
-
 fn committed(r: &Replica) -> Vec<Event> {
     r.committed()
         .read_all(1)
         .collect::<Result<Vec<_>, _>>()
         .unwrap()
-}
-
-fn incr(r: &Replica, aggregate: &str) -> Uuid {
-    let e = counter::increment(1);
-    let id = e.event_id;
-    r.append(aggregate, ExpectedVersion::Any, vec![e]).unwrap();
-    id
 }
 
 /// Each node's own counter view, once its mirror holds `head`.
@@ -170,12 +151,12 @@ async fn three_nodes_one_database_every_event_once_in_one_order() {
         .map(|_| tempfile::tempdir().unwrap())
         .collect();
     for (i, dir) in dirs.iter().enumerate() {
-        let replica = open_replica(dir.path());
+        let replica = counter_replica(dir.path());
         let opts = quic[i % NODES].clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..ROUNDS {
-                incr(&replica, "shared");
-                incr(&replica, &format!("own-q{i}"));
+                increment_counter(&replica, "shared");
+                increment_counter(&replica, &format!("own-q{i}"));
                 sync_until_idle(replica.clone(), opts.clone())
                     .await
                     .expect("sync");
@@ -379,7 +360,7 @@ async fn a_killed_node_loses_nothing_and_its_clients_move_on() {
     // everyone also has the others' last events).
     let mut opts = ClientOptions::new(list(1), Trust::Pin(fingerprint.clone()));
     opts.request_timeout = Duration::from_secs(10);
-    let replicas: Vec<Arc<Replica>> = dirs.iter().map(|d| open_replica(d)).collect();
+    let replicas: Vec<Arc<Replica>> = dirs.iter().map(|d| counter_replica(d)).collect();
     for _ in 0..2 {
         for r in &replicas {
             sync_until_idle(r.clone(), opts.clone()).await.unwrap();
@@ -431,7 +412,7 @@ async fn postgres_restarted_under_load_nodes_recover_on_their_own() {
     };
     let nodes = start_nodes(&url, 2).await;
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let replicas: Vec<Arc<Replica>> = dirs.iter().map(|d| open_replica(d.path())).collect();
+    let replicas: Vec<Arc<Replica>> = dirs.iter().map(|d| counter_replica(d.path())).collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut syncing = Vec::new();
     for (i, r) in replicas.iter().enumerate() {
@@ -448,7 +429,7 @@ async fn postgres_restarted_under_load_nodes_recover_on_their_own() {
         async move {
             for k in 0..n {
                 for (i, r) in replicas.iter().enumerate() {
-                    incr(r, &format!("counter-{}", (i + k) % 3));
+                    increment_counter(r, &format!("counter-{}", (i + k) % 3));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
