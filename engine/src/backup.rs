@@ -19,7 +19,10 @@
 //!    backup copies only what DEST lacks), and with
 //!    [`BackupOptions::link`] they are hard-linked instead of copied (same
 //!    file system). The active segment is extended from what DEST holds of
-//!    it, since written frames never change either.
+//!    it, since written frames never change either. Both hold only while
+//!    the source's history is the one DEST copied: when a repair rewrote
+//!    it since (the log's generation differs), DEST's log is started over,
+//!    and segments the source no longer has are removed.
 //! 4. Every file and directory is synced, then the marker removed.
 
 use std::fs::{self, File, OpenOptions};
@@ -28,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::index::INDEX_FILE;
-use crate::log::{GENERATION_FILE, LOG_DIR};
+use crate::log::{GENERATION_FILE, LOG_DIR, read_generation};
 use crate::projection::VIEWS_FILE;
 use crate::store::{BACKUP_INCOMPLETE_FILE, REPLICA_LOG_FILE, Store};
 use crate::sync::local::OUTBOX_FILE;
@@ -108,7 +111,20 @@ pub fn backup(source: &Path, dest: &Path, options: &BackupOptions) -> Result<Bac
         report.snapshots.push((*name).to_owned());
     }
 
-    // 3. The log, up to this handle's view.
+    // 3. The log, up to this handle's view. What DEST holds of it is a
+    // prefix of the source's only within one generation of its history.
+    let generation = source.join(LOG_DIR).join(GENERATION_FILE);
+    let source_generation = read_generation(&source.join(LOG_DIR))?;
+    if read_generation(&dest_log).ok() != Some(source_generation) {
+        for entry in
+            fs::read_dir(&dest_log).map_err(io_err(&dest_log, "listing the backup's log"))?
+        {
+            let path = entry
+                .map_err(io_err(&dest_log, "listing the backup's log"))?
+                .path();
+            fs::remove_file(&path).map_err(io_err(&path, "removing an older history's segment"))?;
+        }
+    }
     report.head = store.refresh()?;
     let segments = store.log().segments();
     let total: u64 = segments.iter().map(|s| s.readable_len()).sum();
@@ -137,24 +153,27 @@ pub fn backup(source: &Path, dest: &Path, options: &BackupOptions) -> Result<Bac
             (p.0)(done, total);
         }
     }
-    // Segments DEST holds from an earlier backup that the source no longer
-    // has cannot be: a log only grows. Leftover temporary files go.
-    for name in MARKER_FILES {
-        let from = source.join(name);
-        if from.exists() {
-            fs::copy(&from, dest.join(name)).map_err(io_err(&from, "copying a marker"))?;
-            File::open(dest.join(name))
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(dest, "syncing a marker"))?;
+    // Segments the source no longer has (a repair removed them) go.
+    let names: Vec<_> = segments
+        .iter()
+        .filter_map(|s| s.path().file_name())
+        .collect();
+    for entry in fs::read_dir(&dest_log).map_err(io_err(&dest_log, "listing the backup's log"))? {
+        let entry = entry.map_err(io_err(&dest_log, "listing the backup's log"))?;
+        let name = entry.file_name();
+        if name != GENERATION_FILE && !names.contains(&name.as_os_str()) {
+            fs::remove_file(entry.path())
+                .map_err(io_err(&entry.path(), "removing a stale segment"))?;
         }
     }
-    let generation = source.join(LOG_DIR).join(GENERATION_FILE);
-    if generation.exists() {
-        let to = dest_log.join(GENERATION_FILE);
-        fs::copy(&generation, &to).map_err(io_err(&generation, "copying the log generation"))?;
-        File::open(&to)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&to, "syncing the log generation"))?;
+    let small = MARKER_FILES
+        .iter()
+        .map(|name| (source.join(name), dest.join(name)))
+        .chain([(generation, dest_log.join(GENERATION_FILE))]);
+    for (from, to) in small {
+        if from.exists() {
+            copy_synced(&from, &to)?;
+        }
     }
     sync_dir(&dest_log)?;
     drop(store);
@@ -240,6 +259,14 @@ fn copy_range(from: &Path, to: &Path, start: u64, end: u64) -> Result<u64> {
     dst.sync_all()
         .map_err(io_err(to, "syncing a backup segment"))?;
     Ok(end.saturating_sub(start))
+}
+
+/// Copies a small file whole and syncs the copy.
+fn copy_synced(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to).map_err(io_err(from, "copying a store file"))?;
+    File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(to, "syncing a copied store file"))
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {

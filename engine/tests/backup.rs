@@ -183,3 +183,28 @@ fn a_backup_cut_short_is_refused_until_it_is_completed() {
     backup(&src, &dest, &BackupOptions::default()).unwrap();
     assert_is_prefix_store(&dest, &all(&store));
 }
+
+/// A repair that rewrote the source's history between two backups (cut
+/// after position 100, then other events appended) must not leave DEST
+/// with the old history's segments taken for a prefix of the new one.
+#[test]
+fn a_backup_after_a_repair_rewrote_the_history_copies_the_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    let store = Store::open(&src, options()).unwrap();
+    for k in 0..20 {
+        append(&store, &format!("old-{k}"), 20);
+    }
+    store.close().unwrap();
+    backup(&src, &dest, &BackupOptions::default()).unwrap();
+    let (_, plan) = strata::log::repair::plan(&src, Some(100)).unwrap();
+    strata::log::repair::apply(&src, &plan).unwrap();
+    let store = Store::open(&src, options()).unwrap();
+    assert_eq!(store.head(), 100);
+    for k in 0..20 {
+        append(&store, &format!("new-{k}"), 20);
+    }
+    backup(&src, &dest, &BackupOptions::default()).unwrap();
+    let source = all(&store);
+    assert_eq!(assert_is_prefix_store(&dest, &source), source.len() as u64);
+}
