@@ -111,15 +111,15 @@ enum Command {
         Examples:\n  strata repair --dry-run\n  strata repair\n  strata repair --truncate-after 41999"
     )]
     Repair(cmd::repair::Args),
-    /// Rebuild index.sqlite from the log.
-    #[command(
-        long_about = "Delete index.sqlite and rebuild it from the log.\n\nExamples:\n  strata reindex"
-    )]
     /// Copy the store, consistently, beside a running application.
     #[command(
         long_about = "Copy the store into DEST while applications keep using it: SQLite files as snapshots first, then the log up to a batch boundary at or after the durable head. DEST opens as a store; a second backup into it copies only what it lacks; --link hard-links sealed segments. A backup cut short leaves DEST marked BACKUP-INCOMPLETE, which stores refuse to open until a backup into it completes.\n\nExamples:\n  strata --store ./data backup /backups/data\n  strata --store ./data backup /backups/data --link --json"
     )]
     Backup(cmd::backup::Args),
+    /// Rebuild index.sqlite from the log.
+    #[command(
+        long_about = "Delete index.sqlite and rebuild it from the log.\n\nExamples:\n  strata reindex"
+    )]
     Reindex(cmd::reindex::Args),
     /// Projections: status, rebuild.
     #[command(
