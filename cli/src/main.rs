@@ -116,6 +116,16 @@ enum Command {
         long_about = "Copy the store into DEST while applications keep using it: SQLite files as snapshots first, then the log up to a batch boundary at or after the durable head. DEST opens as a store; a second backup into it copies only what it lacks; --link hard-links sealed segments. A backup cut short leaves DEST marked BACKUP-INCOMPLETE, which stores refuse to open until a backup into it completes.\n\nExamples:\n  strata --store ./data backup /backups/data\n  strata --store ./data backup /backups/data --link --json"
     )]
     Backup(cmd::backup::Args),
+    /// Rebuild a store directory from a server's continuous archive.
+    #[command(
+        long_about = "Rebuild the --store directory (new or empty) from the archive of one store that `strata serve --archive URL` \
+        keeps at URL/<store name>: every archived segment, each object's CRC-32 checked against the archive's record (ARCHIVE.json), \
+        then the store opened to check its id and head. The index and the views are rebuilt from the log when the store first opens. \
+        A restore cut short leaves the directory marked BACKUP-INCOMPLETE; run it again.\n\n\
+        Examples:\n  strata --store /srv/strata/default restore --from /mnt/archive/default\n  \
+        strata --store ./data restore --from s3://bucket/strata/default --json"
+    )]
+    Restore(cmd::restore::Args),
     /// Rebuild index.sqlite from the log.
     #[command(
         long_about = "Delete index.sqlite and rebuild it from the log.\n\nExamples:\n  strata reindex"
@@ -193,6 +203,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::run(&cli, args),
         Command::Repair(args) => cmd::repair::run(&cli, args),
         Command::Backup(args) => cmd::backup::run(&cli, args),
+        Command::Restore(args) => cmd::restore::run(&cli, args),
         Command::Reindex(args) => cmd::reindex::run(&cli, args),
         Command::Views(command) => cmd::views::run(&cli, command),
         Command::Stats(args) => cmd::stats::run(&cli, args),

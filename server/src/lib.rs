@@ -118,7 +118,25 @@ pub struct ServeArgs {
     /// for other nodes' commits).
     #[arg(long, env = "STRATA_DATABASE_POOL", default_value_t = pg::POOL_SIZE_DEFAULT)]
     pub database_pool: usize,
+    /// Archive every store's log, as it grows, to URL/<store>: a directory
+    /// (path or file:///dir), or an object store (s3://bucket/prefix and
+    /// others, with the archive-s3/-gcs/-azure features; credentials from
+    /// AWS_*/GOOGLE_*/AZURE_* variables). Restore with `strata restore`.
+    #[arg(long, env = "STRATA_ARCHIVE", value_name = "URL")]
+    pub archive: Option<String>,
+    /// Milliseconds between archive steps: the most the archive lags the
+    /// durable head while it keeps up.
+    #[arg(
+        long,
+        env = "STRATA_ARCHIVE_INTERVAL_MS",
+        default_value_t = strata_archive::INTERVAL_DEFAULT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..=ARCHIVE_INTERVAL_MS_MAX)
+    )]
+    pub archive_interval_ms: u64,
 }
+
+/// Longest `--archive-interval-ms`: a day.
+pub const ARCHIVE_INTERVAL_MS_MAX: u64 = 86_400_000;
 
 /// The `--backend` flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -142,6 +160,13 @@ impl ServeArgs {
         };
         config.metrics = self.metrics;
         config.allowed_origins = self.allowed_origins;
+        config.archive = self.archive.map(|url| registry::ArchiveConfig {
+            url,
+            options: strata_archive::ArchiveOptions {
+                interval: std::time::Duration::from_millis(self.archive_interval_ms),
+                ..strata_archive::ArchiveOptions::default()
+            },
+        });
         if self.backend == BackendKind::Postgres {
             let mut pg = pg::PgConfig::new(self.database_url.unwrap_or_default());
             pg.pool_size_max = self.database_pool;
@@ -302,6 +327,9 @@ pub struct Config {
     pub database: Option<pg::PgConfig>,
     /// How a PostgreSQL node hears of other nodes' commits.
     pub listener: pg::ListenerConfig,
+    /// The continuous archive of every embedded store's log; `None` (the
+    /// default): none.
+    pub archive: Option<registry::ArchiveConfig>,
 }
 
 impl Config {
@@ -328,6 +356,7 @@ impl Config {
             ws_send_timeout: ws::SEND_TIMEOUT,
             database: None,
             listener: pg::ListenerConfig::default(),
+            archive: None,
         }
     }
 
@@ -420,6 +449,12 @@ pub enum ServerError {
         "store {name}: {dir} holds an embedded store, and this server keeps the store's log in PostgreSQL (its data directory holds only mirrors of it): move that directory out of the data directory, or serve it with --backend embedded"
     )]
     NotAMirror { name: String, dir: PathBuf },
+    #[error("archiving store {name}: {message}")]
+    Archive { name: String, message: String },
+    #[error(
+        "--archive copies embedded logs; with --backend postgres the log is the database's: archive it with PostgreSQL's own tools (WAL archiving, pg_basebackup)"
+    )]
+    ArchiveOnPostgres,
     #[error("store {name}: {source}")]
     Log {
         name: String,
@@ -556,11 +591,12 @@ pub async fn serve(
             .map_err(|e| ServerError::Postgres(Box::new(e)))?,
         ),
     };
-    let registry = Arc::new(Registry::with_backend(
-        config.data_dir.clone(),
-        config.sync.clone(),
-        backend,
-    ));
+    let mut registry =
+        Registry::with_backend(config.data_dir.clone(), config.sync.clone(), backend);
+    if let Some(archive) = &config.archive {
+        registry = registry.with_archive(archive.clone())?;
+    }
+    let registry = Arc::new(registry);
     // Other nodes' commits wake this node's followers.
     let head_listener = match registry.backend() {
         registry::Backend::Postgres(db) => {
@@ -1014,6 +1050,11 @@ fn render_metrics(state: &AppState) -> Response {
             head: h.known_head(),
             clients: h.client_count(),
             mirrored: h.mirrored(),
+            archive: h.archive_status().map(|a| metrics::ArchiveRow {
+                head: a.head(),
+                failures: a.failures.load(std::sync::atomic::Ordering::Relaxed),
+                bytes: a.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            }),
         })
         .collect();
     let listener = state.head_listener.as_ref().map(|l| metrics::ListenerRow {

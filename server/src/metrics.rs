@@ -170,6 +170,22 @@ pub struct StoreRow<'a> {
     pub clients: usize,
     /// PostgreSQL: the position this node's mirror holds (its views' source).
     pub mirrored: Option<u64>,
+    /// The store's continuous archive, when it has one.
+    pub archive: Option<ArchiveRow>,
+}
+
+/// One archive series' value for a store.
+type ArchiveField = fn(&StoreRow<'_>, ArchiveRow) -> u64;
+
+/// How far a store's archive got.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchiveRow {
+    /// Every position up to this one is archived.
+    pub head: u64,
+    /// Archive steps that failed (each retried).
+    pub failures: u64,
+    /// Bytes uploaded and verified.
+    pub bytes: u64,
 }
 
 /// A PostgreSQL node's listener for other nodes' commits.
@@ -348,6 +364,42 @@ pub fn render(
             }
         }
     }
+    if stores.iter().any(|r| r.archive.is_some()) {
+        let series: [(&str, &str, &str, ArchiveField); 4] = [
+            (
+                "strata_archive_head",
+                "Every position up to this one is in the store's archive.",
+                "gauge",
+                |_, a| a.head,
+            ),
+            (
+                "strata_archive_lag_events",
+                "Events committed but not archived yet.",
+                "gauge",
+                |r, a| r.head.saturating_sub(a.head),
+            ),
+            (
+                "strata_archive_failures_total",
+                "Archive steps that failed (each is retried).",
+                "counter",
+                |_, a| a.failures,
+            ),
+            (
+                "strata_archive_bytes_total",
+                "Bytes uploaded to the archive and verified.",
+                "counter",
+                |_, a| a.bytes,
+            ),
+        ];
+        for (name, help, kind, value) in series {
+            counter(&mut out, name, help, kind);
+            for r in stores {
+                if let Some(a) = r.archive {
+                    let _ = writeln!(out, "{name}{{store=\"{}\"}} {}", r.name, value(r, a));
+                }
+            }
+        }
+    }
     if let Some(l) = listener {
         counter(
             &mut out,
@@ -410,6 +462,11 @@ mod tests {
             head: 9,
             clients: 1,
             mirrored: Some(8),
+            archive: Some(ArchiveRow {
+                head: 7,
+                failures: 1,
+                bytes: 4096,
+            }),
         };
         let listener = ListenerRow {
             connected: true,
@@ -422,6 +479,10 @@ mod tests {
             "strata_fsyncs_total{store=\"default\"} 2",
             "strata_head{store=\"default\"} 9",
             "strata_mirror_position{store=\"default\"} 8",
+            "strata_archive_head{store=\"default\"} 7",
+            "strata_archive_lag_events{store=\"default\"} 2",
+            "strata_archive_failures_total{store=\"default\"} 1",
+            "strata_archive_bytes_total{store=\"default\"} 4096",
             "strata_pg_listener_connected 1",
             "strata_pg_listener_connections_total 2",
             "strata_push_latency_seconds_bucket{store=\"default\",le=\"0.0005\"} 0",

@@ -30,6 +30,7 @@ use strata::sync::proto::{Proposal, ServerMessage};
 pub use strata::sync::server::COMMIT_PUSHES_MAX_DEFAULT as COMMIT_PUSHES_MAX;
 use strata::sync::{CanonicalLog, ClientId, ClientInfo, CoreEvent, ServerConfig, ServerCore};
 use strata::{Options, Store};
+use strata_archive::{ArchiveHandle, ArchiveOptions, ArchiveStatus, Archiver};
 use tokio::sync::{mpsc, watch};
 
 use crate::ServerError;
@@ -118,6 +119,10 @@ pub struct Hosted {
     /// When each push waiting for its answer reached the core, by client
     /// and request (for the latency histogram).
     started: Mutex<HashMap<ClientId, VecDeque<(u64, Instant)>>>,
+    /// The continuous archive of an embedded store's log, when the server
+    /// has one ([`ArchiveConfig`]).
+    archive: Mutex<Option<ArchiveHandle>>,
+    archive_status: Option<Arc<ArchiveStatus>>,
 }
 
 impl std::fmt::Debug for Hosted {
@@ -265,6 +270,26 @@ impl Hosted {
                     break;
                 }
             }
+        }
+    }
+
+    /// How far this store's archive got, if it is archived.
+    pub fn archive_status(&self) -> Option<&Arc<ArchiveStatus>> {
+        self.archive_status.as_ref()
+    }
+
+    /// Stops the archive's thread after one last step, so that a store
+    /// closed cleanly leaves its archive at its head.
+    fn stop_archive(&self) {
+        let handle = self
+            .archive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle
+            && let Err(e) = h.stop()
+        {
+            tracing::warn!(store = %self.name, error = %e, "the archive's last step before closing failed; it holds what earlier steps archived");
         }
     }
 
@@ -526,6 +551,7 @@ pub struct Registry {
     data_dir: PathBuf,
     sync: ServerConfig,
     backend: Backend,
+    archive: Option<ArchiveConfig>,
     stores: Mutex<HashMap<String, Arc<Hosted>>>,
     /// Held while a store opens (files, or a database round trip that may
     /// wait out a timeout), so that a store is opened once; `stores` is
@@ -552,9 +578,21 @@ impl Registry {
             data_dir,
             sync,
             backend,
+            archive: None,
             stores: Mutex::new(HashMap::new()),
             opening: Mutex::new(()),
         }
+    }
+
+    /// Archives every embedded store it opens from now on to
+    /// `<archive.url>/<store name>`. PostgreSQL keeps its own log: there it
+    /// is refused (archive the database with its own tools).
+    pub fn with_archive(mut self, archive: ArchiveConfig) -> Result<Registry, ServerError> {
+        if matches!(self.backend, Backend::Postgres(_)) {
+            return Err(ServerError::ArchiveOnPostgres);
+        }
+        self.archive = Some(archive);
+        Ok(self)
     }
 
     pub fn backend(&self) -> &Backend {
@@ -613,6 +651,7 @@ impl Registry {
             name: name.to_owned(),
             source,
         };
+        let mut archive = None;
         let (log, kept, head): (Arc<dyn CanonicalLog>, Kept, u64) = match &self.backend {
             Backend::Embedded => {
                 let dir = self.data_dir.join(name);
@@ -621,6 +660,9 @@ impl Registry {
                 }
                 let (store, views) = open_embedded(name, &dir)?;
                 let head = store.head();
+                if let Some(config) = &self.archive {
+                    archive = Some(start_archive(name, &store, config)?);
+                }
                 (
                     Arc::new(store.clone()),
                     Kept::Embedded { store, views },
@@ -663,6 +705,8 @@ impl Registry {
             next_client: AtomicU64::new(1),
             stats: StoreMetrics::default(),
             started: Mutex::new(HashMap::new()),
+            archive_status: archive.as_ref().map(|a: &ArchiveHandle| a.status().clone()),
+            archive: Mutex::new(archive),
         });
         let committer = {
             let hosted = hosted.clone();
@@ -747,6 +791,7 @@ impl Registry {
                 scope.spawn(|| {
                     while let Some(h) = stores.get(next.fetch_add(1, Ordering::Relaxed)) {
                         h.stop_committer();
+                        h.stop_archive();
                         let (store, views) = match &h.kept {
                             Kept::Embedded { store, views } => (store, views),
                             Kept::Postgres { mirror, views } => {
@@ -763,6 +808,45 @@ impl Registry {
             }
         });
     }
+}
+
+/// Where and how often a server archives its stores' logs.
+#[derive(Debug, Clone)]
+pub struct ArchiveConfig {
+    /// The archive location of the server: each store goes to
+    /// `<url>/<store name>` (a directory path, `file:///…`, or an object
+    /// store URL: docs/OPERATIONS.md, "Archive").
+    pub url: String,
+    /// Steps' timing and retries.
+    pub options: ArchiveOptions,
+}
+
+/// Starts the archive of `store` (first step on its own thread: an
+/// unreachable archive does not delay the store's opening).
+fn start_archive(
+    name: &str,
+    store: &Store,
+    config: &ArchiveConfig,
+) -> Result<ArchiveHandle, ServerError> {
+    let url = strata_archive::target::join(&config.url, name);
+    let target = strata_archive::target::open(&url).map_err(|e| ServerError::Archive {
+        name: name.to_owned(),
+        message: e.to_string(),
+    })?;
+    let archiver = Archiver::new(store.clone(), target).map_err(|e| ServerError::Archive {
+        name: name.to_owned(),
+        message: e.to_string(),
+    })?;
+    tracing::info!(store = name, archive = %url, "archiving the store's log");
+    strata_archive::spawn(
+        archiver,
+        config.options.clone(),
+        format!("strata-archive-{name}"),
+    )
+    .map_err(|source| ServerError::Io {
+        action: "starting a store's archive",
+        source,
+    })
 }
 
 /// Opens (or creates) an embedded store and its server-side views.

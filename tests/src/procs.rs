@@ -19,6 +19,8 @@ pub struct ServerProcess {
     /// Its QUIC address.
     pub addr: SocketAddr,
     pub fingerprint: String,
+    /// Its HTTP address (`/ws`, `/events`).
+    pub http: SocketAddr,
 }
 
 impl Drop for ServerProcess {
@@ -37,7 +39,19 @@ pub fn spawn_server(
     addr: SocketAddr,
     database: Option<&str>,
 ) -> ServerProcess {
+    spawn_server_with(bin, data, addr, database, &[])
+}
+
+/// [`spawn_server`] with environment variables (`SYNC_SERVER_ARCHIVE`…).
+pub fn spawn_server_with(
+    bin: &Path,
+    data: &Path,
+    addr: SocketAddr,
+    database: Option<&str>,
+    env: &[(&str, &str)],
+) -> ServerProcess {
     let mut child = Command::new(bin)
+        .envs(env.iter().copied())
         .arg(data)
         .arg(addr.to_string())
         .args(database)
@@ -54,6 +68,7 @@ pub fn spawn_server(
     ServerProcess {
         addr: parts.next().unwrap().parse().unwrap(),
         fingerprint: parts.next().unwrap().to_owned(),
+        http: parts.next().unwrap().parse().unwrap(),
         child,
     }
 }

@@ -12,6 +12,7 @@ pub mod import;
 pub mod init;
 pub mod reindex;
 pub mod repair;
+pub mod restore;
 pub mod segments;
 pub mod serve;
 pub mod stats;

@@ -30,7 +30,10 @@ mod archiver;
 mod manifest;
 mod restore;
 
-pub use archiver::{ArchiveHandle, ArchiveOptions, ArchiveStatus, Archiver, spawn};
+pub use archiver::{
+    ArchiveHandle, ArchiveOptions, ArchiveStatus, Archiver, INTERVAL_DEFAULT, RETRY_MAX_DEFAULT,
+    RETRY_MIN_DEFAULT, spawn,
+};
 pub use manifest::{
     ARCHIVE_FORMAT, CHUNK_BYTES_MAX, MANIFEST_KEY, Manifest, SegmentEntry, WHOLE_BYTES_MAX,
     chunk_key, parse_chunk_key, segment_key,

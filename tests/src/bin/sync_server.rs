@@ -4,8 +4,10 @@
 //! `strata-server`'s).
 //!
 //! Usage: `sync_server <data-dir> <quic-addr> [<database-url>]`; with a
-//! database URL the stores' logs are in that PostgreSQL database. Prints
-//! `READY <quic-addr> <fingerprint>` once it listens.
+//! database URL the stores' logs are in that PostgreSQL database. With
+//! `SYNC_SERVER_ARCHIVE=<url>` it archives its stores there, a step every
+//! `SYNC_SERVER_ARCHIVE_INTERVAL_MS` (default 1000). Prints
+//! `READY <quic-addr> <fingerprint> <http-addr>` once it listens.
 
 use std::io::Write;
 
@@ -20,15 +22,23 @@ async fn main() {
         Some(quic),
     );
     config.database = args.next().map(strata_server::pg::PgConfig::new);
+    if let Ok(url) = std::env::var("SYNC_SERVER_ARCHIVE") {
+        let mut options = strata_archive::ArchiveOptions::default();
+        if let Ok(ms) = std::env::var("SYNC_SERVER_ARCHIVE_INTERVAL_MS") {
+            options.interval = std::time::Duration::from_millis(ms.parse().expect("milliseconds"));
+        }
+        config.archive = Some(strata_server::registry::ArchiveConfig { url, options });
+    }
     let result = strata_server::serve(
         config,
         |bound: &strata_server::Bound| {
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "READY {} {}",
+                "READY {} {} {}",
                 bound.quic.expect("QUIC is on"),
-                bound.fingerprint.as_deref().expect("QUIC is on")
+                bound.fingerprint.as_deref().expect("QUIC is on"),
+                bound.http
             )
             .expect("stdout");
             out.flush().expect("stdout");
