@@ -31,6 +31,14 @@
 //!   the same server with one commit, and one sync, per push
 //!   (`commit_pushes_max = 1`). Also events per fsync and push latency
 //!   (p50, p99), from sending a push to its `Accepted`.
+//! * `sync_archive_lag`: the `sync_push_fanin` load (group commit) on a
+//!   server that archives its store to a directory (`--archive`, the
+//!   default interval) against the same load without the archive: the
+//!   ratio is what archiving costs the writers. While it runs the head and
+//!   the archive's head are sampled every [`ARCHIVE_SAMPLE`]; the lag of a
+//!   sample is the time until the archive held the head seen then
+//!   (p50, p99, max), and `catch_up_ms` the time from the last push's
+//!   answer until the archive holds everything.
 //! * `sync_push_contention_json`: clients that speak only the seed's JSON
 //!   protocol over `/ws` write to one aggregate, 1 to 5 events a request,
 //!   pushing their rebased events at once after `PULL_REQUIRED`: 5 clients
@@ -73,6 +81,7 @@ pub const WORKLOADS: &[&str] = &[
     "sync_catchup",
     "sync_push_contention",
     "sync_push_fanin",
+    "sync_archive_lag",
     "sync_push_contention_json",
     "sync_scale_out",
     "server_shutdown",
@@ -83,6 +92,11 @@ pub const SCALE_OUT_NODES: usize = 3;
 pub const SHUTDOWN_STORES: usize = 101;
 /// Clients in `sync_push_fanin`.
 pub const FANIN_REPLICAS: usize = 64;
+/// One-event pushes each client makes in `sync_archive_lag`: enough for
+/// the load to last several archive intervals.
+pub const ARCHIVE_LAG_PUSHES: u64 = 1_000;
+/// How often `sync_archive_lag` samples the head and the archive's head.
+pub const ARCHIVE_SAMPLE: Duration = Duration::from_millis(5);
 /// One-event pushes each `sync_push_fanin` client makes.
 pub const FANIN_PUSHES: u64 = 200;
 /// Events per client of the 5- and 32-client runs of
@@ -194,6 +208,11 @@ pub fn run(
     }
     if wanted("sync_push_fanin") {
         let r = runtime.block_on(sync_push_fanin(&config.dir.join("fanin")))?;
+        report(&r);
+        results.push(r);
+    }
+    if wanted("sync_archive_lag") {
+        let r = runtime.block_on(sync_archive_lag(&config.dir.join("archive-lag")))?;
         report(&r);
         results.push(r);
     }
@@ -835,6 +854,8 @@ struct FanIn {
     syncs: u64,
     /// Group commits during the run.
     commits: u64,
+    /// With an archive: each sample's lag (sorted), and the catch-up.
+    archive: Option<(Vec<Duration>, Duration)>,
 }
 
 /// The value at quantile `q` of sorted `values`.
@@ -948,9 +969,25 @@ async fn fanin_client(
     Ok(latencies)
 }
 
-async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBenchError> {
-    let server =
-        Arc::new(start_server_with(dir, |c| c.sync.commit_pushes_max = commit_pushes_max).await?);
+async fn fanin_run(
+    dir: &Path,
+    commit_pushes_max: usize,
+    archive: bool,
+    pushes: u64,
+) -> Result<FanIn, SyncBenchError> {
+    let archive_dir = dir.join("archive");
+    let server = Arc::new(
+        start_server_with(&dir.join("data"), |c| {
+            c.sync.commit_pushes_max = commit_pushes_max;
+            if archive {
+                c.archive = Some(crate::registry::ArchiveConfig {
+                    url: archive_dir.display().to_string(),
+                    options: strata_archive::ArchiveOptions::default(),
+                });
+            }
+        })
+        .await?,
+    );
     let hosted = server
         .registry
         .get_open(crate::DEFAULT_STORE)
@@ -962,11 +999,41 @@ async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBe
         )
     };
     let before = stats(&hosted);
-    let (elapsed, latencies) = fan_in(&[server.target()]).await?;
+    let sampler = hosted.archive_status().cloned().map(|status| {
+        let hosted = hosted.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut samples = Vec::new();
+                let started = Instant::now();
+                loop {
+                    let (head, archived) = (hosted.known_head(), status.head());
+                    samples.push((Instant::now(), head, archived));
+                    let done = stop.load(std::sync::atomic::Ordering::Acquire);
+                    if (done && archived >= head) || started.elapsed() > SYNC_DEADLINE {
+                        return samples;
+                    }
+                    tokio::time::sleep(ARCHIVE_SAMPLE).await;
+                }
+            }
+        });
+        (stop, task)
+    });
+    let (elapsed, latencies) = fan_in(&[server.target()], pushes).await?;
     let after = stats(&hosted);
+    let finished = Instant::now();
+    let archive = match sampler {
+        Some((stop, task)) => {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            let samples = task.await.map_err(failed)?;
+            Some(archive_lags(&samples, finished)?)
+        }
+        None => None,
+    };
     let head = hosted.known_head();
     drop(hosted);
-    let total = FANIN_REPLICAS as u64 * FANIN_PUSHES;
+    let total = FANIN_REPLICAS as u64 * pushes;
     if head != total {
         return Err(failed(format!(
             "sync_push_fanin: the log holds {head} of {total} events"
@@ -981,18 +1048,47 @@ async fn fanin_run(dir: &Path, commit_pushes_max: usize) -> Result<FanIn, SyncBe
         latencies,
         syncs: after.0 - before.0,
         commits: after.1 - before.1,
+        archive,
     })
+}
+
+/// From samples of (when, head, archived head): each sample's lag, the
+/// time until a later sample's archive held that sample's head (sorted),
+/// and the time from `finished` until the archive held the last head.
+fn archive_lags(
+    samples: &[(Instant, u64, u64)],
+    finished: Instant,
+) -> Result<(Vec<Duration>, Duration), SyncBenchError> {
+    let mut lags = Vec::with_capacity(samples.len());
+    let mut k = 0;
+    for &(at, head, _) in samples {
+        while k < samples.len() && (samples[k].2 < head || samples[k].0 < at) {
+            k += 1;
+        }
+        let Some(&(when, _, _)) = samples.get(k) else {
+            return Err(failed(format!(
+                "sync_archive_lag: the archive never reached position {head}"
+            )));
+        };
+        lags.push(when - at);
+    }
+    lags.sort();
+    let last = samples.last().ok_or_else(|| failed("no samples"))?;
+    Ok((lags, last.0.saturating_duration_since(finished)))
 }
 
 /// [`FANIN_REPLICAS`] fan-in clients, spread over `targets` in turn, all
 /// at once: the time until the last is done, and every push's latency
 /// (sorted).
-async fn fan_in(targets: &[Target]) -> Result<(Duration, Vec<Duration>), SyncBenchError> {
+async fn fan_in(
+    targets: &[Target],
+    pushes: u64,
+) -> Result<(Duration, Vec<Duration>), SyncBenchError> {
     let start = Instant::now();
     let tasks: Vec<_> = (0..FANIN_REPLICAS)
         .map(|r| {
             let target = targets[r % targets.len()].clone();
-            tokio::spawn(fanin_client(target, r, FANIN_PUSHES))
+            tokio::spawn(fanin_client(target, r, pushes))
         })
         .collect();
     let mut latencies = Vec::new();
@@ -1017,7 +1113,7 @@ async fn sync_scale_out(dir: &Path, url: &str) -> Result<WorkloadResult, SyncBen
     let events = FANIN_REPLICAS as u64 * FANIN_PUSHES;
     let embedded = {
         let server = start_server(&dir.join("embedded")).await?;
-        let run = fan_in(&[server.target()]).await?;
+        let run = fan_in(&[server.target()], FANIN_PUSHES).await?;
         server.stop().await?;
         run
     };
@@ -1069,7 +1165,7 @@ async fn scale_out_run(
             ..s.target()
         })
         .collect();
-    let run = fan_in(&targets).await?;
+    let run = fan_in(&targets, FANIN_PUSHES).await?;
     let hosted = servers[0]
         .registry
         .get_open(&store)
@@ -1104,8 +1200,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), SyncBenchError> {
 
 async fn sync_push_fanin(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {
     let events = FANIN_REPLICAS as u64 * FANIN_PUSHES;
-    let group = fanin_run(&dir.join("group"), crate::registry::COMMIT_PUSHES_MAX).await?;
-    let single = fanin_run(&dir.join("single"), 1).await?;
+    let max = crate::registry::COMMIT_PUSHES_MAX;
+    let group = fanin_run(&dir.join("group"), max, false, FANIN_PUSHES).await?;
+    let single = fanin_run(&dir.join("single"), 1, false, FANIN_PUSHES).await?;
     let per_sync = |f: &FanIn| events as f64 / f.syncs.max(1) as f64;
     let r = result("sync_push_fanin", events, group.elapsed, single.elapsed);
     let r = with(r, "replicas", FANIN_REPLICAS as u64);
@@ -1123,6 +1220,70 @@ async fn sync_push_fanin(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {
         r,
         "baseline_p99_push_ms",
         ms(quantile(&single.latencies, 0.99)),
+    ))
+}
+
+/// `sync_archive_lag`: the fan-in load with and without the archive, twice
+/// each in turn (the faster run of each counts, so that drift in the
+/// machine's load hits both alike).
+async fn sync_archive_lag(dir: &Path) -> Result<WorkloadResult, SyncBenchError> {
+    let events = FANIN_REPLICAS as u64 * ARCHIVE_LAG_PUSHES;
+    let max = crate::registry::COMMIT_PUSHES_MAX;
+    let mut archived: Option<FanIn> = None;
+    let mut plain: Option<FanIn> = None;
+    let mut runs = Vec::new();
+    for round in 0..2 {
+        let a = fanin_run(
+            &dir.join(format!("archived-{round}")),
+            max,
+            true,
+            ARCHIVE_LAG_PUSHES,
+        )
+        .await?;
+        let p = fanin_run(
+            &dir.join(format!("plain-{round}")),
+            max,
+            false,
+            ARCHIVE_LAG_PUSHES,
+        )
+        .await?;
+        runs.push(serde_json::json!([
+            a.elapsed.as_secs_f64(),
+            p.elapsed.as_secs_f64()
+        ]));
+        if archived.as_ref().is_none_or(|b| a.elapsed < b.elapsed) {
+            archived = Some(a);
+        }
+        if plain.as_ref().is_none_or(|b| p.elapsed < b.elapsed) {
+            plain = Some(p);
+        }
+    }
+    let (archived, plain) = (archived.expect("ran twice"), plain.expect("ran twice"));
+    let (lags, catch_up) = archived
+        .archive
+        .clone()
+        .ok_or_else(|| failed("the archived run has no archive"))?;
+    let r = result("sync_archive_lag", events, archived.elapsed, plain.elapsed);
+    let r = with(r, "replicas", FANIN_REPLICAS as u64);
+    let r = with(r, "runs_secs_archived_plain", runs);
+    let r = with(
+        r,
+        "archive_interval_ms",
+        strata_archive::INTERVAL_DEFAULT.as_millis() as u64,
+    );
+    let r = with(r, "lag_p50_ms", ms(quantile(&lags, 0.5)));
+    let r = with(r, "lag_p99_ms", ms(quantile(&lags, 0.99)));
+    let r = with(
+        r,
+        "lag_max_ms",
+        ms(lags.last().copied().unwrap_or_default()),
+    );
+    let r = with(r, "catch_up_ms", ms(catch_up));
+    let r = with(r, "p99_push_ms", ms(quantile(&archived.latencies, 0.99)));
+    Ok(with(
+        r,
+        "baseline_p99_push_ms",
+        ms(quantile(&plain.latencies, 0.99)),
     ))
 }
 
