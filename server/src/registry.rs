@@ -815,7 +815,7 @@ impl Registry {
 pub struct ArchiveConfig {
     /// The archive location of the server: each store goes to
     /// `<url>/<store name>` (a directory path, `file:///…`, or an object
-    /// store URL: docs/OPERATIONS.md, "Archive").
+    /// store URL: README.md, "Backups").
     pub url: String,
     /// Steps' timing and retries.
     pub options: ArchiveOptions,

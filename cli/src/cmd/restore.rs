@@ -77,7 +77,9 @@ fn failure(e: ArchiveError) -> Failure {
         ArchiveError::Target { .. } | ArchiveError::NoArchive { .. } | ArchiveError::Io { .. } => {
             Code::Unavailable
         }
-        ArchiveError::Corrupt { .. } | ArchiveError::Manifest { .. } => Code::Damage,
+        ArchiveError::Corrupt { .. }
+        | ArchiveError::Manifest { .. }
+        | ArchiveError::Diverged { .. } => Code::Damage,
     };
     Failure {
         code,

@@ -137,6 +137,15 @@ impl Archiver {
             if entry.sealed || (entry.len == len && !sealed) {
                 continue;
             }
+            if len < entry.len {
+                return Err(ArchiveError::Diverged {
+                    url: target.url().to_owned(),
+                    detail: format!(
+                        "segment {name} is archived with {} bytes, the log has {len}",
+                        entry.len
+                    ),
+                });
+            }
             let path = segment.path();
             let mut done = SegmentEntry {
                 name: name.clone(),
@@ -199,6 +208,7 @@ impl Archiver {
                 store: store_id,
             }),
             Some(m) if m.generation == self.generation => {
+                self.check_continues(&m)?;
                 self.status.head.fetch_max(m.head, Ordering::AcqRel);
                 Ok(m)
             }
@@ -216,6 +226,76 @@ impl Archiver {
             }
             None => Ok(Manifest::new(store_id, self.generation)),
         }
+    }
+
+    /// The log goes on from what the archive holds: every archived
+    /// segment is there, at least as long, sealed if it was, the head at
+    /// least the archive's, and the bytes of the last chunk of the last
+    /// segment the same. A log that went back (a store replaced by an
+    /// older copy, or one that lost writes it had not synced) would
+    /// otherwise mix its new bytes with the archive's old ones.
+    fn check_continues(&self, m: &Manifest) -> Result<(), ArchiveError> {
+        let diverged = |detail: String| ArchiveError::Diverged {
+            url: self.target.url().to_owned(),
+            detail,
+        };
+        let head = self.store.refresh()?;
+        if head < m.head {
+            return Err(diverged(format!(
+                "the archive holds positions up to {}, the log ends at {head}",
+                m.head
+            )));
+        }
+        let segments = self.store.log().segments();
+        for entry in &m.segments {
+            let local = segments
+                .iter()
+                .find(|s| s.path().file_name().and_then(|n| n.to_str()) == Some(&entry.name))
+                .ok_or_else(|| {
+                    diverged(format!(
+                        "segment {} is archived but not in the log",
+                        entry.name
+                    ))
+                })?;
+            if local.readable_len() < entry.len || (entry.sealed && !local.is_sealed()) {
+                return Err(diverged(format!(
+                    "segment {} is archived with {} bytes{}, the log has {}{}",
+                    entry.name,
+                    entry.len,
+                    if entry.sealed { ", sealed" } else { "" },
+                    local.readable_len(),
+                    if local.is_sealed() { ", sealed" } else { "" },
+                )));
+            }
+        }
+        let Some(last) = m
+            .segments
+            .last()
+            .filter(|e| e.whole_crc32.is_none() && e.len > 0)
+        else {
+            return Ok(());
+        };
+        let prefix = format!("{}.", segment_key(m.generation, &last.name));
+        let keys = self.target.list(&prefix).map_err(ArchiveError::target(
+            &*self.target,
+            format!("listing the chunks of {}", last.name),
+        ))?;
+        let chunk = keys
+            .iter()
+            .filter_map(|k| parse_chunk_key(k, &last.name))
+            .filter(|(_, end, _)| *end == last.len)
+            .min_by_key(|(start, _, _)| *start);
+        if let Some((start, end, crc)) = chunk {
+            let path = self.store.log().dir().join(&last.name);
+            let local = crc32fast::hash(&read_range(&path, start, end)?);
+            if local != crc {
+                return Err(diverged(format!(
+                    "bytes {start}..{end} of segment {} differ from the archived ones (CRC-32 {local:08x}, archived {crc:08x})",
+                    last.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Uploads `bytes` as `key`, reads the object back and compares its

@@ -49,7 +49,7 @@ use std::path::PathBuf;
 pub enum ArchiveError {
     #[error(
         "{url:?} is not an archive location: {reason}. Give a directory path, file:///dir, \
-         or an object store URL (s3://bucket/prefix needs strata built with the archive's aws feature)"
+         or an object store URL (s3://bucket/prefix needs strata built with the archive-s3 feature)"
     )]
     Url { url: String, reason: String },
     #[error("archive {url}: {action}: {source}")]
@@ -82,6 +82,12 @@ pub enum ArchiveError {
         "the archive at {url} is format {found}; this strata reads format {ARCHIVE_FORMAT}: upgrade strata"
     )]
     Format { url: String, found: u32 },
+    #[error(
+        "the log is not the one archived at {url}: {detail}. This happens when a store is replaced \
+         by an older copy, or loses writes it had not synced (a durability other than sync): \
+         archive it to a new location (the old archive stays as it is)"
+    )]
+    Diverged { url: String, detail: String },
     #[error("archive {url}: ARCHIVE.json cannot be read: {detail}")]
     Manifest { url: String, detail: String },
     #[error("there is no archive at {url} (no ARCHIVE.json there): check the URL")]

@@ -10,6 +10,10 @@ use strata::{BACKUP_INCOMPLETE_FILE, ProgressHook, Store};
 use crate::manifest::{Manifest, parse_chunk_key, segment_key};
 use crate::{ArchiveError, Target};
 
+/// What `BACKUP-INCOMPLETE` says while a restore writes.
+const MARKER_TEXT: &[u8] =
+    b"a restore from an archive is being written here; it is not a store until it ends\n";
+
 /// How to restore.
 #[derive(Clone, Default)]
 pub struct RestoreOptions {
@@ -65,14 +69,15 @@ pub fn restore(
         }
     };
     prepare(dest)?;
+    fs::create_dir_all(dest).map_err(io(dest, "creating the restore's destination"))?;
+    // The marker before anything else: a restore cut short at any point
+    // leaves a directory that is refused as a store, and that a restore
+    // run again accepts.
+    let marker = dest.join(BACKUP_INCOMPLETE_FILE);
+    write_synced(&marker, MARKER_TEXT)?;
+    sync_dir(dest)?;
     let log_dir = dest.join(LOG_DIR);
     fs::create_dir_all(&log_dir).map_err(io(&log_dir, "creating the restored log"))?;
-    let marker = dest.join(BACKUP_INCOMPLETE_FILE);
-    write_synced(
-        &marker,
-        b"a restore from an archive is being written here; it is not a store until it ends\n",
-    )?;
-    sync_dir(dest)?;
 
     let total: u64 = manifest.segments.iter().map(|s| s.len).sum();
     let mut report = RestoreReport {
@@ -154,11 +159,22 @@ pub fn restore(
     fs::remove_file(&marker).map_err(io(&marker, "removing the restore marker"))?;
     sync_dir(dest)?;
 
-    // What was written is this archive's store, up to its head at least.
-    let store = Store::open_read_only(dest)?;
-    report.head = store.head();
-    let id = store.store_id().to_string();
-    drop(store);
+    // What was written is this archive's store, up to its head at least;
+    // if not, the marker goes back: the directory is not a store.
+    let checked = (|| {
+        let store = Store::open_read_only(dest)?;
+        Ok::<_, ArchiveError>((store.head(), store.store_id().to_string()))
+    })();
+    let failed = match &checked {
+        Ok((head, id)) => *id != manifest.store_id || *head < manifest.head,
+        Err(_) => true,
+    };
+    if failed {
+        write_synced(&marker, MARKER_TEXT)?;
+        sync_dir(dest)?;
+    }
+    let (head, id) = checked?;
+    report.head = head;
     if id != manifest.store_id {
         return Err(corrupt(
             crate::MANIFEST_KEY,

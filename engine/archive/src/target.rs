@@ -7,8 +7,8 @@
 //! * Any other URL: [`ObjectStoreTarget`] over the `object_store` crate
 //!   (`s3://bucket/prefix` with this crate's `aws` feature, and
 //!   S3-compatible services through `AWS_ENDPOINT`; `gs://` with `gcp`;
-//!   `az://` with `azure`; `http(s)://` WebDAV with `http`; `memory://`
-//!   always). Credentials and options come from the environment
+//!   `az://` with `azure`; `memory://` always; the server's and the CLI's
+//!   features `archive-s3`, `archive-gcs`, `archive-azure` turn them on). Credentials and options come from the environment
 //!   (`AWS_*`, `GOOGLE_*`, `AZURE_*`), as object_store's builders read them.
 
 use std::fmt;
@@ -201,8 +201,19 @@ impl Target for LocalDir {
 pub struct ObjectStoreTarget {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` but in `drop`, which shuts it down without blocking
+    /// (dropping a runtime where blocking is not allowed, as in an async
+    /// task that drops a server's registry, would panic).
+    runtime: Option<tokio::runtime::Runtime>,
     url: String,
+}
+
+impl Drop for ObjectStoreTarget {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for ObjectStoreTarget {
@@ -231,9 +242,16 @@ impl ObjectStoreTarget {
         Ok(ObjectStoreTarget {
             store,
             prefix,
-            runtime,
+            runtime: Some(runtime),
             url: url.to_owned(),
         })
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .block_on(f)
     }
 
     fn path(&self, key: &str) -> io::Result<ObjectPath> {
@@ -256,23 +274,21 @@ impl Target for ObjectStoreTarget {
     fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
         let path = self.path(key)?;
         let payload = PutPayload::from(bytes.to_vec());
-        self.runtime
-            .block_on(self.store.put(&path, payload))
+        self.block_on(self.store.put(&path, payload))
             .map(drop)
             .map_err(object_err)
     }
 
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         let path = self.path(key)?;
-        self.runtime
-            .block_on(async {
-                match self.store.get(&path).await {
-                    Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .map_err(object_err)
+        self.block_on(async {
+            match self.store.get(&path).await {
+                Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(object_err)
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
@@ -282,7 +298,6 @@ impl Target for ObjectStoreTarget {
         };
         let under = dir.as_ref().unwrap_or(&self.prefix);
         let metas: Vec<_> = self
-            .runtime
             .block_on(self.store.list(Some(under)).try_collect())
             .map_err(object_err)?;
         let base: Vec<_> = self.prefix.parts().collect();
@@ -305,7 +320,7 @@ impl Target for ObjectStoreTarget {
 
     fn delete(&self, key: &str) -> io::Result<()> {
         let path = self.path(key)?;
-        match self.runtime.block_on(self.store.delete(&path)) {
+        match self.block_on(self.store.delete(&path)) {
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             other => other.map_err(object_err),
         }

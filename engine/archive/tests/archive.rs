@@ -413,3 +413,52 @@ fn an_archive_in_an_object_store_restores_as_one_in_a_directory_does() {
     assert_restored_prefix(&out, &all(&store), store.head());
     store.close().unwrap();
 }
+
+#[test]
+fn a_log_that_went_back_is_refused_rather_than_mixed_into_its_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, older) = (dir.path().join("src"), dir.path().join("older"));
+    let store = Store::open(&src, options()).unwrap();
+    append(&store, "a", 20);
+    strata::backup::backup(&src, &older, &strata::backup::BackupOptions::default()).unwrap();
+    append(&store, "a", 20);
+    let target = target::open(dir.path().join("archive").to_str().unwrap()).unwrap();
+    Archiver::new(store.clone(), target.clone())
+        .unwrap()
+        .step()
+        .unwrap();
+    store.close().unwrap();
+
+    // The store is replaced by its older copy: behind the archive.
+    let copy = Store::open(&older, options()).unwrap();
+    let e = Archiver::new(copy.clone(), target.clone())
+        .unwrap()
+        .step()
+        .unwrap_err();
+    assert!(matches!(e, ArchiveError::Diverged { .. }), "{e}");
+    assert!(
+        e.to_string().contains("up to 40, the log ends at 20"),
+        "{e}"
+    );
+    // Grown past the archive with other events: as long, but not the
+    // same bytes.
+    append(&copy, "b", 30);
+    let e = Archiver::new(copy.clone(), target.clone())
+        .unwrap()
+        .step()
+        .unwrap_err();
+    assert!(matches!(e, ArchiveError::Diverged { .. }), "{e}");
+    assert!(
+        e.to_string().contains("differ from the archived ones"),
+        "{e}"
+    );
+    // The archive is as it was: it restores the original 40 events.
+    let out = dir.path().join("restored");
+    assert_eq!(
+        restore(&*target, &out, &RestoreOptions::default())
+            .unwrap()
+            .head,
+        40
+    );
+    copy.close().unwrap();
+}
