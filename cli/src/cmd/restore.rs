@@ -73,7 +73,8 @@ fn failure(e: ArchiveError) -> Failure {
         ArchiveError::Url { .. }
         | ArchiveError::DestNotEmpty { .. }
         | ArchiveError::OtherStore { .. }
-        | ArchiveError::Format { .. } => Code::Usage,
+        | ArchiveError::Format { .. }
+        | ArchiveError::Contended { .. } => Code::Usage,
         ArchiveError::Target { .. } | ArchiveError::NoArchive { .. } | ArchiveError::Io { .. } => {
             Code::Unavailable
         }

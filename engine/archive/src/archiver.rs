@@ -83,6 +83,13 @@ pub struct Archiver {
     target: Arc<dyn Target>,
     generation: u64,
     manifest: Option<Manifest>,
+    /// The record as the target held it when this archiver last read or
+    /// wrote it: a record found otherwise before a write means another
+    /// archiver writes there too.
+    saved: Option<Manifest>,
+    /// Another archiver was found writing to the target: every later step
+    /// fails (until a restart), rather than take turns overwriting it.
+    contended: bool,
     status: Arc<ArchiveStatus>,
 }
 
@@ -96,6 +103,8 @@ impl Archiver {
             target,
             generation,
             manifest: None,
+            saved: None,
+            contended: false,
             status: Arc::new(ArchiveStatus::default()),
         })
     }
@@ -110,6 +119,11 @@ impl Archiver {
     /// objects no record names yet, which the next step overwrites or
     /// ignores): run it again.
     pub fn step(&mut self) -> Result<u64, ArchiveError> {
+        if self.contended {
+            return Err(ArchiveError::Contended {
+                url: self.target.url().to_owned(),
+            });
+        }
         // The head first: every segment read below covers it.
         let head = self.store.refresh()?;
         let target = self.target.clone();
@@ -123,8 +137,12 @@ impl Archiver {
                 .and_then(|n| n.to_str())
                 .expect("segment files have UTF-8 names")
                 .to_owned();
-            let len = segment.readable_len();
+            // Sealed first: `mark_sealed` publishes the whole length before
+            // the flag, so a segment seen sealed is read whole; read the
+            // other way round, a seal between the two loads would record a
+            // sealed segment without its seal frame.
             let sealed = segment.is_sealed();
+            let len = segment.readable_len();
             if manifest.entry_mut(&name).is_none() {
                 manifest.segments.push(SegmentEntry {
                     name: name.clone(),
@@ -175,7 +193,7 @@ impl Archiver {
             changed = true;
             if sealed {
                 // Progress worth keeping before the next (large) segment.
-                manifest.save(target)?;
+                self.save(&mut manifest)?;
                 if done.whole_crc32.is_some() && entry.len > 0 {
                     self.delete_chunks(&name);
                 }
@@ -183,7 +201,7 @@ impl Archiver {
         }
         if changed || head > manifest.head {
             manifest.head = manifest.head.max(head);
-            manifest.save(target)?;
+            self.save(&mut manifest)?;
         }
         self.status.head.fetch_max(manifest.head, Ordering::AcqRel);
         let archived = manifest.head;
@@ -201,6 +219,7 @@ impl Archiver {
         }
         let store_id = self.store.store_id().to_string();
         let found = Manifest::load(&*self.target)?;
+        self.saved = found.clone();
         match found {
             Some(m) if m.store_id != store_id => Err(ArchiveError::OtherStore {
                 url: self.target.url().to_owned(),
@@ -226,6 +245,23 @@ impl Archiver {
             }
             None => Ok(Manifest::new(store_id, self.generation)),
         }
+    }
+
+    /// Writes the record, unless the target's is no longer the one this
+    /// archiver last read or wrote (another archiver at the same
+    /// location: a second server given the same URL would otherwise
+    /// overwrite this store's objects and record, and this its).
+    fn save(&mut self, manifest: &mut Manifest) -> Result<(), ArchiveError> {
+        let current = Manifest::load(&*self.target)?;
+        if current != self.saved {
+            self.contended = true;
+            return Err(ArchiveError::Contended {
+                url: self.target.url().to_owned(),
+            });
+        }
+        manifest.save(&*self.target)?;
+        self.saved = Some(manifest.clone());
+        Ok(())
     }
 
     /// The log goes on from what the archive holds: every archived
@@ -293,6 +329,17 @@ impl Archiver {
                     "bytes {start}..{end} of segment {} differ from the archived ones (CRC-32 {local:08x}, archived {crc:08x})",
                     last.name
                 )));
+            }
+        }
+        // Chunks reaching past the record are leftovers of a step cut
+        // short before it wrote the record: not part of the archive, and
+        // they must not compete with the chunks that will follow.
+        for key in &keys {
+            if parse_chunk_key(key, &last.name).is_some_and(|(_, end, _)| end > last.len) {
+                self.target.delete(key).map_err(ArchiveError::target(
+                    &*self.target,
+                    format!("deleting {key}, a chunk no record names"),
+                ))?;
             }
         }
         Ok(())
@@ -442,6 +489,14 @@ impl ArchiveHandle {
     pub fn stop(mut self) -> Result<u64, ArchiveError> {
         let archiver = self.halt();
         match archiver {
+            // The target is failing: a last step would wait out its
+            // timeouts and delay the store's close; the archive keeps what
+            // it holds, and catches up after the next start.
+            Some(a) if a.status.last_error().is_some() => Err(ArchiveError::Target {
+                url: a.target.url().to_owned(),
+                action: "skipping the last step: the archive was failing".into(),
+                source: std::io::Error::other(a.status.last_error().unwrap_or_default()),
+            }),
             Some(mut a) => {
                 let result = a.step();
                 if let Ok(head) = &result {

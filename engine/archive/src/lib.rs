@@ -88,6 +88,11 @@ pub enum ArchiveError {
          archive it to a new location (the old archive stays as it is)"
     )]
     Diverged { url: String, detail: String },
+    #[error(
+        "another archiver writes to {url}: its ARCHIVE.json changed under this one. \
+         Each store, and each server, needs an archive location of its own"
+    )]
+    Contended { url: String },
     #[error("archive {url}: ARCHIVE.json cannot be read: {detail}")]
     Manifest { url: String, detail: String },
     #[error("there is no archive at {url} (no ARCHIVE.json there): check the URL")]

@@ -11,7 +11,7 @@ pub const MANIFEST_KEY: &str = "ARCHIVE.json";
 /// The archive layout this code writes and reads (docs/FORMAT.md §13).
 pub const ARCHIVE_FORMAT: u32 = 1;
 /// Most bytes of one chunk of a segment: more new bytes become several
-/// chunks, so no object is read into memory bigger than this.
+/// chunks (a sealed segment up to [`WHOLE_BYTES_MAX`] is one object).
 pub const CHUNK_BYTES_MAX: u64 = 64 << 20;
 /// A sealed segment archived in several chunks is uploaded again whole
 /// (and its chunks deleted) when it is at most this long: one object per

@@ -79,7 +79,10 @@ pub fn restore(
     let log_dir = dest.join(LOG_DIR);
     fs::create_dir_all(&log_dir).map_err(io(&log_dir, "creating the restored log"))?;
 
-    let total: u64 = manifest.segments.iter().map(|s| s.len).sum();
+    let total = manifest
+        .segments
+        .iter()
+        .fold(0u64, |t, s| t.saturating_add(s.len));
     let mut report = RestoreReport {
         head: 0,
         archived_head: manifest.head,

@@ -462,3 +462,52 @@ fn a_log_that_went_back_is_refused_rather_than_mixed_into_its_archive() {
     );
     copy.close().unwrap();
 }
+
+#[test]
+fn a_second_archiver_at_the_same_location_is_refused_not_interleaved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("src"), options()).unwrap();
+    let target = target::open(dir.path().join("archive").to_str().unwrap()).unwrap();
+    let mut first = Archiver::new(store.clone(), target.clone()).unwrap();
+    let mut second = Archiver::new(store.clone(), target.clone()).unwrap();
+    append(&store, "a", 5);
+    assert_eq!(first.step().unwrap(), 5);
+    append(&store, "a", 5);
+    assert_eq!(second.step().unwrap(), 10);
+    append(&store, "a", 5);
+    let e = first.step().unwrap_err();
+    assert!(matches!(e, ArchiveError::Contended { .. }), "{e}");
+    assert!(first.step().is_err(), "it stays refused");
+    assert_eq!(Manifest::load(&*target).unwrap().unwrap().head, 10);
+    store.close().unwrap();
+}
+
+#[test]
+fn chunks_a_cut_short_step_left_beyond_the_record_are_deleted_when_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("src"), options()).unwrap();
+    append(&store, "a", 5);
+    let target = target::open(dir.path().join("archive").to_str().unwrap()).unwrap();
+    Archiver::new(store.clone(), target.clone())
+        .unwrap()
+        .step()
+        .unwrap();
+    let m = Manifest::load(&*target).unwrap().unwrap();
+    let active = m.segments.last().unwrap();
+    // A chunk uploaded past the record by a step that died before it
+    // wrote the record (its bytes are not the log's: they never count).
+    let stray = strata_archive::chunk_key(0, &active.name, active.len, active.len + 9, 7);
+    target.put(&stray, b"123456789").unwrap();
+    append(&store, "a", 5);
+    let mut next = Archiver::new(store.clone(), target.clone()).unwrap();
+    assert_eq!(next.step().unwrap(), 10);
+    assert_eq!(target.get(&stray).unwrap(), None, "the stray chunk is gone");
+    let out = dir.path().join("restored");
+    assert_eq!(
+        restore(&*target, &out, &RestoreOptions::default())
+            .unwrap()
+            .head,
+        10
+    );
+    store.close().unwrap();
+}
