@@ -17,6 +17,9 @@ use crate::manifest::{
 };
 use crate::{ArchiveError, Target};
 
+/// Chunks of one level that the archiver merges into one (see
+/// `Archiver::merge_chunks`).
+pub const CHUNK_MERGE_FANOUT: usize = 16;
 /// Default [`ArchiveOptions::interval`].
 pub const INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 /// Default [`ArchiveOptions::retry_min`].
@@ -90,7 +93,28 @@ pub struct Archiver {
     /// Another archiver was found writing to the target: every later step
     /// fails (until a restart), rather than take turns overwriting it.
     contended: bool,
+    /// The chunks of the active segment, in order, as this archiver knows
+    /// them (read from the target when the active segment changes).
+    active: Option<ActiveChunks>,
     status: Arc<ArchiveStatus>,
+}
+
+/// The active segment's chain of chunks.
+#[derive(Debug)]
+struct ActiveChunks {
+    name: String,
+    path: std::path::PathBuf,
+    chunks: Vec<Chunk>,
+}
+
+/// One chunk: bytes `start..end`, its CRC-32, and how many merges made it
+/// (0: uploaded as new bytes).
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    start: u64,
+    end: u64,
+    crc: u32,
+    level: u32,
 }
 
 impl Archiver {
@@ -105,6 +129,7 @@ impl Archiver {
             manifest: None,
             saved: None,
             contended: false,
+            active: None,
             status: Arc::new(ArchiveStatus::default()),
         })
     }
@@ -171,6 +196,10 @@ impl Archiver {
                 sealed,
                 whole_crc32: None,
             };
+            if sealed && self.active.as_ref().is_some_and(|a| a.name == name) {
+                // Its chunks go with it (below); nothing merges them now.
+                self.active = None;
+            }
             if sealed && len <= WHOLE_BYTES_MAX {
                 // Sealed: one object, so a restore reads one file per
                 // segment; chunks of it go once the record names it.
@@ -180,12 +209,23 @@ impl Archiver {
                 done.whole_crc32 = Some(crc);
             } else {
                 // The new bytes, in chunks.
+                if !sealed {
+                    self.know_active(&name, path, entry.len)?;
+                }
                 let mut have = entry.len;
                 while have < len {
                     let end = len.min(have + CHUNK_BYTES_MAX);
                     let bytes = read_range(path, have, end)?;
                     let crc = crc32fast::hash(&bytes);
                     self.put_verified(&chunk_key(self.generation, &name, have, end, crc), &bytes)?;
+                    if let Some(a) = self.active.as_mut().filter(|a| a.name == name) {
+                        a.chunks.push(Chunk {
+                            start: have,
+                            end,
+                            crc,
+                            level: 0,
+                        });
+                    }
                     have = end;
                 }
             }
@@ -203,6 +243,9 @@ impl Archiver {
             manifest.head = manifest.head.max(head);
             self.save(&mut manifest)?;
         }
+        // Only once the record names their bytes: a merged chunk replaces
+        // chunks a restore of the previous record would need.
+        self.merge_chunks()?;
         self.status.head.fetch_max(manifest.head, Ordering::AcqRel);
         let archived = manifest.head;
         self.manifest = Some(manifest);
@@ -245,6 +288,104 @@ impl Archiver {
             }
             None => Ok(Manifest::new(store_id, self.generation)),
         }
+    }
+
+    /// Makes sure `self.active` holds the chain of chunks of the active
+    /// segment `name` (archived up to `len`), reading it from the target
+    /// when this archiver has not followed that segment yet.
+    fn know_active(&mut self, name: &str, path: &Path, len: u64) -> Result<(), ArchiveError> {
+        if self.active.as_ref().is_some_and(|a| a.name == name) {
+            return Ok(());
+        }
+        let mut chunks = Vec::new();
+        if len > 0 {
+            let prefix = format!("{}.", segment_key(self.generation, name));
+            let keys = self.target.list(&prefix).map_err(ArchiveError::target(
+                &*self.target,
+                format!("listing the chunks of {name}"),
+            ))?;
+            let found: Vec<(u64, u64, u32)> = keys
+                .iter()
+                .filter_map(|k| parse_chunk_key(k, name))
+                .filter(|(_, end, _)| *end <= len)
+                .collect();
+            let mut at = 0;
+            while at < len {
+                let Some(&(start, end, crc)) = found
+                    .iter()
+                    .filter(|(start, _, _)| *start == at)
+                    .max_by_key(|(_, end, _)| *end)
+                else {
+                    return Err(ArchiveError::Corrupt {
+                        url: self.target.url().to_owned(),
+                        key: prefix,
+                        what: "recorded",
+                        detail: format!("no chunk starts at byte {at} of the {len} archived"),
+                    });
+                };
+                chunks.push(Chunk {
+                    start,
+                    end,
+                    crc,
+                    level: 0,
+                });
+                at = end;
+            }
+        }
+        self.active = Some(ActiveChunks {
+            name: name.to_owned(),
+            path: path.to_path_buf(),
+            chunks,
+        });
+        Ok(())
+    }
+
+    /// Merges the active segment's last [`CHUNK_MERGE_FANOUT`] chunks into
+    /// one while they were made by as many merges each (a counter in base
+    /// `CHUNK_MERGE_FANOUT`): a segment written a little at every step
+    /// keeps a few dozen chunks, not one per step, and each byte is
+    /// uploaded again once per level (log base 16 of the steps). The old
+    /// chunks are deleted after the merged one is verified.
+    fn merge_chunks(&mut self) -> Result<(), ArchiveError> {
+        let Some(mut active) = self.active.take() else {
+            return Ok(());
+        };
+        let result = (|| {
+            loop {
+                let n = active.chunks.len();
+                if n < CHUNK_MERGE_FANOUT {
+                    return Ok(());
+                }
+                let tail = &active.chunks[n - CHUNK_MERGE_FANOUT..];
+                let level = tail[0].level;
+                let (start, end) = (tail[0].start, tail[CHUNK_MERGE_FANOUT - 1].end);
+                if tail.iter().any(|c| c.level != level) || end - start > CHUNK_BYTES_MAX {
+                    return Ok(());
+                }
+                let bytes = read_range(&active.path, start, end)?;
+                let crc = crc32fast::hash(&bytes);
+                self.put_verified(
+                    &chunk_key(self.generation, &active.name, start, end, crc),
+                    &bytes,
+                )?;
+                for c in tail {
+                    let key = chunk_key(self.generation, &active.name, c.start, c.end, c.crc);
+                    if let Err(e) = self.target.delete(&key) {
+                        // Harmless: a restore takes the longest chunk.
+                        tracing::warn!(archive = self.target.url(), key, error = %e, "could not delete a merged chunk");
+                    }
+                }
+                active.chunks.truncate(n - CHUNK_MERGE_FANOUT);
+                active.chunks.push(Chunk {
+                    start,
+                    end,
+                    crc,
+                    level: level + 1,
+                });
+            }
+        })();
+        self.active = Some(active);
+        result
     }
 
     /// Writes the record, unless the target's is no longer the one this

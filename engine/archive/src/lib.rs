@@ -31,8 +31,8 @@ mod manifest;
 mod restore;
 
 pub use archiver::{
-    ArchiveHandle, ArchiveOptions, ArchiveStatus, Archiver, INTERVAL_DEFAULT, RETRY_MAX_DEFAULT,
-    RETRY_MIN_DEFAULT, spawn,
+    ArchiveHandle, ArchiveOptions, ArchiveStatus, Archiver, CHUNK_MERGE_FANOUT, INTERVAL_DEFAULT,
+    RETRY_MAX_DEFAULT, RETRY_MIN_DEFAULT, spawn,
 };
 pub use manifest::{
     ARCHIVE_FORMAT, CHUNK_BYTES_MAX, MANIFEST_KEY, Manifest, SegmentEntry, WHOLE_BYTES_MAX,

@@ -511,3 +511,42 @@ fn chunks_a_cut_short_step_left_beyond_the_record_are_deleted_when_it_is_read() 
     );
     store.close().unwrap();
 }
+
+#[test]
+fn a_segment_written_a_little_at_every_step_keeps_few_chunks() {
+    use strata_archive::CHUNK_MERGE_FANOUT;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path().join("src"),
+        Options {
+            segment_bytes_max: 16 << 20,
+            ..options()
+        },
+    )
+    .unwrap();
+    let target = target::open(dir.path().join("archive").to_str().unwrap()).unwrap();
+    let mut archiver = Archiver::new(store.clone(), target.clone()).unwrap();
+    let steps = CHUNK_MERGE_FANOUT * CHUNK_MERGE_FANOUT + 5;
+    let mut most = 0;
+    for i in 0..steps {
+        append(&store, "a", 1);
+        archiver.step().unwrap();
+        if i % 37 == 0 {
+            // A new archiver (a restart) picks up the chain from the target.
+            archiver = Archiver::new(store.clone(), target.clone()).unwrap();
+        }
+        most = most.max(target.list("log/0/").unwrap().len());
+    }
+    // One chunk per step would be 261; base-16 merging keeps at most 15 a
+    // level, two levels here (plus the one a restart may not merge yet).
+    assert!(most <= 2 * CHUNK_MERGE_FANOUT, "{most} chunks at once");
+    let out = dir.path().join("restored");
+    let report = restore(&*target, &out, &RestoreOptions::default()).unwrap();
+    assert_eq!(report.head, steps as u64);
+    assert!(
+        report.objects <= 2 * CHUNK_MERGE_FANOUT as u64,
+        "{report:?}"
+    );
+    assert_restored_prefix(&out, &all(&store), steps as u64);
+    store.close().unwrap();
+}
