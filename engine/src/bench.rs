@@ -48,6 +48,9 @@ pub const CONCURRENT_THREADS: usize = 32;
 pub const CONCURRENT_EVENTS_DIVISOR: u64 = 50;
 /// Aggregates read in `read_aggregate`.
 pub const READ_AGGREGATE_READS: usize = 200;
+/// Times `read_aggregate` reads its aggregates on each side: long enough
+/// (a million events at the default size) to time, and to profile.
+pub const READ_AGGREGATE_ROUNDS: usize = 5;
 /// Payload size of the `open_clean` store's events.
 pub const OPEN_EVENT_BYTES: usize = 1_000;
 
@@ -158,9 +161,18 @@ pub fn run(
     let _ = std::fs::remove_dir_all(&config.dir);
     std::fs::create_dir_all(&config.dir)?;
     let mut results = Vec::new();
+    // Each workload's peak resident memory (both of its sides: Strata and
+    // its baseline run in this process one after the other), from a reset
+    // of the peak before it.
+    reset_peak_rss();
     let mut push = |r: WorkloadResult, results: &mut Vec<WorkloadResult>| {
+        let r = match peak_rss_mib() {
+            Some(mib) => r.with("peak_rss_mib", mib),
+            None => r,
+        };
         report(&r);
         results.push(r);
+        reset_peak_rss();
     };
     let events = config.events.max(BATCH_EVENTS) / BATCH_EVENTS * BATCH_EVENTS;
     let store_dir = config.dir.join("store");
@@ -211,6 +223,27 @@ pub fn run(
     }
     let _ = std::fs::remove_dir_all(&config.dir);
     Ok(results)
+}
+
+/// Resets this process's peak resident set size (Linux: `VmHWM`), so that
+/// the next reading is the peak since now. Elsewhere, does nothing.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak resident set size since the last reset, in MiB
+/// (Linux only).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((kib / 1024.0 * 10.0).round() / 10.0)
 }
 
 // --- the seed's SQLite table ------------------------------------------------
@@ -337,6 +370,11 @@ fn append_batch_durable(
     let strata = start.elapsed();
     let bytes = dir_bytes(&store_dir.join("log"));
     store.close()?;
+    let index_bytes = ["index.sqlite", "index.sqlite-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(store_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum::<u64>();
 
     // Baseline: the seed's table, one transaction per batch.
     let seed = {
@@ -384,7 +422,16 @@ fn append_batch_durable(
         "strata_log_only_eps",
         events as f64 / log_done.as_secs_f64(),
     )
-    .with("log_bytes", bytes))
+    .with("log_bytes", bytes)
+    .with("index_bytes", index_bytes)
+    .with(
+        "seed_bytes",
+        ["", "-wal"]
+            .iter()
+            .filter_map(|s| std::fs::metadata(format!("{}{s}", seed_db.display())).ok())
+            .map(|m| m.len())
+            .sum::<u64>(),
+    ))
 }
 
 fn append_concurrent_durable(events: u64, dir: &Path) -> Result<WorkloadResult, BenchError> {
@@ -576,8 +623,10 @@ fn read_aggregate(
     store.read_aggregate(&picks[0], 1, usize::MAX)?;
     let start = Instant::now();
     let mut read = 0u64;
-    for agg in &picks {
-        read += store.read_aggregate(agg, 1, usize::MAX)?.len() as u64;
+    for _ in 0..READ_AGGREGATE_ROUNDS {
+        for agg in &picks {
+            read += store.read_aggregate(agg, 1, usize::MAX)?.len() as u64;
+        }
     }
     let strata = start.elapsed();
 
@@ -588,12 +637,14 @@ fn read_aggregate(
         .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut sum = 0usize;
-    for ptrs in &pointers {
-        for p in ptrs {
-            sum += store
-                .log()
-                .read_record(p.segment, p.offset, p.position, |r| r.data.len())
-                .map_err(Error::from)?;
+    for _ in 0..READ_AGGREGATE_ROUNDS {
+        for ptrs in &pointers {
+            for p in ptrs {
+                sum += store
+                    .log()
+                    .read_record(p.segment, p.offset, p.position, |r| r.data.len())
+                    .map_err(Error::from)?;
+            }
         }
     }
     let limit = start.elapsed();
@@ -629,16 +680,24 @@ fn read_aggregate(
     fetch(&mut stmt, &picks[0])?;
     let start = Instant::now();
     let mut seed_read = 0u64;
-    for agg in &picks {
-        seed_read += fetch(&mut stmt, agg)?;
+    for _ in 0..READ_AGGREGATE_ROUNDS {
+        for agg in &picks {
+            seed_read += fetch(&mut stmt, agg)?;
+        }
     }
     let seed = start.elapsed();
     assert_eq!(read, seed_read, "both sides read the same events");
     std::hint::black_box(sum);
     Ok(
         WorkloadResult::new("read_aggregate", read, strata, Some(seed), Some(limit))
-            .with("reads", READ_AGGREGATE_READS as u64)
-            .with("events_per_aggregate", read / READ_AGGREGATE_READS as u64),
+            .with(
+                "reads",
+                (READ_AGGREGATE_READS * READ_AGGREGATE_ROUNDS) as u64,
+            )
+            .with(
+                "events_per_aggregate",
+                read / (READ_AGGREGATE_READS * READ_AGGREGATE_ROUNDS) as u64,
+            ),
     )
 }
 

@@ -89,14 +89,7 @@ impl EventRef<'_> {
 
     /// The timestamp's fixed-width text form.
     pub fn timestamp_text(&self) -> String {
-        format!(
-            "{:0pw$}:{:0cw$}:{}",
-            self.hlc_physical_ms,
-            self.hlc_counter,
-            self.hlc_node,
-            pw = crate::hlc::PHYSICAL_DIGITS,
-            cw = crate::hlc::COUNTER_DIGITS
-        )
+        crate::hlc::timestamp_text(self.hlc_physical_ms, self.hlc_counter, self.hlc_node)
     }
 
     /// Like [`EventRef::to_event`], reusing `node` when this event was

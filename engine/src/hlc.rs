@@ -219,16 +219,31 @@ fn parse_digits(text: &str, digits_max: usize) -> Option<u64> {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:0pw$}:{:0cw$}:{}",
-            self.physical_ms,
-            self.counter,
-            self.node,
-            pw = PHYSICAL_DIGITS,
-            cw = COUNTER_DIGITS
-        )
+        write_text(f, self.physical_ms, self.counter, self.node.as_str())
     }
+}
+
+/// Writes the fixed-width text form of a clock reading given as parts.
+pub fn write_text(
+    out: &mut impl fmt::Write,
+    physical_ms: u64,
+    counter: u32,
+    node: &str,
+) -> fmt::Result {
+    write!(
+        out,
+        "{physical_ms:0pw$}:{counter:0cw$}:{node}",
+        pw = PHYSICAL_DIGITS,
+        cw = COUNTER_DIGITS
+    )
+}
+
+/// The fixed-width text form of a clock reading given as parts (the
+/// `timestamp` column of the seed's table).
+pub fn timestamp_text(physical_ms: u64, counter: u32, node: &str) -> String {
+    let mut text = String::with_capacity(PHYSICAL_DIGITS + COUNTER_DIGITS + 2 + node.len());
+    let _ = write_text(&mut text, physical_ms, counter, node);
+    text
 }
 
 impl fmt::Debug for Timestamp {

@@ -1,22 +1,28 @@
 //! The SQLite index (`index.sqlite`), invariant S5: derived from the log,
 //! caught up from a checkpoint on open, rebuilt when deleted.
 //!
-//! Its `events` table has every column of the seed's `events` table, plus
-//! the log position and a pointer into the log. Payloads (`event_data`,
-//! `metadata`) stay in the log: those two columns are NULL here and the
-//! store reads the bytes through (`log_segment`, `log_offset`).
+//! Two tables and a view (docs/FORMAT.md §10):
 //!
-//! The table is clustered by `(aggregate_id, version)` (`WITHOUT ROWID`), so
-//! reading an aggregate is one range scan; `position` and `event_id` are
-//! unique secondary keys. Writes come from one thread (the store's indexer)
-//! in batches; each batch and the checkpoint (`indexed_position`) commit in
-//! one transaction.
+//! * `event_rows`: one row per event, its rowid the log position, so the
+//!   indexer appends at the right edge of one B-tree; ids as 16-byte blobs
+//!   and the clock as integers keep rows narrow. A unique index on
+//!   `event_id` answers lookups by id.
+//! * `aggregate_runs`: one row per run of an aggregate's consecutive
+//!   versions written back to back in one batch frame, keyed by
+//!   `(aggregate_id, first_version)`. A batch of a hundred events of one
+//!   aggregate is one row here, not a hundred index entries; reading an
+//!   aggregate is a range scan of its runs and a walk of the log from each
+//!   run's first record.
+//! * `events`: a view with every column of the seed's `events` table.
+//!
+//! Writes come from one thread (the store's indexer) in batches; each
+//! batch and the checkpoint (`indexed_position`) commit in one transaction.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::event::EventRef;
@@ -26,8 +32,12 @@ pub const INDEX_FILE: &str = "index.sqlite";
 /// Schema version stored in the index. A different version means the index
 /// is rebuilt from the log.
 ///
-/// History: 1 — first release.
-pub const INDEX_SCHEMA_VERSION: i64 = 1;
+/// History: 1 — first release (one `WITHOUT ROWID` table clustered by
+/// `(aggregate_id, version)` with unique indexes on position and on the
+/// id as text). 2 — `event_rows` by position, `aggregate_runs`, and the
+/// `events` view (issue 16: a third of the bytes and of the B-tree inserts
+/// per event).
+pub const INDEX_SCHEMA_VERSION: i64 = 2;
 /// Idle read connections kept open.
 const READ_POOL_IDLE_MAX: usize = 8;
 /// How much of the index file SQLite may memory-map.
@@ -40,22 +50,49 @@ CREATE TABLE IF NOT EXISTS strata_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    event_id     TEXT    NOT NULL,  -- UUID, hyphenated lower case
-    aggregate_id TEXT    NOT NULL,
-    version      INTEGER NOT NULL,
-    event_type   TEXT    NOT NULL,
-    event_data   BLOB,              -- NULL: the payload stays in the log (log_segment, log_offset)
-    timestamp    TEXT    NOT NULL,  -- HLC, fixed-width text: sorts like the clock
-    metadata     BLOB,              -- NULL: stays in the log, like event_data
-    position     INTEGER NOT NULL,  -- log position, 1-based, gapless
-    log_segment  INTEGER NOT NULL,  -- first position of the segment file holding the record
-    log_offset   INTEGER NOT NULL,  -- byte offset of the record in that file
-    CONSTRAINT ux_aggregate_version PRIMARY KEY (aggregate_id, version)
+CREATE TABLE IF NOT EXISTS event_rows (
+    position        INTEGER PRIMARY KEY, -- log position, 1-based, gapless (the rowid)
+    event_id        BLOB    NOT NULL,    -- UUID, 16 bytes
+    aggregate_id    TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    event_type      TEXT    NOT NULL,
+    hlc_physical_ms INTEGER NOT NULL,
+    hlc_counter     INTEGER NOT NULL,
+    hlc_node        TEXT    NOT NULL,
+    log_segment     INTEGER NOT NULL,    -- first position of the segment file holding the record
+    log_offset      INTEGER NOT NULL     -- byte offset of the record in that file
+);
+CREATE UNIQUE INDEX IF NOT EXISTS ux_event_rows_event_id ON event_rows (event_id);
+CREATE TABLE IF NOT EXISTS aggregate_runs (
+    aggregate_id   TEXT    NOT NULL,
+    first_version  INTEGER NOT NULL,
+    last_version   INTEGER NOT NULL,
+    first_position INTEGER NOT NULL,     -- version v is at first_position + (v - first_version)
+    log_segment    INTEGER NOT NULL,     -- where the first record is; the others follow it
+    log_offset     INTEGER NOT NULL,     -- back to back, in the same batch frame
+    PRIMARY KEY (aggregate_id, first_version)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS ux_events_position ON events (position);
-CREATE UNIQUE INDEX IF NOT EXISTS ux_events_event_id ON events (event_id);
+CREATE VIEW IF NOT EXISTS events AS
+SELECT lower(substr(hex(e.event_id), 1, 8) || '-' || substr(hex(e.event_id), 9, 4) || '-'
+             || substr(hex(e.event_id), 13, 4) || '-' || substr(hex(e.event_id), 17, 4) || '-'
+             || substr(hex(e.event_id), 21, 12)) AS event_id,
+       r.aggregate_id AS aggregate_id,
+       e.version AS version,
+       e.event_type AS event_type,
+       NULL AS event_data,
+       printf('%015d:%010d:%s', e.hlc_physical_ms, e.hlc_counter, e.hlc_node) AS timestamp,
+       NULL AS metadata,
+       e.position AS position,
+       e.log_segment AS log_segment,
+       e.log_offset AS log_offset
+FROM aggregate_runs AS r
+JOIN event_rows AS e
+  ON e.position BETWEEN r.first_position AND r.first_position + (r.last_version - r.first_version);
 ";
+
+// The view's `printf` widths are the clock's text form (section 12 of
+// FORMAT.md): a change there must change the view.
+const _: () = assert!(crate::hlc::PHYSICAL_DIGITS == 15 && crate::hlc::COUNTER_DIGITS == 10);
 
 /// Errors of the index. The index is derived data: deleting it (or
 /// `strata reindex`) always repairs it.
@@ -89,6 +126,62 @@ pub struct Pointer {
     pub version: u64,
     pub segment: u64,
     pub offset: u64,
+}
+
+impl Pointer {
+    /// This one event, as a span.
+    pub fn span(&self) -> Span {
+        Span {
+            first_position: self.position,
+            first_version: self.version,
+            segment: self.segment,
+            offset: self.offset,
+            from_version: self.version,
+            to_version: self.version,
+        }
+    }
+}
+
+/// Part of one run of an aggregate's events: the run starts at
+/// `first_position` / `first_version` with its record at (`segment`,
+/// `offset`), the run's records follow each other back to back in one
+/// batch frame, and versions `from_version..=to_version` of it are wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first_position: u64,
+    pub first_version: u64,
+    pub segment: u64,
+    pub offset: u64,
+    pub from_version: u64,
+    pub to_version: u64,
+}
+
+impl Span {
+    /// Records of the run before the first wanted one.
+    pub fn skip(&self) -> u64 {
+        self.from_version - self.first_version
+    }
+
+    /// Number of events wanted.
+    pub fn count(&self) -> u64 {
+        self.to_version - self.from_version + 1
+    }
+
+    /// The position of the last wanted event.
+    pub fn last_position(&self) -> u64 {
+        self.first_position + (self.to_version - self.first_version)
+    }
+}
+
+/// What [`Reader::check_runs`] found: a sound index has no mismatched,
+/// overlapping or inverted runs, and `events` = `rows` = its row count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCheck {
+    pub mismatched: u64,
+    pub overlapping: u64,
+    pub inverted: u64,
+    pub events: u64,
+    pub rows: u64,
 }
 
 /// One row as the index stores it, for `verify`.
@@ -219,7 +312,20 @@ pub struct Index {
 pub struct IndexWriter {
     path: PathBuf,
     conn: Connection,
-    timestamp_buf: String,
+    /// The run the rows inserted last belong to, written when the next
+    /// row does not extend it, at the end of its frame, or at commit.
+    run: Option<OpenRun>,
+}
+
+/// A run of `aggregate_runs` being gathered.
+#[derive(Debug)]
+struct OpenRun {
+    aggregate_id: String,
+    first_version: u64,
+    last_version: u64,
+    first_position: u64,
+    segment: u64,
+    offset: u64,
 }
 
 /// Opens the index of a store for reading and writing; rebuilds it from
@@ -280,7 +386,7 @@ pub fn open_rw(
         IndexWriter {
             path,
             conn,
-            timestamp_buf: String::new(),
+            run: None,
         },
         meta,
     ))
@@ -399,21 +505,21 @@ impl Index {
         self.reader(Some(&*self.conn()?)).lookup_ids(ids)
     }
 
-    /// Pointers of an aggregate's events with version ≥ `from_version` and
-    /// position ≤ `upto` (ascending) or, backward, the latest ones
-    /// (descending).
-    pub fn aggregate_pointers(
+    /// An aggregate's events with version ≥ `from_version` and position ≤
+    /// `upto`: the first `limit` of them or, `backward`, the last `limit`;
+    /// as spans in ascending order either way.
+    pub fn aggregate_spans(
         &self,
         aggregate_id: &str,
         from_version: u64,
         backward: bool,
         limit: usize,
         upto: u64,
-    ) -> Result<Vec<Pointer>, IndexError> {
+    ) -> Result<Vec<Span>, IndexError> {
         if !self.present {
             return Ok(Vec::new());
         }
-        self.reader(Some(&*self.conn()?)).aggregate_pointers(
+        self.reader(Some(&*self.conn()?)).aggregate_spans(
             aggregate_id,
             from_version,
             backward,
@@ -458,17 +564,17 @@ impl Index {
         }
     }
 
-    /// The largest event id in the index, in byte order (the hyphenated
-    /// lower-case text sorts the same way), `None` when it is empty.
+    /// The largest event id in the index, in byte order, `None` when it is
+    /// empty.
     pub fn max_event_id(&self) -> Result<Option<Uuid>, IndexError> {
         if !self.present {
             return Ok(None);
         }
-        let text: Option<String> = self
+        let bytes: Option<Vec<u8>> = self
             .conn()?
-            .query_row("SELECT max(event_id) FROM events", [], |r| r.get(0))
+            .query_row("SELECT max(event_id) FROM event_rows", [], |r| r.get(0))
             .map_err(sqlite_err(&self.path, "reading the largest event id"))?;
-        Ok(text.and_then(|t| Uuid::parse_str(&t).ok()))
+        Ok(bytes.and_then(|b| Uuid::from_slice(&b).ok()))
     }
 
     /// The aggregate's last indexed version (0 when it has none).
@@ -478,10 +584,14 @@ impl Index {
         }
         let conn = self.conn()?;
         let mut stmt = conn
-            .prepare_cached("SELECT max(version) FROM events WHERE aggregate_id = ?1")
+            .prepare_cached(
+                "SELECT last_version FROM aggregate_runs WHERE aggregate_id = ?1
+                 ORDER BY first_version DESC LIMIT 1",
+            )
             .map_err(sqlite_err(&self.path, "reading an aggregate's version"))?;
         let v: Option<u64> = stmt
             .query_row([aggregate_id], |r| r.get(0))
+            .optional()
             .map_err(sqlite_err(&self.path, "reading an aggregate's version"))?;
         Ok(v.unwrap_or(0))
     }
@@ -493,7 +603,7 @@ impl Index {
         }
         let conn = self.conn()?;
         conn.query_row(
-            "SELECT (SELECT count(*) FROM (SELECT DISTINCT aggregate_id FROM events)), (SELECT count(*) FROM events)",
+            "SELECT (SELECT count(DISTINCT aggregate_id) FROM aggregate_runs), (SELECT count(*) FROM event_rows)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -520,18 +630,18 @@ impl Reader<'_> {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT event_id, position, version, log_segment, log_offset, aggregate_id
-                 FROM events WHERE event_id IN rarray(?1)",
+                 FROM event_rows WHERE event_id IN rarray(?1)",
             )
             .map_err(sqlite_err(self.path, "looking up event ids"))?;
         let values: Vec<rusqlite::types::Value> = ids
             .iter()
-            .map(|id| rusqlite::types::Value::Text(id.hyphenated().to_string()))
+            .map(|id| rusqlite::types::Value::Blob(id.as_bytes().to_vec()))
             .collect();
         let array = std::rc::Rc::new(values);
         let rows = stmt
             .query_map([array], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(0)?,
                     Pointer {
                         position: r.get(1)?,
                         version: r.get(2)?,
@@ -544,54 +654,131 @@ impl Reader<'_> {
             .map_err(sqlite_err(self.path, "looking up event ids"))?;
         for row in rows {
             let (id, ptr, agg) = row.map_err(sqlite_err(self.path, "looking up event ids"))?;
-            if let Ok(id) = Uuid::parse_str(&id) {
+            if let Ok(id) = Uuid::from_slice(&id) {
                 found.insert(id, (ptr, agg));
             }
         }
         Ok(found)
     }
 
-    /// Pointers of an aggregate's events with version ≥ `from_version`
-    /// and position ≤ `upto` (ascending) or, backward, the latest ones
-    /// (descending).
-    pub fn aggregate_pointers(
+    /// An aggregate's events with version ≥ `from_version` and position ≤
+    /// `upto`: the first `limit` of them or, `backward`, the last `limit`;
+    /// as spans in ascending order either way.
+    pub fn aggregate_spans(
         &self,
         aggregate_id: &str,
         from_version: u64,
         backward: bool,
         limit: usize,
         upto: u64,
-    ) -> Result<Vec<Pointer>, IndexError> {
-        let Some(conn) = self.conn else {
+    ) -> Result<Vec<Span>, IndexError> {
+        let Some(conn) = self.conn.filter(|_| limit > 0) else {
             return Ok(Vec::new());
         };
-        // `position <= ?4`: a reader's view of the log may end before the
-        // index does (a read-only store beside a writer).
+        // From the run that holds `from_version` (the last one starting at
+        // or before it) on. `first_position <= ?3`: a reader's view of the
+        // log may end before the index does (a read-only store beside a
+        // writer).
         let sql = if backward {
-            "SELECT position, version, log_segment, log_offset FROM events
-             WHERE aggregate_id = ?1 AND version >= ?2 AND position <= ?4
-             ORDER BY version DESC LIMIT ?3"
+            "SELECT first_version, last_version, first_position, log_segment, log_offset
+             FROM aggregate_runs
+             WHERE aggregate_id = ?1 AND first_position <= ?3 AND first_version >= coalesce(
+                 (SELECT max(first_version) FROM aggregate_runs
+                  WHERE aggregate_id = ?1 AND first_version <= ?2), 0)
+             ORDER BY first_version DESC"
         } else {
-            "SELECT position, version, log_segment, log_offset FROM events
-             WHERE aggregate_id = ?1 AND version >= ?2 AND position <= ?4
-             ORDER BY version ASC LIMIT ?3"
+            "SELECT first_version, last_version, first_position, log_segment, log_offset
+             FROM aggregate_runs
+             WHERE aggregate_id = ?1 AND first_position <= ?3 AND first_version >= coalesce(
+                 (SELECT max(first_version) FROM aggregate_runs
+                  WHERE aggregate_id = ?1 AND first_version <= ?2), 0)
+             ORDER BY first_version ASC"
         };
-        let mut stmt = conn
-            .prepare_cached(sql)
-            .map_err(sqlite_err(self.path, "reading an aggregate"))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(params![aggregate_id, from_version, limit, upto], |r| {
-                Ok(Pointer {
-                    position: r.get(0)?,
-                    version: r.get(1)?,
-                    segment: r.get(2)?,
-                    offset: r.get(3)?,
+        let err = || sqlite_err(self.path, "reading an aggregate");
+        let mut stmt = conn.prepare_cached(sql).map_err(err())?;
+        let mut rows = stmt
+            .query(params![aggregate_id, from_version, upto])
+            .map_err(err())?;
+        let mut spans = Vec::new();
+        let mut left = limit as u64;
+        while left > 0 {
+            let Some(r) = rows.next().map_err(err())? else {
+                break;
+            };
+            let (first_version, last_version, first_position): (u64, u64, u64) = (
+                r.get(0).map_err(err())?,
+                r.get(1).map_err(err())?,
+                r.get(2).map_err(err())?,
+            );
+            let mut span = Span {
+                first_position,
+                first_version,
+                segment: r.get(3).map_err(err())?,
+                offset: r.get(4).map_err(err())?,
+                from_version: from_version.max(first_version),
+                // The run's last event this reader's log holds.
+                to_version: last_version.min(first_version + (upto - first_position)),
+            };
+            if span.from_version > span.to_version {
+                continue;
+            }
+            if span.count() > left {
+                if backward {
+                    span.from_version = span.to_version - (left - 1);
+                } else {
+                    span.to_version = span.from_version + (left - 1);
+                }
+            }
+            left -= span.count();
+            spans.push(span);
+        }
+        if backward {
+            spans.reverse();
+        }
+        Ok(spans)
+    }
+
+    /// The runs of `aggregate_runs` in index order, for verification:
+    /// how many disagree with `event_rows` (a run whose rows are not its
+    /// aggregate's consecutive versions, or whose first row is not where
+    /// it says its first record is), how many overlap another run of
+    /// their aggregate, the events the runs cover, and the rows they
+    /// cover (each row is counted once per run holding it).
+    pub fn check_runs(&self) -> Result<RunCheck, IndexError> {
+        let Some(conn) = self.conn else {
+            return Ok(RunCheck::default());
+        };
+        conn.query_row(
+            "SELECT
+               (SELECT count(*) FROM aggregate_runs r
+                  JOIN event_rows e ON e.position BETWEEN r.first_position
+                                       AND r.first_position + (r.last_version - r.first_version)
+                 WHERE e.aggregate_id != r.aggregate_id
+                    OR e.version != r.first_version + (e.position - r.first_position)
+                    OR (e.position = r.first_position
+                        AND (e.log_segment != r.log_segment OR e.log_offset != r.log_offset))),
+               (SELECT count(*) FROM aggregate_runs a
+                  JOIN aggregate_runs b ON b.aggregate_id = a.aggregate_id
+                                       AND b.first_version > a.first_version
+                                       AND b.first_version <= a.last_version),
+               (SELECT count(*) FROM aggregate_runs WHERE last_version < first_version),
+               (SELECT coalesce(sum(last_version - first_version + 1), 0) FROM aggregate_runs
+                 WHERE last_version >= first_version),
+               (SELECT count(*) FROM aggregate_runs r
+                  JOIN event_rows e ON e.position BETWEEN r.first_position
+                                       AND r.first_position + (r.last_version - r.first_version))",
+            [],
+            |r| {
+                Ok(RunCheck {
+                    mismatched: r.get(0)?,
+                    overlapping: r.get(1)?,
+                    inverted: r.get(2)?,
+                    events: r.get(3)?,
+                    rows: r.get(4)?,
                 })
-            })
-            .map_err(sqlite_err(self.path, "reading an aggregate"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite_err(self.path, "reading an aggregate"))
+            },
+        )
+        .map_err(sqlite_err(self.path, "checking aggregate runs"))
     }
 
     /// Every row in position order, for verification.
@@ -601,8 +788,9 @@ impl Reader<'_> {
         };
         let mut stmt = conn
             .prepare(
-                "SELECT position, event_id, aggregate_id, version, event_type, timestamp, log_segment, log_offset
-                 FROM events ORDER BY position",
+                "SELECT position, event_id, aggregate_id, version, event_type,
+                        hlc_physical_ms, hlc_counter, hlc_node, log_segment, log_offset
+                 FROM event_rows ORDER BY position",
             )
             .map_err(sqlite_err(self.path, "reading rows"))?;
         let mut rows = stmt
@@ -610,15 +798,26 @@ impl Reader<'_> {
             .map_err(sqlite_err(self.path, "reading rows"))?;
         while let Some(r) = rows.next().map_err(sqlite_err(self.path, "reading rows"))? {
             let row = (|| -> rusqlite::Result<IndexRow> {
+                let id: Vec<u8> = r.get(1)?;
                 Ok(IndexRow {
                     position: r.get(0)?,
-                    event_id: r.get(1)?,
+                    // A blob that is not 16 bytes shows as its hex, which
+                    // no log row equals.
+                    event_id: Uuid::from_slice(&id)
+                        .map(|u| u.hyphenated().to_string())
+                        .unwrap_or_else(|_| {
+                            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        }),
                     aggregate_id: r.get(2)?,
                     version: r.get(3)?,
                     event_type: r.get(4)?,
-                    timestamp: r.get(5)?,
-                    segment: r.get(6)?,
-                    offset: r.get(7)?,
+                    timestamp: crate::hlc::timestamp_text(
+                        r.get(5)?,
+                        r.get(6)?,
+                        &r.get::<_, String>(7)?,
+                    ),
+                    segment: r.get(8)?,
+                    offset: r.get(9)?,
                 })
             })()
             .map_err(sqlite_err(self.path, "reading rows"))?;
@@ -646,45 +845,87 @@ impl IndexWriter {
             .map_err(sqlite_err(&self.path, "starting a transaction"))
     }
 
+    /// Inserts one event. Rows come in position order; consecutive rows
+    /// of one frame that continue an aggregate's versions join its run.
     pub fn insert(&mut self, row: &NewRow<'_>) -> Result<(), IndexError> {
         let e = &row.event;
-        let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = e.event_id.hyphenated().encode_lower(&mut id_buf);
-        self.timestamp_buf.clear();
-        use std::fmt::Write;
-        let _ = write!(
-            self.timestamp_buf,
-            "{:0pw$}:{:0cw$}:{}",
-            e.hlc_physical_ms,
-            e.hlc_counter,
-            e.hlc_node,
-            pw = crate::hlc::PHYSICAL_DIGITS,
-            cw = crate::hlc::COUNTER_DIGITS
-        );
         let mut insert = self
             .conn
             .prepare_cached(
-                "INSERT INTO events (event_id, aggregate_id, version, event_type, timestamp, position, log_segment, log_offset)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO event_rows (position, event_id, aggregate_id, version, event_type,
+                                         hlc_physical_ms, hlc_counter, hlc_node, log_segment, log_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(sqlite_err(&self.path, "preparing an insert"))?;
         insert
             .execute(params![
-                &*id,
+                e.position,
+                &e.event_id.as_bytes()[..],
                 e.aggregate_id,
                 e.version,
                 e.event_type,
-                &self.timestamp_buf,
-                e.position,
+                e.hlc_physical_ms,
+                e.hlc_counter,
+                e.hlc_node,
                 row.segment,
                 row.offset
             ])
             .map_err(sqlite_err(&self.path, "inserting an event"))?;
+        drop(insert);
+        let extends = self.run.as_ref().is_some_and(|run| {
+            run.aggregate_id == e.aggregate_id
+                && e.version == run.last_version + 1
+                && e.position == run.first_position + (e.version - run.first_version)
+                && row.segment == run.segment
+        });
+        if extends {
+            if let Some(run) = self.run.as_mut() {
+                run.last_version = e.version;
+            }
+            return Ok(());
+        }
+        self.end_run()?;
+        self.run = Some(OpenRun {
+            aggregate_id: e.aggregate_id.to_owned(),
+            first_version: e.version,
+            last_version: e.version,
+            first_position: e.position,
+            segment: row.segment,
+            offset: row.offset,
+        });
         Ok(())
     }
 
-    /// Moves the checkpoint and commits.
+    /// Ends the open run: the next row starts another. Called at the end
+    /// of each batch frame, since a run's records lie back to back in one.
+    pub fn end_run(&mut self) -> Result<(), IndexError> {
+        let Some(run) = self.run.take() else {
+            return Ok(());
+        };
+        let mut insert = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO aggregate_runs (aggregate_id, first_version, last_version,
+                                             first_position, log_segment, log_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(sqlite_err(&self.path, "preparing an insert"))?;
+        insert
+            .execute(params![
+                run.aggregate_id,
+                run.first_version,
+                run.last_version,
+                run.first_position,
+                run.segment,
+                run.offset
+            ])
+            .map_err(sqlite_err(&self.path, "inserting an aggregate run"))?;
+        Ok(())
+    }
+
+    /// Ends the open run, moves the checkpoint and commits.
     pub fn commit(&mut self, indexed_position: u64, hlc_max: (u64, u32)) -> Result<(), IndexError> {
+        self.end_run()?;
         let path = &self.path;
         let mut set = self
             .conn
@@ -700,8 +941,9 @@ impl IndexWriter {
             .map_err(sqlite_err(path, "committing"))
     }
 
-    /// Abandons the open transaction, if any.
+    /// Abandons the open transaction, if any, and the open run.
     pub fn rollback(&mut self) {
+        self.run = None;
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }

@@ -719,18 +719,20 @@ fn s5_verify_index_reports_disagreement() {
     }
     let conn = rusqlite::Connection::open(dir.path().join("index.sqlite")).unwrap();
     conn.execute(
-        "UPDATE events SET event_type = 'Tampered' WHERE position = 4",
+        "UPDATE event_rows SET event_type = 'Tampered' WHERE position = 4",
         [],
     )
     .unwrap();
-    conn.execute("DELETE FROM events WHERE position = 7", [])
+    conn.execute("DELETE FROM event_rows WHERE position = 7", [])
         .unwrap();
     drop(conn);
     let store = Store::open_read_only(dir.path()).unwrap();
     let (problems, total) = store.verify_index(10).unwrap();
-    assert_eq!(total, 2, "{problems:?}");
+    assert_eq!(total, 3, "{problems:?}");
     assert!(problems[0].starts_with("position 4:") && problems[0].contains("Tampered"));
     assert!(problems[1].starts_with("position 7: in the log but not in the index"));
+    // The run of position 7 now holds a row that is not there.
+    assert!(problems[2].contains("aggregate runs: they cover 10 versions and 9 rows of 9"));
 }
 
 /// A read-only handle's reads combine an in-memory tail (the log after the
@@ -759,7 +761,8 @@ fn s5_a_read_only_handle_whose_index_goes_back_reads_the_log_for_the_hole() {
     // The index as a rebuild halfway would leave it.
     let conn = rusqlite::Connection::open(dir.path().join("index.sqlite")).unwrap();
     conn.execute_batch(
-        "DELETE FROM events WHERE position > 50;
+        "DELETE FROM event_rows WHERE position > 50;
+         DELETE FROM aggregate_runs WHERE first_position > 50;
          UPDATE strata_meta SET value = '50' WHERE key = 'indexed_position';",
     )
     .unwrap();
@@ -1189,4 +1192,160 @@ proptest! {
         }
         prop_assert!(store.verify_index(5).unwrap().0.is_empty());
     }
+}
+
+/// Reads by aggregate go through the index's runs (an aggregate's
+/// consecutive versions written back to back in one frame) and the tail
+/// the indexer has not written yet. Whatever the shape of the batches
+/// (several aggregates interleaved in one, runs split across frames and
+/// segments) and of the read (a version inside a run, limits that cut
+/// one, backward), the answer is the log's, before the indexer catches up,
+/// after, and after a reopen; and `verify` finds the runs sound.
+/// A batch: groups of (aggregate, number of events).
+fn arb_batch() -> impl Strategy<Value = Vec<(u8, u8)>> {
+    proptest::collection::vec((0u8..4, 1u8..40), 1..5)
+}
+
+fn check_reads(store: &Store, log: &[Event], reads: &[(u8, u64, usize, bool)]) {
+    for &(agg, from, limit, backward) in reads {
+        let agg = format!("agg-{agg}");
+        let of_agg = log.iter().filter(|e| e.aggregate_id == agg);
+        let (got, want): (Vec<Event>, Vec<Event>) = if backward {
+            let mut want: Vec<Event> = of_agg.cloned().collect();
+            want.reverse();
+            want.truncate(limit);
+            (store.read_aggregate_backward(&agg, limit).unwrap(), want)
+        } else {
+            let want = of_agg
+                .filter(|e| e.version >= from)
+                .take(limit)
+                .cloned()
+                .collect();
+            (store.read_aggregate(&agg, from, limit).unwrap(), want)
+        };
+        assert_eq!(
+            got, want,
+            "{agg} from {from} limit {limit} backward {backward}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn s5_reads_by_aggregate_through_runs_and_tail_equal_the_log(
+        batches in proptest::collection::vec(arb_batch(), 1..12),
+        reads in proptest::collection::vec((0u8..4, 0u64..120, 0usize..150, any::<bool>()), 1..24),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options {
+            // Small frames and segments: runs end at frame and segment
+            // boundaries.
+            segment_bytes_max: 16 << 10,
+            ..small_segments(Durability::None)
+        };
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let mut n = 0u64;
+        for batch in &batches {
+            let groups: Vec<AggregateEvents> = batch
+                .iter()
+                .map(|(agg, count)| {
+                    AggregateEvents {
+                        aggregate_id: format!("agg-{agg}"),
+                        expected: ExpectedVersion::Any,
+                        events: (0..*count)
+                            .map(|_| {
+                                n += 1;
+                                ev("X", n)
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            store.append_batch(&groups).unwrap();
+            // Read with part of the log still in the tail.
+            check_reads(&store, &all(&store), &reads[..reads.len().min(3)]);
+        }
+        let log = all(&store);
+        check_reads(&store, &log, &reads);
+        store.flush_index().unwrap();
+        check_reads(&store, &log, &reads);
+        let (problems, _) = store.verify_index(10).unwrap();
+        prop_assert!(problems.is_empty(), "{problems:?}");
+        store.close().unwrap();
+        let store = Store::open(dir.path(), opts()).unwrap();
+        check_reads(&store, &log, &reads);
+        store.close().unwrap();
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        check_reads(&ro, &log, &reads);
+    }
+}
+
+/// The runs are checked too: a run that claims a version it does not
+/// hold, or that overlaps another, is reported by `verify`.
+#[test]
+fn s5_verify_index_reports_runs_that_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        for agg in ["a", "b"] {
+            store
+                .append(
+                    agg,
+                    ExpectedVersion::Any,
+                    (0..5).map(|i| ev("X", i)).collect(),
+                )
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("index.sqlite")).unwrap();
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM aggregate_runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 2, "one run per aggregate: each append is one frame");
+    let verify = || {
+        let store = Store::open_read_only(dir.path()).unwrap();
+        store.verify_index(10).unwrap().0
+    };
+    assert!(verify().is_empty(), "{:?}", verify());
+    // b's run now starts at a's first event.
+    conn.execute(
+        "UPDATE aggregate_runs SET first_position = 1 WHERE aggregate_id = 'b'",
+        [],
+    )
+    .unwrap();
+    let problems = verify();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("not the aggregate and version their run says")),
+        "{problems:?}"
+    );
+    conn.execute(
+        "UPDATE aggregate_runs SET first_position = 6 WHERE aggregate_id = 'b'",
+        [],
+    )
+    .unwrap();
+    assert!(verify().is_empty());
+    // a's run claims a version too many: it overlaps nothing but covers
+    // b's first row as its own.
+    conn.execute(
+        "UPDATE aggregate_runs SET last_version = 6 WHERE aggregate_id = 'a'",
+        [],
+    )
+    .unwrap();
+    let problems = verify();
+    assert!(!problems.is_empty(), "{problems:?}");
+    conn.execute_batch(
+        "UPDATE aggregate_runs SET last_version = 5 WHERE aggregate_id = 'a';
+         INSERT INTO aggregate_runs VALUES ('a', 3, 4, 3, 1, 0);",
+    )
+    .unwrap();
+    let problems = verify();
+    assert!(
+        problems.iter().any(|p| p.contains("overlap another run")),
+        "{problems:?}"
+    );
 }

@@ -650,33 +650,68 @@ impl Log {
         pointers: impl IntoIterator<Item = (u64, u64, u64)>,
         mut f: impl FnMut(EventRef<'_>),
     ) -> Result<(), LogError> {
+        self.read_runs(
+            pointers
+                .into_iter()
+                .map(|(segment_first, offset, position)| (segment_first, offset, position, 0, 1)),
+            |_, r| f(r),
+        )
+    }
+
+    /// Reads runs of records that lie back to back in one batch frame:
+    /// for each `(segment_first, offset, position, skip, take)`, the record
+    /// at `offset` of the segment starting at `segment_first` holds
+    /// `position`; the `skip` records from it are passed over and the
+    /// `take` after them handed to `f` with their offsets. Every record is
+    /// CRC-checked and
+    /// must hold the position that follows the one before, so a pointer
+    /// that went stale is an error, not a wrong answer.
+    pub fn read_runs(
+        &self,
+        runs: impl IntoIterator<Item = (u64, u64, u64, u64, u64)>,
+        mut f: impl FnMut(u64, EventRef<'_>),
+    ) -> Result<(), LogError> {
         let visible = self.visible_position();
         let mut segment: Option<Arc<Segment>> = None;
         let mut buf = Vec::new();
-        for (segment_first, offset, position) in pointers {
-            if position > visible {
-                return Err(LogError::BeyondView { position, visible });
+        for (segment_first, mut offset, first_position, skip, take) in runs {
+            let last = first_position + skip + take.saturating_sub(1);
+            if last > visible {
+                return Err(LogError::BeyondView {
+                    position: last,
+                    visible,
+                });
             }
             let holds = |s: &Segment| {
                 s.first_position() == segment_first
-                    && position >= s.first_position()
-                    && position <= s.last_position()
+                    && first_position >= s.first_position()
+                    && last <= s.last_position()
             };
             if !segment.as_deref().is_some_and(holds) {
-                segment = self
-                    .segment_for(position)
-                    .filter(|s| s.first_position() == segment_first);
+                segment = self.segment_for(first_position).filter(|s| holds(s));
             }
             let Some(seg) = segment.as_deref() else {
+                let positions = if last == first_position {
+                    format!("position {last}")
+                } else {
+                    format!("positions {first_position}..={last}")
+                };
                 return Err(LogError::inconsistent(
                     &self.shared.dir.join(segment_file_name(segment_first)),
                     offset,
                     format!(
-                        "no segment starting at {segment_first} holds position {position}; the index is stale, run `strata reindex`"
+                        "no segment starting at {segment_first} holds {positions}; the index is stale, run `strata reindex`"
                     ),
                 ));
             };
-            f(read_record_in(seg, offset, position, &mut buf, true)?);
+            for position in first_position..first_position + skip + take {
+                let record = read_record_in(seg, offset, position, &mut buf, true)?;
+                let len = format::record_len(&record) as u64;
+                if position >= first_position + skip {
+                    f(offset, record);
+                }
+                offset += len;
+            }
         }
         Ok(())
     }

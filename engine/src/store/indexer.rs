@@ -111,6 +111,8 @@ impl Indexer {
                     last = rec.position;
                     rows += 1;
                 }
+                // A run's records lie back to back in one frame.
+                self.writer.end_run()?;
             }
             Ok(())
         })();

@@ -26,7 +26,7 @@
 //! | `indexer.rs` | the background indexer and its progress |
 //! | `verify.rs` | checking the index against the log |
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +41,7 @@ use crate::event::{
     AggregateEvents, Committed, Event, EventRef, ExpectedVersion, InvalidInput, Limits, NewEvent,
 };
 use crate::hlc::{DRIFT_MS_MAX_DEFAULT, Hlc, NodeId, SystemClock, Timestamp, WallClock};
-use crate::index::{self, Index, IndexError, IndexWriter, NewRow, Pointer};
+use crate::index::{self, Index, IndexError, IndexWriter, NewRow, Pointer, Span};
 use crate::lock::LockFile;
 use crate::log::follower::{FollowPace, Step, follow};
 use crate::log::format::{self, RawRun};

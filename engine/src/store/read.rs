@@ -12,114 +12,179 @@ impl Store {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        let ptrs = self.aggregate_pointers(aggregate_id, from_version, false, limit)?;
-        self.read_pointers(&ptrs)
+        let spans = self.aggregate_spans(aggregate_id, from_version, false, limit)?;
+        self.read_spans(&spans)
     }
 
     /// The latest `limit` events of an aggregate, newest first.
     pub fn read_aggregate_backward(&self, aggregate_id: &str, limit: usize) -> Result<Vec<Event>> {
-        let ptrs = self.aggregate_pointers(aggregate_id, 0, true, limit)?;
-        self.read_pointers(&ptrs)
+        let spans = self.aggregate_spans(aggregate_id, 0, true, limit)?;
+        let mut events = self.read_spans(&spans)?;
+        events.reverse();
+        Ok(events)
     }
 
-    pub(super) fn aggregate_pointers(
+    /// Where an aggregate's events with version ≥ `from_version` are: the
+    /// first `limit` of them or, `backward`, the last `limit`; in ascending
+    /// order either way. The index's runs, then the tail's events the
+    /// index does not have yet.
+    pub(super) fn aggregate_spans(
         &self,
         aggregate_id: &str,
         from_version: u64,
         backward: bool,
         limit: usize,
-    ) -> Result<Vec<Pointer>> {
+    ) -> Result<Vec<Span>> {
         let inner = &*self.inner;
         let mut attempt = 0;
-        let (mut by_version, indexed) = loop {
+        let (tail, mut spans) = loop {
             // Tail first, then index: see `find_existing`.
-            let (by_version, tail_from, upto) = {
+            let (tail, tail_from, upto) = {
                 let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
                 let upto = if inner.options.read_only {
                     tail.head
                 } else {
                     inner.log.visible_position()
                 };
-                let by_version: BTreeMap<u64, Pointer> = tail
+                let pending: Vec<Pointer> = tail
                     .by_aggregate
                     .get(aggregate_id)
                     .map(|q| {
                         q.iter()
                             .filter(|p| p.position <= upto && p.version >= from_version)
-                            .map(|p| (p.version, *p))
+                            .copied()
                             .collect()
                     })
                     .unwrap_or_default();
-                (by_version, tail.from, upto)
+                (pending, tail.from, upto)
             };
             if !inner.options.read_only {
-                let indexed = inner.index.aggregate_pointers(
+                let indexed = inner.index.aggregate_spans(
                     aggregate_id,
                     from_version,
                     backward,
                     limit,
                     upto,
                 )?;
-                break (by_version, indexed);
+                break (tail, indexed);
             }
             // A read-only store's index is written by another handle: read
             // it in one snapshot, and check that snapshot reaches the tail.
             let (indexed, checkpoint) = inner.index.snapshot(|r, _| {
-                r.aggregate_pointers(aggregate_id, from_version, backward, limit, upto)
+                r.aggregate_spans(aggregate_id, from_version, backward, limit, upto)
             })?;
             if checkpoint < tail_from {
                 self.index_went_back(checkpoint, attempt)?;
                 attempt += 1;
                 continue;
             }
-            break (by_version, indexed);
+            break (tail, indexed);
         };
-        if by_version.is_empty() {
+        if tail.is_empty() {
             // Nothing for this aggregate waits for the indexer: the index's
-            // answer is the whole answer, already in order.
-            return Ok(indexed);
+            // answer is the whole answer.
+            return Ok(spans);
         }
-        for p in indexed {
-            by_version.entry(p.version).or_insert(p);
+        // An aggregate's versions grow with its positions, so the tail's
+        // events the index lacks come after every version it returned
+        // (the tail may still hold some the indexer has just written).
+        let indexed_to = spans.last().map_or(0, |s| s.to_version);
+        let mut tail = tail
+            .into_iter()
+            .filter(|p| p.version > indexed_to)
+            .peekable();
+        if tail.peek().is_none() {
+            return Ok(spans);
         }
-        let ptrs: Vec<Pointer> = if backward {
-            by_version.into_values().rev().take(limit).collect()
+        spans.extend(tail.map(|p| p.span()));
+        let total: u64 = spans.iter().map(Span::count).sum();
+        let mut excess = total.saturating_sub(limit as u64);
+        if backward {
+            // The last `limit`: drop from the front.
+            while excess > 0 {
+                let first = &mut spans[0];
+                if first.count() <= excess {
+                    excess -= first.count();
+                    spans.remove(0);
+                } else {
+                    first.from_version += excess;
+                    excess = 0;
+                }
+            }
         } else {
-            by_version.into_values().take(limit).collect()
-        };
-        Ok(ptrs)
+            while excess > 0 {
+                let last = spans.last_mut().expect("more events than the limit");
+                if last.count() <= excess {
+                    excess -= last.count();
+                    spans.pop();
+                } else {
+                    last.to_version -= excess;
+                    excess = 0;
+                }
+            }
+        }
+        Ok(spans)
     }
 
     #[cfg(feature = "bench")]
     pub(crate) fn aggregate_pointers_for_bench(&self, aggregate_id: &str) -> Result<Vec<Pointer>> {
-        self.aggregate_pointers(aggregate_id, 0, false, usize::MAX)
+        let spans = self.aggregate_spans(aggregate_id, 0, false, usize::MAX)?;
+        let mut pointers = Vec::new();
+        self.inner.log.read_runs(
+            spans
+                .iter()
+                .map(|s| (s.segment, s.offset, s.first_position, s.skip(), s.count())),
+            |offset, r| {
+                let span = spans
+                    .iter()
+                    .find(|s| s.first_position <= r.position && r.position <= s.last_position())
+                    .expect("read from spans");
+                pointers.push(Pointer {
+                    position: r.position,
+                    version: r.version,
+                    segment: span.segment,
+                    offset,
+                })
+            },
+        )?;
+        Ok(pointers)
     }
 
-    pub(super) fn read_pointers(&self, ptrs: &[Pointer]) -> Result<Vec<Event>> {
+    /// Reads the events of `spans`, in order.
+    pub(super) fn read_spans(&self, spans: &[Span]) -> Result<Vec<Event>> {
         let log = &self.inner.log;
-        let mut events = Vec::with_capacity(ptrs.len());
+        let mut events = Vec::with_capacity(spans.iter().map(|s| s.count() as usize).sum());
         // Events of one aggregate mostly come from few nodes: share the
         // node id between them instead of allocating one per event.
         let mut node: Option<NodeId> = None;
         let mut failed = None;
-        log.read_records(
-            ptrs.iter().map(|p| (p.segment, p.offset, p.position)),
-            |r| {
+        log.read_runs(
+            spans
+                .iter()
+                .map(|s| (s.segment, s.offset, s.first_position, s.skip(), s.count())),
+            |offset, r| {
                 if failed.is_some() {
                     return;
                 }
                 match r.to_event_sharing_node(&mut node) {
                     Ok(e) => events.push(e),
-                    Err(err) => failed = Some((r.position, err)),
+                    Err(err) => failed = Some((r.position, r.version, offset, err)),
                 }
             },
         )?;
-        if let Some((position, err)) = failed {
-            let p = ptrs
+        if let Some((position, version, offset, err)) = failed {
+            let segment = spans
                 .iter()
-                .find(|p| p.position == position)
-                .expect("read from ptrs");
-            return Err(corrupt_hlc(log, p, err));
+                .find(|s| s.first_position <= position && position <= s.last_position())
+                .expect("read from spans")
+                .segment;
+            let at = Pointer {
+                position,
+                version,
+                segment,
+                offset,
+            };
+            return Err(corrupt_hlc(log, &at, err));
         }
         Ok(events)
     }
@@ -128,7 +193,7 @@ impl Store {
     pub fn get(&self, event_id: Uuid) -> Result<Option<Event>> {
         let found = self.find_existing(&[event_id])?;
         match found.get(&event_id) {
-            Some((p, _)) if p.position <= self.head() => Ok(self.read_pointers(&[*p])?.pop()),
+            Some((p, _)) if p.position <= self.head() => Ok(self.read_spans(&[p.span()])?.pop()),
             _ => Ok(None),
         }
     }

@@ -33,9 +33,11 @@ impl Store {
         // process writes it meanwhile). Rows past the checkpoint commit
         // with it, so they are never right. Merge join on position: both
         // sides are in position order.
-        inner.index.snapshot(|r, indexed| {
+        let mut rows_seen = 0u64;
+        let (runs, _) = inner.index.snapshot(|r, indexed| {
             log_rows.upto = indexed.min(head);
             r.for_each_row(|row| {
+                rows_seen += 1;
                 if row.position > indexed {
                     report(format!(
                         "position {}: in the index past its checkpoint {indexed}",
@@ -82,10 +84,31 @@ impl Store {
                         }
                     }
                 }
-            })
+            })?;
+            r.check_runs()
         })?;
         if let Some(e) = failure {
             return Err(e);
+        }
+        // The runs an aggregate is read by must tile the rows: each row in
+        // exactly one run, which agrees with it.
+        if runs.mismatched > 0 {
+            report(format!(
+                "aggregate runs: {} rows are not the aggregate and version their run says, or not where it says it starts",
+                runs.mismatched
+            ));
+        }
+        if runs.overlapping > 0 || runs.inverted > 0 {
+            report(format!(
+                "aggregate runs: {} overlap another run of their aggregate, {} end before they start",
+                runs.overlapping, runs.inverted
+            ));
+        }
+        if runs.events != rows_seen || runs.rows != rows_seen {
+            report(format!(
+                "aggregate runs: they cover {} versions and {} rows of {rows_seen}: some events cannot be read by aggregate",
+                runs.events, runs.rows
+            ));
         }
         while let Some(l) = log_rows.peek()?.cloned() {
             report(format!(
