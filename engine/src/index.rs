@@ -312,9 +312,6 @@ pub struct Index {
 pub struct IndexWriter {
     path: PathBuf,
     conn: Connection,
-    /// The run the rows inserted last belong to, written when the next
-    /// row does not extend it, at the end of its frame, or at commit.
-    run: Option<OpenRun>,
 }
 
 /// A run of `aggregate_runs` being gathered.
@@ -381,15 +378,7 @@ pub fn open_rw(
         present: true,
         pool: Mutex::new(Vec::new()),
     };
-    Ok((
-        index,
-        IndexWriter {
-            path,
-            conn,
-            run: None,
-        },
-        meta,
-    ))
+    Ok((index, IndexWriter { path, conn }, meta))
 }
 
 /// Opens the index read-only. Never writes, never takes locks beyond
@@ -838,26 +827,75 @@ pub struct NewRow<'a> {
 }
 
 impl IndexWriter {
-    /// Starts a transaction; rows follow with [`IndexWriter::insert`].
-    pub fn begin(&mut self) -> Result<(), IndexError> {
+    /// Starts a transaction: rows follow with [`IndexBatch::insert`], and
+    /// [`IndexBatch::commit`] ends it (dropping the batch rolls it back).
+    pub fn begin(&mut self) -> Result<IndexBatch<'_>, IndexError> {
+        let path = &self.path;
+        if !self.conn.is_autocommit() {
+            // A batch whose rollback failed left its transaction open.
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(sqlite_err(path, "abandoning a transaction"))?;
+        }
         self.conn
             .execute_batch("BEGIN")
-            .map_err(sqlite_err(&self.path, "starting a transaction"))
+            .map_err(sqlite_err(path, "starting a transaction"))?;
+        // Prepared once a batch, not looked up in the statement cache for
+        // every row.
+        let prepare = |sql| {
+            self.conn
+                .prepare_cached(sql)
+                .map_err(sqlite_err(path, "preparing an insert"))
+        };
+        let rows = prepare(
+            "INSERT INTO event_rows (position, event_id, aggregate_id, version, event_type,
+                                     hlc_physical_ms, hlc_counter, hlc_node, log_segment, log_offset)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let runs = prepare(
+            "INSERT INTO aggregate_runs (aggregate_id, first_version, last_version,
+                                         first_position, log_segment, log_offset)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        Ok(IndexBatch {
+            conn: &self.conn,
+            path,
+            rows,
+            runs,
+            run: None,
+            committed: false,
+        })
     }
+}
 
+/// One transaction of the index writer (see [`IndexWriter::begin`]).
+pub struct IndexBatch<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    rows: rusqlite::CachedStatement<'a>,
+    runs: rusqlite::CachedStatement<'a>,
+    /// The run the rows inserted last belong to, written when the next
+    /// row does not extend it, at the end of its frame, or at commit.
+    run: Option<OpenRun>,
+    committed: bool,
+}
+
+impl std::fmt::Debug for IndexBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexBatch")
+            .field("path", &self.path)
+            .field("run", &self.run)
+            .field("committed", &self.committed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IndexBatch<'_> {
     /// Inserts one event. Rows come in position order; consecutive rows
     /// of one frame that continue an aggregate's versions join its run.
     pub fn insert(&mut self, row: &NewRow<'_>) -> Result<(), IndexError> {
         let e = &row.event;
-        let mut insert = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO event_rows (position, event_id, aggregate_id, version, event_type,
-                                         hlc_physical_ms, hlc_counter, hlc_node, log_segment, log_offset)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .map_err(sqlite_err(&self.path, "preparing an insert"))?;
-        insert
+        self.rows
             .execute(params![
                 e.position,
                 &e.event_id.as_bytes()[..],
@@ -870,8 +908,7 @@ impl IndexWriter {
                 row.segment,
                 row.offset
             ])
-            .map_err(sqlite_err(&self.path, "inserting an event"))?;
-        drop(insert);
+            .map_err(sqlite_err(self.path, "inserting an event"))?;
         let extends = self.run.as_ref().is_some_and(|run| {
             run.aggregate_id == e.aggregate_id
                 && e.version == run.last_version + 1
@@ -902,15 +939,7 @@ impl IndexWriter {
         let Some(run) = self.run.take() else {
             return Ok(());
         };
-        let mut insert = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO aggregate_runs (aggregate_id, first_version, last_version,
-                                             first_position, log_segment, log_offset)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(sqlite_err(&self.path, "preparing an insert"))?;
-        insert
+        self.runs
             .execute(params![
                 run.aggregate_id,
                 run.first_version,
@@ -919,14 +948,14 @@ impl IndexWriter {
                 run.segment,
                 run.offset
             ])
-            .map_err(sqlite_err(&self.path, "inserting an aggregate run"))?;
+            .map_err(sqlite_err(self.path, "inserting an aggregate run"))?;
         Ok(())
     }
 
     /// Ends the open run, moves the checkpoint and commits.
-    pub fn commit(&mut self, indexed_position: u64, hlc_max: (u64, u32)) -> Result<(), IndexError> {
+    pub fn commit(mut self, indexed_position: u64, hlc_max: (u64, u32)) -> Result<(), IndexError> {
         self.end_run()?;
-        let path = &self.path;
+        let path = self.path;
         let mut set = self
             .conn
             .prepare_cached("UPDATE strata_meta SET value = ?2 WHERE key = ?1")
@@ -938,13 +967,17 @@ impl IndexWriter {
         drop(set);
         self.conn
             .execute_batch("COMMIT")
-            .map_err(sqlite_err(path, "committing"))
+            .map_err(sqlite_err(path, "committing"))?;
+        self.committed = true;
+        Ok(())
     }
+}
 
-    /// Abandons the open transaction, if any, and the open run.
-    pub fn rollback(&mut self) {
-        self.run = None;
-        if !self.conn.is_autocommit() {
+impl Drop for IndexBatch<'_> {
+    /// A batch that was not committed is rolled back; a rollback that
+    /// fails leaves the transaction for the next `begin` to end.
+    fn drop(&mut self) {
+        if !self.committed && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }

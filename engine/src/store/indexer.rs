@@ -93,7 +93,7 @@ impl Indexer {
         let mut last = self.indexed;
         let mut hlc_max = self.hlc_max;
         let mut max_id: Option<Uuid> = None;
-        self.writer.begin()?;
+        let mut batch = self.writer.begin()?;
         let result = (|| -> Result<(), IndexStepError> {
             while rows < self.batch_max {
                 let Some(view) = self.cursor.next_batch(upto)? else {
@@ -101,7 +101,7 @@ impl Indexer {
                 };
                 for r in view.records() {
                     let (offset, rec) = r?;
-                    self.writer.insert(&NewRow {
+                    batch.insert(&NewRow {
                         event: rec,
                         segment: view.segment_first,
                         offset,
@@ -112,15 +112,12 @@ impl Indexer {
                     rows += 1;
                 }
                 // A run's records lie back to back in one frame.
-                self.writer.end_run()?;
+                batch.end_run()?;
             }
             Ok(())
         })();
-        match result.and_then(|()| {
-            self.writer
-                .commit(last, hlc_max)
-                .map_err(IndexStepError::from)
-        }) {
+        // Dropping an uncommitted batch rolls it back.
+        match result.and_then(|()| batch.commit(last, hlc_max).map_err(IndexStepError::from)) {
             Ok(()) => {
                 self.indexed = last;
                 self.hlc_max = hlc_max;
@@ -132,7 +129,6 @@ impl Indexer {
                 Ok(())
             }
             Err(e) => {
-                self.writer.rollback();
                 // Start again from the checkpoint next time.
                 self.cursor = self.log.cursor(self.indexed + 1);
                 Err(e)
