@@ -946,6 +946,7 @@ fn h1_restart_with_a_clock_that_stepped_back_stays_monotonic() {
 #[derive(Debug, Default)]
 struct CountingVfs {
     syncs: AtomicUsize,
+    writes: AtomicUsize,
     fail_next_sync: std::sync::atomic::AtomicBool,
     slow_sync: Duration,
 }
@@ -991,6 +992,7 @@ impl VfsFile for CountingFile {
         self.inner.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.vfs.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.write_all_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
@@ -1056,6 +1058,156 @@ fn s2_concurrent_appends_share_one_sync() {
         "group commit: {syncs} syncs for {appends} appends"
     );
     assert_eq!(store.head(), appends as u64);
+}
+
+/// Concurrent durable appends go through the commit queue: one thread
+/// writes everything queued as one round (one write, one sync), and each
+/// append still gets its own answer: a conflict on a hot aggregate fails
+/// only the append that lost, whatever else its round held.
+#[test]
+fn s2_s6_concurrent_durable_appends_are_written_in_rounds_each_answered_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = Arc::new(CountingVfs {
+        slow_sync: Duration::from_millis(2),
+        ..CountingVfs::default()
+    });
+    let store = Store::open(
+        dir.path(),
+        Options {
+            vfs: Arc::new(CountingVfsHandle(vfs.clone())),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let (writes_before, syncs_before) = (
+        vfs.writes.load(Ordering::SeqCst),
+        vfs.syncs.load(Ordering::SeqCst),
+    );
+    let threads = 16;
+    let per_thread = 25u64;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let (mut won, mut lost) = (Vec::new(), 0u64);
+                for i in 0..per_thread {
+                    if i % 2 == 0 {
+                        let c = store
+                            .append(&format!("t{t}"), ExpectedVersion::Any, vec![ev("X", i)])
+                            .unwrap();
+                        assert_eq!(c[0].version, i / 2 + 1, "t{t}'s own versions");
+                        continue;
+                    }
+                    // Everyone races for the next version of "hot".
+                    let seen = store.aggregate_version("hot").unwrap();
+                    match store.append("hot", ExpectedVersion::Exact(seen), vec![ev("H", i)]) {
+                        Ok(c) => {
+                            assert_eq!(c[0].version, seen + 1);
+                            won.push(c[0].version);
+                        }
+                        Err(Error::Conflict { current, .. }) => {
+                            assert!(current > seen, "a conflict names a newer version");
+                            lost += 1;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (won, lost)
+            })
+        })
+        .collect();
+    let mut hot_versions = Vec::new();
+    let mut lost = 0;
+    for h in handles {
+        let (won, l) = h.join().unwrap();
+        hot_versions.extend(won);
+        lost += l;
+    }
+    hot_versions.sort_unstable();
+    let hot = hot_versions.len() as u64;
+    assert_eq!(
+        hot_versions,
+        (1..=hot).collect::<Vec<u64>>(),
+        "every won version once"
+    );
+    assert_eq!(hot + lost, threads as u64 * (per_thread / 2));
+    let appends = threads * (per_thread as usize / 2 + 1) + hot as usize;
+    assert_eq!(store.head(), appends as u64);
+    let writes = vfs.writes.load(Ordering::SeqCst) - writes_before;
+    let syncs = vfs.syncs.load(Ordering::SeqCst) - syncs_before;
+    eprintln!("{appends} durable appends: {writes} writes, {syncs} syncs");
+    // Without the queue every append writes its own frame.
+    assert!(
+        writes * 2 <= appends,
+        "rounds: {writes} writes for {appends} appends"
+    );
+    let events = all(&store);
+    assert_gapless(&events);
+    assert_eq!(
+        store.read_aggregate("hot", 1, usize::MAX).unwrap().len() as u64,
+        hot
+    );
+}
+
+/// A round whose sync fails answers none of its appends as written: each
+/// runs again alone and is refused (the log is poisoned), and none hangs.
+#[test]
+fn s2_a_failed_sync_fails_every_append_of_its_round_and_none_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = Arc::new(CountingVfs {
+        slow_sync: Duration::from_millis(2),
+        ..CountingVfs::default()
+    });
+    let opts = || Options {
+        vfs: Arc::new(CountingVfsHandle(vfs.clone())),
+        ..Options::default()
+    };
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let threads = 12;
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    match store.append(&format!("t{t}"), ExpectedVersion::Any, vec![ev("X", i)]) {
+                        Ok(c) => acked.push(c[0].event_id),
+                        Err(e) => {
+                            let text = e.to_string();
+                            assert!(
+                                text.contains("injected fsync failure")
+                                    || text.contains("refused until the store is reopened"),
+                                "{text}"
+                            );
+                            return acked;
+                        }
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    barrier.wait();
+    std::thread::sleep(Duration::from_millis(50));
+    vfs.fail_next_sync.store(true, Ordering::SeqCst);
+    let acked: Vec<Uuid> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(!acked.is_empty());
+    drop(store);
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let ids: HashSet<Uuid> = all(&store).iter().map(|e| e.event_id).collect();
+    assert!(
+        acked.iter().all(|id| ids.contains(id)),
+        "every acknowledged append survived"
+    );
 }
 
 #[test]
@@ -1347,5 +1499,23 @@ fn s5_verify_index_reports_runs_that_disagree() {
     assert!(
         problems.iter().any(|p| p.contains("overlap another run")),
         "{problems:?}"
+    );
+    // A run that points at another aggregate's records, whole: a read
+    // refuses it instead of answering a's events as b's.
+    conn.execute_batch(
+        "DELETE FROM aggregate_runs WHERE first_version = 3;
+         UPDATE aggregate_runs SET (first_position, log_segment, log_offset) =
+           (SELECT first_position, log_segment, log_offset FROM aggregate_runs WHERE aggregate_id = 'a')
+         WHERE aggregate_id = 'b';",
+    )
+    .unwrap();
+    let store = Store::open_read_only(dir.path()).unwrap();
+    let err = store
+        .read_aggregate("b", 1, usize::MAX)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the index expected version 1 of \"b\"") && err.contains("strata reindex"),
+        "{err}"
     );
 }

@@ -71,6 +71,15 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn append_batch(&self, groups: &[AggregateEvents]) -> Result<Vec<Committed>> {
+        if self.inner.options.durability == Durability::Sync {
+            // Concurrent durable appends share one write and one sync.
+            return self.append_queued(groups);
+        }
+        self.append_alone(groups)
+    }
+
+    /// [`Store::append_batch`] without the commit queue.
+    pub(super) fn append_alone(&self, groups: &[AggregateEvents]) -> Result<Vec<Committed>> {
         self.append_batches(&[groups])?
             .pop()
             .expect("one result per batch")

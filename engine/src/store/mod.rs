@@ -20,6 +20,7 @@
 //! |---|---|
 //! | `options.rs` | [`Options`] and their checks |
 //! | `append.rs` | input checks, planning a batch under the writer lock, writing it, waiting for its sync |
+//! | `queue.rs` | the commit queue: concurrent durable appends written and synced as one round |
 //! | `read.rs` | reads by aggregate, id and position; [`ReadAll`], [`Subscription`] |
 //! | `replicate.rs` | copying another log's events (a replica's committed log, a node's mirror), raw records |
 //! | `tail.rs` | the in-memory tail of events not yet indexed |
@@ -54,6 +55,7 @@ use crate::log::{
 mod append;
 mod indexer;
 mod options;
+mod queue;
 mod read;
 mod replicate;
 mod tail;
@@ -72,7 +74,7 @@ pub const TAIL_EVENTS_MAX_DEFAULT: usize = 1_000_000;
 const CURSOR_CACHE_MAX: usize = 64;
 /// How long the indexer lets new events gather after waking, so that a
 /// trickle of small appends is indexed in fewer, larger transactions.
-const INDEXER_GATHER: Duration = Duration::from_millis(2);
+const INDEXER_GATHER: Duration = Duration::from_millis(10);
 /// How long the indexer waits before retrying after an error.
 const INDEXER_RETRY: Duration = Duration::from_secs(1);
 /// How often idle background threads look at the shutdown flag.
@@ -105,6 +107,8 @@ struct Inner {
     index: Index,
     tail: Arc<RwLock<Tail>>,
     writer: Mutex<Option<Writer>>,
+    /// Durable appends waiting to be written together (`queue.rs`).
+    commit_queue: Mutex<queue::CommitQueue>,
     progress: Arc<IndexProgress>,
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -319,6 +323,7 @@ impl Store {
                     log,
                     versions: FastMap::default(),
                 })),
+                commit_queue: Mutex::new(queue::CommitQueue::default()),
                 progress,
                 shutdown,
                 threads: Mutex::new(threads),
@@ -515,11 +520,15 @@ fn default_node_id(store_id: Uuid) -> NodeId {
 }
 
 fn corrupt_hlc(log: &Log, p: &Pointer, e: crate::hlc::HlcError) -> Error {
+    inconsistent_at(log, p, format!("record holds an invalid timestamp: {e}"))
+}
+
+fn inconsistent_at(log: &Log, p: &Pointer, reason: String) -> Error {
     Error::Log(LogError::Inconsistent {
         path: log
             .dir()
             .join(crate::log::segment::segment_file_name(p.segment)),
         offset: p.offset,
-        reason: format!("record holds an invalid timestamp: {e}"),
+        reason,
     })
 }
