@@ -13,13 +13,13 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>> {
         let spans = self.aggregate_spans(aggregate_id, from_version, false, limit)?;
-        self.read_spans(&spans)
+        self.read_spans(&spans, Some(aggregate_id))
     }
 
     /// The latest `limit` events of an aggregate, newest first.
     pub fn read_aggregate_backward(&self, aggregate_id: &str, limit: usize) -> Result<Vec<Event>> {
         let spans = self.aggregate_spans(aggregate_id, 0, true, limit)?;
-        let mut events = self.read_spans(&spans)?;
+        let mut events = self.read_spans(&spans, Some(aggregate_id))?;
         events.reverse();
         Ok(events)
     }
@@ -150,41 +150,61 @@ impl Store {
         Ok(pointers)
     }
 
-    /// Reads the events of `spans`, in order.
-    pub(super) fn read_spans(&self, spans: &[Span]) -> Result<Vec<Event>> {
+    /// Reads the events of `spans`, in order, checking that each holds the
+    /// version its span says (and, given one, the aggregate): a pointer
+    /// that went stale is an error naming the place, never another event.
+    pub(super) fn read_spans(
+        &self,
+        spans: &[Span],
+        aggregate_id: Option<&str>,
+    ) -> Result<Vec<Event>> {
         let log = &self.inner.log;
         let mut events = Vec::with_capacity(spans.iter().map(|s| s.count() as usize).sum());
         // Events of one aggregate mostly come from few nodes: share the
         // node id between them instead of allocating one per event.
         let mut node: Option<NodeId> = None;
-        let mut failed = None;
+        let mut failed: Option<(Pointer, String)> = None;
+        let mut expected = spans.iter().flat_map(|s| s.from_version..=s.to_version);
         log.read_runs(
             spans
                 .iter()
                 .map(|s| (s.segment, s.offset, s.first_position, s.skip(), s.count())),
             |offset, r| {
+                let version = expected.next();
                 if failed.is_some() {
+                    return;
+                }
+                let at = || Pointer {
+                    position: r.position,
+                    version: r.version,
+                    segment: spans
+                        .iter()
+                        .find(|s| s.first_position <= r.position && r.position <= s.last_position())
+                        .map_or(0, |s| s.segment),
+                    offset,
+                };
+                if version != Some(r.version) || aggregate_id.is_some_and(|a| a != r.aggregate_id) {
+                    let reason = format!(
+                        "record at position {} is version {} of {:?}, the index expected version {} of {:?}; the index is stale, run `strata reindex`",
+                        r.position,
+                        r.version,
+                        r.aggregate_id,
+                        version.unwrap_or(0),
+                        aggregate_id.unwrap_or(r.aggregate_id),
+                    );
+                    failed = Some((at(), reason));
                     return;
                 }
                 match r.to_event_sharing_node(&mut node) {
                     Ok(e) => events.push(e),
-                    Err(err) => failed = Some((r.position, r.version, offset, err)),
+                    Err(err) => {
+                        failed = Some((at(), format!("record holds an invalid timestamp: {err}")))
+                    }
                 }
             },
         )?;
-        if let Some((position, version, offset, err)) = failed {
-            let segment = spans
-                .iter()
-                .find(|s| s.first_position <= position && position <= s.last_position())
-                .expect("read from spans")
-                .segment;
-            let at = Pointer {
-                position,
-                version,
-                segment,
-                offset,
-            };
-            return Err(corrupt_hlc(log, &at, err));
+        if let Some((at, reason)) = failed {
+            return Err(inconsistent_at(log, &at, reason));
         }
         Ok(events)
     }
@@ -193,7 +213,9 @@ impl Store {
     pub fn get(&self, event_id: Uuid) -> Result<Option<Event>> {
         let found = self.find_existing(&[event_id])?;
         match found.get(&event_id) {
-            Some((p, _)) if p.position <= self.head() => Ok(self.read_spans(&[p.span()])?.pop()),
+            Some((p, _)) if p.position <= self.head() => {
+                Ok(self.read_spans(&[p.span()], None)?.pop())
+            }
             _ => Ok(None),
         }
     }
