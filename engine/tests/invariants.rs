@@ -1368,11 +1368,22 @@ fn check_reads(store: &Store, log: &[Event], reads: &[(u8, u64, usize, bool)]) {
             want.truncate(limit);
             (store.read_aggregate_backward(&agg, limit).unwrap(), want)
         } else {
-            let want = of_agg
+            let want: Vec<Event> = of_agg
                 .filter(|e| e.version >= from)
                 .take(limit)
                 .cloned()
                 .collect();
+            // The borrowed read sees the same events.
+            let mut seen = Vec::new();
+            let n = store
+                .visit_aggregate(&agg, from, limit, |e| {
+                    seen.push((e.position, e.data.to_vec()))
+                })
+                .unwrap();
+            assert_eq!(n as usize, seen.len());
+            let want_seen: Vec<(u64, Vec<u8>)> =
+                want.iter().map(|e| (e.position, e.data.clone())).collect();
+            assert_eq!(seen, want_seen, "visit {agg} from {from} limit {limit}");
             (store.read_aggregate(&agg, from, limit).unwrap(), want)
         };
         assert_eq!(
