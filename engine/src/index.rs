@@ -668,20 +668,19 @@ impl Reader<'_> {
         // or before it) on. `first_position <= ?3`: a reader's view of the
         // log may end before the index does (a read-only store beside a
         // writer).
+        macro_rules! runs_from {
+            () => {
+                "SELECT first_version, last_version, first_position, log_segment, log_offset
+                 FROM aggregate_runs
+                 WHERE aggregate_id = ?1 AND first_position <= ?3 AND first_version >= coalesce(
+                     (SELECT max(first_version) FROM aggregate_runs
+                      WHERE aggregate_id = ?1 AND first_version <= ?2), 0)"
+            };
+        }
         let sql = if backward {
-            "SELECT first_version, last_version, first_position, log_segment, log_offset
-             FROM aggregate_runs
-             WHERE aggregate_id = ?1 AND first_position <= ?3 AND first_version >= coalesce(
-                 (SELECT max(first_version) FROM aggregate_runs
-                  WHERE aggregate_id = ?1 AND first_version <= ?2), 0)
-             ORDER BY first_version DESC"
+            concat!(runs_from!(), " ORDER BY first_version DESC")
         } else {
-            "SELECT first_version, last_version, first_position, log_segment, log_offset
-             FROM aggregate_runs
-             WHERE aggregate_id = ?1 AND first_position <= ?3 AND first_version >= coalesce(
-                 (SELECT max(first_version) FROM aggregate_runs
-                  WHERE aggregate_id = ?1 AND first_version <= ?2), 0)
-             ORDER BY first_version ASC"
+            concat!(runs_from!(), " ORDER BY first_version ASC")
         };
         let err = || sqlite_err(self.path, "reading an aggregate");
         let mut stmt = conn.prepare_cached(sql).map_err(err())?;

@@ -1014,21 +1014,28 @@ impl VfsFile for CountingFile {
     }
 }
 
-#[test]
-fn s2_concurrent_appends_share_one_sync() {
-    let dir = tempfile::tempdir().unwrap();
+/// A store on a file system that counts writes and syncs, each sync taking
+/// `slow_sync` (so that concurrent appends meet in one).
+fn store_counting_syncs(dir: &Path, slow_sync: Duration) -> (Store, Arc<CountingVfs>) {
     let vfs = Arc::new(CountingVfs {
-        slow_sync: Duration::from_millis(2),
+        slow_sync,
         ..CountingVfs::default()
     });
     let store = Store::open(
-        dir.path(),
+        dir,
         Options {
             vfs: Arc::new(CountingVfsHandle(vfs.clone())),
             ..Options::default()
         },
     )
     .unwrap();
+    (store, vfs)
+}
+
+#[test]
+fn s2_concurrent_appends_share_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, vfs) = store_counting_syncs(dir.path(), Duration::from_millis(2));
     let before = vfs.syncs.load(Ordering::SeqCst);
     let threads = 16;
     let per_thread = 25;
@@ -1067,18 +1074,7 @@ fn s2_concurrent_appends_share_one_sync() {
 #[test]
 fn s2_s6_concurrent_durable_appends_are_written_in_rounds_each_answered_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let vfs = Arc::new(CountingVfs {
-        slow_sync: Duration::from_millis(2),
-        ..CountingVfs::default()
-    });
-    let store = Store::open(
-        dir.path(),
-        Options {
-            vfs: Arc::new(CountingVfsHandle(vfs.clone())),
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let (store, vfs) = store_counting_syncs(dir.path(), Duration::from_millis(2));
     let (writes_before, syncs_before) = (
         vfs.writes.load(Ordering::SeqCst),
         vfs.syncs.load(Ordering::SeqCst),
