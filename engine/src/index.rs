@@ -517,6 +517,21 @@ impl Index {
         )
     }
 
+    /// Where the record at `position` is, `(segment, offset)`, if the
+    /// index holds it.
+    pub fn row_place(&self, position: u64) -> Result<Option<(u64, u64)>, IndexError> {
+        if !self.present {
+            return Ok(None);
+        }
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT log_segment, log_offset FROM event_rows WHERE position = ?1")
+            .map_err(sqlite_err(&self.path, "reading a record's place"))?;
+        stmt.query_row([position], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(sqlite_err(&self.path, "reading a record's place"))
+    }
+
     /// Runs `f` inside one read transaction, so that everything it reads
     /// comes from one state of the index, and gives it (and returns with
     /// its result) the checkpoint (`indexed_position`) of that state. A read-only store
@@ -743,6 +758,7 @@ impl Reader<'_> {
                                        AND r.first_position + (r.last_version - r.first_version)
                  WHERE e.aggregate_id != r.aggregate_id
                     OR e.version != r.first_version + (e.position - r.first_position)
+                    OR e.log_segment != r.log_segment
                     OR (e.position = r.first_position
                         AND (e.log_segment != r.log_segment OR e.log_offset != r.log_offset))),
                (SELECT count(*) FROM aggregate_runs a

@@ -14,13 +14,37 @@
 //!
 //! A round that fails as a whole (the write or the sync failed, the store
 //! closed) answers nobody: each of its appends then runs again alone, and
-//! gets exactly the answer an append of its own would (a retry finds
-//! events already written by id, S6).
+//! gets the answer an append of its own would. A round is one frame at
+//! most, written whole or cut back, so a failed write leaves nothing of it
+//! behind; after a failed sync the log refuses every append anyway.
 
 use super::*;
 
 /// Most queued appends one round takes; the rest wait for the next.
 pub const COMMIT_ROUND_BATCHES_MAX: usize = 1024;
+
+/// A round is one batch frame at most (by a generous estimate of its
+/// encoded size), so that it is written with one write that either lands
+/// whole or is cut back: a round that fails has written nothing, and an
+/// append that then runs alone gets the answer an append of its own would
+/// (not `existed` for events of its own that an earlier frame of the
+/// failed round wrote). An append larger than that is a round of its own.
+fn round_room(groups: &[AggregateEvents]) -> (usize, usize) {
+    let mut events = 0;
+    let mut bytes = 0;
+    for g in groups {
+        for e in &g.events {
+            events += 1;
+            bytes += format::RECORD_HEADER_BYTES
+                + crate::hlc::NODE_BYTES_MAX
+                + g.aggregate_id.len()
+                + e.event_type.len()
+                + e.data.len()
+                + e.metadata.as_ref().map_or(0, Vec::len);
+        }
+    }
+    (events, bytes)
+}
 
 /// Appends waiting for a leader, and whether one is at work.
 #[derive(Debug, Default)]
@@ -82,20 +106,25 @@ impl Drop for RoundGuard<'_> {
 impl Store {
     /// [`Store::append_batch`] through the commit queue.
     pub(super) fn append_queued(&self, groups: &[AggregateEvents]) -> Result<Vec<Committed>> {
-        let queued = {
+        let mut copy: Option<Arc<Queued>> = None;
+        let queued = loop {
             let mut q = lock(&self.inner.commit_queue);
             if !q.leading {
                 q.leading = true;
-                None
-            } else {
-                let queued = Arc::new(Queued {
-                    groups: groups.to_vec(),
-                    state: Mutex::new(QueuedState::Waiting),
-                    moved: Condvar::new(),
-                });
-                q.waiting.push_back(queued.clone());
-                Some(queued)
+                break None;
             }
+            if let Some(queued) = copy.take() {
+                q.waiting.push_back(queued.clone());
+                break Some(queued);
+            }
+            // Copy the batch outside the queue's lock (it may be large),
+            // then look again: the leader may have finished meanwhile.
+            drop(q);
+            copy = Some(Arc::new(Queued {
+                groups: groups.to_vec(),
+                state: Mutex::new(QueuedState::Waiting),
+                moved: Condvar::new(),
+            }));
         };
         let Some(queued) = queued else {
             // No one leads: write this batch now, then pass the lead to
@@ -123,7 +152,17 @@ impl Store {
     fn lead_round(&self) {
         let round: Vec<Arc<Queued>> = {
             let mut q = lock(&self.inner.commit_queue);
-            let n = q.waiting.len().min(COMMIT_ROUND_BATCHES_MAX);
+            let (mut n, mut events, mut bytes) = (0, 0, 0);
+            for queued in q.waiting.iter().take(COMMIT_ROUND_BATCHES_MAX) {
+                let (e, b) = round_room(&queued.groups);
+                if n > 0
+                    && (events + e > format::BATCH_EVENTS_MAX as usize
+                        || bytes + b > format::BATCH_RECORDS_BYTES_MAX)
+                {
+                    break;
+                }
+                (n, events, bytes) = (n + 1, events + e, bytes + b);
+            }
             q.waiting.drain(..n).collect()
         };
         let mut guard = RoundGuard { store: self, round };

@@ -121,33 +121,48 @@ impl Store {
         if tail.is_empty() {
             // Nothing for this aggregate waits for the indexer: the index's
             // answer is the whole answer.
-            return Ok(spans);
+            return self.start_inside_runs(spans);
         }
         // An aggregate's versions grow with its positions, so the tail's
         // events the index lacks come after every version it returned
         // (the tail may still hold some the indexer has just written).
         let indexed_to = spans.last().map_or(0, |s| s.to_version);
-        let mut tail = tail
+        let tail: Vec<Pointer> = tail
             .into_iter()
             .filter(|p| p.version > indexed_to)
-            .peekable();
-        if tail.peek().is_none() {
-            return Ok(spans);
+            .collect();
+        if tail.is_empty() {
+            return self.start_inside_runs(spans);
         }
-        spans.extend(tail.map(|p| p.span()));
+        // Only the part of the tail that can be in the answer: its last
+        // `limit` events backward, its first `limit` forward.
+        let tail = if backward {
+            &tail[tail.len().saturating_sub(limit)..]
+        } else {
+            &tail[..tail.len().min(limit)]
+        };
+        spans.extend(tail.iter().map(Pointer::span));
         let total: u64 = spans.iter().map(Span::count).sum();
         let mut excess = total.saturating_sub(limit as u64);
+        if excess == 0 {
+            return self.start_inside_runs(spans);
+        }
         if backward {
-            // The last `limit`: drop from the front.
-            while excess > 0 {
-                let first = &mut spans[0];
-                if first.count() <= excess {
-                    excess -= first.count();
-                    spans.remove(0);
-                } else {
-                    first.from_version += excess;
-                    excess = 0;
-                }
+            // The last `limit`: drop whole spans from the front, then cut
+            // into the first one left.
+            let whole = spans
+                .iter()
+                .take_while(|s| {
+                    let drop = s.count() <= excess;
+                    if drop {
+                        excess -= s.count();
+                    }
+                    drop
+                })
+                .count();
+            spans.drain(..whole);
+            if let Some(first) = spans.first_mut() {
+                first.from_version += excess;
             }
         } else {
             while excess > 0 {
@@ -159,6 +174,24 @@ impl Store {
                     last.to_version -= excess;
                     excess = 0;
                 }
+            }
+        }
+        self.start_inside_runs(spans)
+    }
+
+    /// A span that starts inside its run (a read from a version in the
+    /// middle of a batch, or the latest few events) starts at the record of
+    /// its first wanted event, looked up by position in the index, instead
+    /// of walking the run's earlier records: a run may be a whole frame.
+    /// Where the index no longer has the row, the walk starts at the run.
+    fn start_inside_runs(&self, mut spans: Vec<Span>) -> Result<Vec<Span>> {
+        for span in spans.iter_mut().filter(|s| s.skip() > 0) {
+            let position = span.first_position + span.skip();
+            if let Some((segment, offset)) = self.inner.index.row_place(position)? {
+                span.first_position = position;
+                span.first_version = span.from_version;
+                span.segment = segment;
+                span.offset = offset;
             }
         }
         Ok(spans)
