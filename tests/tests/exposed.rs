@@ -138,6 +138,14 @@ where
 }
 
 /// `/metrics` as the admin sees it.
+/// `fut`, or a panic naming `step` if it has not finished within `limit`:
+/// a step that would wait forever fails the test and says where.
+async fn within<T>(step: &str, limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{step} did not finish within {limit:?}"))
+}
+
 async fn metrics(server: &TestServer) -> String {
     let r = http_get(
         server.addr,
@@ -613,14 +621,17 @@ async fn idle_unauthenticated_connections_hold_places_of_their_own_and_sleep() {
             assert_eq!(report.accepted_events, 1);
         }));
     }
+    // Each step within a minute: the waiting places free themselves after
+    // the 8 s authentication timeout at the latest.
+    let minute = Duration::from_secs(60);
     let mut open = Vec::new();
-    for w in writers {
-        open.push(w.await.unwrap());
+    for (i, w) in writers.into_iter().enumerate() {
+        open.push(within(&format!("writer {i}"), minute, w).await.unwrap());
     }
-    for r in replicas {
-        r.await.unwrap();
+    for (i, r) in replicas.into_iter().enumerate() {
+        within(&format!("replica {i}"), minute, r).await.unwrap();
     }
-    let text = metrics(&server).await;
+    let text = within("reading /metrics", minute, metrics(&server)).await;
     let evicted = series(&text, "strata_unauthenticated_evicted_total").unwrap() as usize;
     // The first replica found every waiting place taken and evicted the
     // oldest idle one; a replica gives its place back once its Hello is
