@@ -167,9 +167,16 @@ impl Span {
         self.to_version - self.from_version + 1
     }
 
-    /// The position of the last wanted event.
-    pub fn last_position(&self) -> u64 {
-        self.first_position + (self.to_version - self.first_version)
+    /// This span as [`crate::log::Log::read_runs`] takes it: `(segment,
+    /// offset, first_position, skip, take)`.
+    pub fn as_run(&self) -> (u64, u64, u64, u64, u64) {
+        (
+            self.segment,
+            self.offset,
+            self.first_position,
+            self.skip(),
+            self.count(),
+        )
     }
 }
 

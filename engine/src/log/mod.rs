@@ -654,7 +654,7 @@ impl Log {
             pointers
                 .into_iter()
                 .map(|(segment_first, offset, position)| (segment_first, offset, position, 0, 1)),
-            |_, r| f(r),
+            |_, _, r| f(r),
         )
     }
 
@@ -662,14 +662,14 @@ impl Log {
     /// for each `(segment_first, offset, position, skip, take)`, the record
     /// at `offset` of the segment starting at `segment_first` holds
     /// `position`; the `skip` records from it are passed over and the
-    /// `take` after them handed to `f` with their offsets. Every record is
-    /// CRC-checked and
-    /// must hold the position that follows the one before, so a pointer
-    /// that went stale is an error, not a wrong answer.
+    /// `take` after them handed to `f` with their place (`segment_first`,
+    /// offset). Every record is CRC-checked and must hold the position that
+    /// follows the one before, so a pointer that went stale is an error,
+    /// not a wrong answer.
     pub fn read_runs(
         &self,
         runs: impl IntoIterator<Item = (u64, u64, u64, u64, u64)>,
-        mut f: impl FnMut(u64, EventRef<'_>),
+        mut f: impl FnMut(u64, u64, EventRef<'_>),
     ) -> Result<(), LogError> {
         let visible = self.visible_position();
         let mut segment: Option<Arc<Segment>> = None;
@@ -708,7 +708,7 @@ impl Log {
                 let record = read_record_in(seg, offset, position, &mut buf, true)?;
                 let len = format::record_len(&record) as u64;
                 if position >= first_position + skip {
-                    f(offset, record);
+                    f(segment_first, offset, record);
                 }
                 offset += len;
             }

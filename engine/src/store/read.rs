@@ -201,23 +201,16 @@ impl Store {
     pub(crate) fn aggregate_pointers_for_bench(&self, aggregate_id: &str) -> Result<Vec<Pointer>> {
         let spans = self.aggregate_spans(aggregate_id, 0, false, usize::MAX)?;
         let mut pointers = Vec::new();
-        self.inner.log.read_runs(
-            spans
-                .iter()
-                .map(|s| (s.segment, s.offset, s.first_position, s.skip(), s.count())),
-            |offset, r| {
-                let span = spans
-                    .iter()
-                    .find(|s| s.first_position <= r.position && r.position <= s.last_position())
-                    .expect("read from spans");
+        self.inner
+            .log
+            .read_runs(spans.iter().map(Span::as_run), |segment, offset, r| {
                 pointers.push(Pointer {
                     position: r.position,
                     version: r.version,
-                    segment: span.segment,
+                    segment,
                     offset,
                 })
-            },
-        )?;
+            })?;
         Ok(pointers)
     }
 
@@ -256,10 +249,8 @@ impl Store {
         let mut failed: Option<(Pointer, String)> = None;
         let mut expected = spans.iter().flat_map(|s| s.from_version..=s.to_version);
         log.read_runs(
-            spans
-                .iter()
-                .map(|s| (s.segment, s.offset, s.first_position, s.skip(), s.count())),
-            |offset, r| {
+            spans.iter().map(Span::as_run),
+            |segment, offset, r| {
                 let version = expected.next();
                 if failed.is_some() {
                     return;
@@ -267,10 +258,7 @@ impl Store {
                 let at = || Pointer {
                     position: r.position,
                     version: r.version,
-                    segment: spans
-                        .iter()
-                        .find(|s| s.first_position <= r.position && r.position <= s.last_position())
-                        .map_or(0, |s| s.segment),
+                    segment,
                     offset,
                 };
                 if version != Some(r.version) || aggregate_id.is_some_and(|a| a != r.aggregate_id) {
