@@ -17,10 +17,14 @@
 //!
 //! Writes come from one thread (the store's indexer) in batches; each
 //! batch and the checkpoint (`indexed_position`) commit in one transaction.
+//! A second thread copies the WAL back into the database file (SQLite's
+//! checkpoint), so the writer never stops for that copy and its fsyncs:
+//! see [`Checkpointer`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use uuid::Uuid;
@@ -44,6 +48,16 @@ const READ_POOL_IDLE_MAX: usize = 8;
 const MMAP_BYTES: i64 = 1 << 30;
 /// Page cache of each connection, in KiB (SQLite's negative `cache_size`).
 const CACHE_KIB: i64 = 64 << 10;
+/// WAL frames (pages) after a commit at which the writer asks its
+/// checkpointer to copy the WAL into the database file: ~40 MiB at 4 KiB
+/// pages. SQLite's own default (1,000 frames, run by the committing
+/// writer) spent more than a quarter of the indexer's time in checkpoints
+/// (docs/BENCHMARKS.md, issue 16).
+pub const INDEX_CHECKPOINT_FRAMES: i32 = 10_000;
+/// WAL frames at which the writer checkpoints by itself after a commit:
+/// its checkpointer has fallen this far behind (or keeps failing), and the
+/// WAL must not grow without bound.
+pub const INDEX_CHECKPOINT_INLINE_FRAMES: i32 = 8 * INDEX_CHECKPOINT_FRAMES;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS strata_meta (
@@ -165,6 +179,15 @@ impl Span {
     /// Number of events wanted.
     pub fn count(&self) -> u64 {
         self.to_version - self.from_version + 1
+    }
+
+    /// Starts the span at its first wanted record, which is at
+    /// `(segment, offset)`, instead of at its run's first.
+    pub fn start_at(&mut self, (segment, offset): (u64, u64)) {
+        self.first_position += self.skip();
+        self.first_version = self.from_version;
+        self.segment = segment;
+        self.offset = offset;
     }
 
     /// This span as [`crate::log::Log::read_runs`] takes it: `(segment,
@@ -319,6 +342,152 @@ pub struct Index {
 pub struct IndexWriter {
     path: PathBuf,
     conn: Connection,
+    checkpointer: Checkpointer,
+}
+
+/// Copies the index's WAL into its database file on a thread of its own,
+/// with a connection of its own, when the writer's commits have grown the
+/// WAL past [`INDEX_CHECKPOINT_FRAMES`]. A `PASSIVE` checkpoint never
+/// blocks the writer or readers; the writer starts the WAL over at its next
+/// transaction once everything is copied. Stops (and is joined) when the
+/// writer drops.
+#[derive(Debug)]
+struct Checkpointer {
+    signal: Arc<CheckpointSignal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct CheckpointSignal {
+    state: Mutex<CheckpointState>,
+    wake: Condvar,
+    /// WAL frames that call for a checkpoint ([`INDEX_CHECKPOINT_FRAMES`]).
+    frames: std::sync::atomic::AtomicI32,
+}
+
+#[derive(Debug, Default)]
+struct CheckpointState {
+    /// A checkpoint is wanted.
+    wanted: bool,
+    stop: bool,
+    /// Checkpoints run so far (by the thread or inline), for tests and
+    /// diagnostics.
+    done: u64,
+}
+
+impl CheckpointSignal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CheckpointState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Checkpointer {
+    /// Starts the thread and hooks it to `writer`'s commits: each commit
+    /// reports the WAL's size in frames.
+    fn start(path: &Path, writer: &mut Connection) -> Result<Self, IndexError> {
+        let conn = Connection::open(path).map_err(sqlite_err(path, "opening the checkpointer"))?;
+        configure(&conn, path, true)?;
+        let signal = Arc::new(CheckpointSignal {
+            state: Mutex::default(),
+            wake: Condvar::new(),
+            frames: INDEX_CHECKPOINT_FRAMES.into(),
+        });
+        let hook_signal = signal.clone();
+        // Replaces SQLite's automatic checkpoint, which runs in the
+        // committing writer.
+        writer
+            .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+                let frames = hook_signal
+                    .frames
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if pages >= INDEX_CHECKPOINT_INLINE_FRAMES.max(frames) {
+                    // Errors are not the commit's: it has happened. The
+                    // next commit tries again.
+                    match wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
+                        Ok(_) => hook_signal.lock().done += 1,
+                        Err(e) => {
+                            tracing::warn!(error = %e, pages, "inline index checkpoint failed")
+                        }
+                    }
+                } else if pages >= frames {
+                    let mut st = hook_signal.lock();
+                    if !st.wanted {
+                        st.wanted = true;
+                        hook_signal.wake.notify_one();
+                    }
+                }
+                Ok(())
+            }))
+            .map_err(sqlite_err(path, "hooking the checkpointer"))?;
+        let thread_signal = signal.clone();
+        let thread_path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("strata-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &thread_path, &thread_signal))
+            .map_err(|source| IndexError::Io {
+                path: path.to_path_buf(),
+                action: "starting the checkpointer thread",
+                source,
+            })?;
+        Ok(Checkpointer {
+            signal,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, path: &Path, signal: &CheckpointSignal) {
+    let mut st = signal.lock();
+    loop {
+        while !st.wanted && !st.stop {
+            st = signal.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.stop {
+            return;
+        }
+        st.wanted = false;
+        drop(st);
+        let result = conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE);
+        if let Err(e) = &result {
+            // The WAL keeps what was not copied; the next commit asks
+            // again, and the writer copies it itself if this keeps failing.
+            tracing::warn!(path = %path.display(), error = %e, "index checkpoint failed");
+        }
+        st = signal.lock();
+        st.done += u64::from(result.is_ok());
+    }
+}
+
+impl Drop for IndexWriter {
+    /// Stops the checkpointer, then copies what is left of the WAL into the
+    /// database file and empties the WAL, without waiting for readers (a
+    /// reader in another process keeps the rest for the next checkpoint).
+    fn drop(&mut self) {
+        self.checkpointer.stop();
+        let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
+        if let Err(e) = self
+            .conn
+            .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::TRUNCATE)
+        {
+            tracing::debug!(path = %self.path.display(), error = %e, "index checkpoint at close left part of the WAL");
+        }
+    }
+}
+
+impl Checkpointer {
+    fn stop(&mut self) {
+        self.signal.lock().stop = true;
+        self.signal.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A run of `aggregate_runs` being gathered.
@@ -380,12 +549,21 @@ pub fn open_rw(
     meta.store_id = Some(store_id_text);
     meta.schema_version = Some(INDEX_SCHEMA_VERSION);
     meta.log_generation = log_generation;
+    let checkpointer = Checkpointer::start(&path, &mut conn)?;
     let index = Index {
         path: path.clone(),
         present: true,
         pool: Mutex::new(Vec::new()),
     };
-    Ok((index, IndexWriter { path, conn }, meta))
+    Ok((
+        index,
+        IndexWriter {
+            path,
+            conn,
+            checkpointer,
+        },
+        meta,
+    ))
 }
 
 /// Opens the index read-only. Never writes, never takes locks beyond
@@ -849,6 +1027,21 @@ pub struct NewRow<'a> {
 }
 
 impl IndexWriter {
+    /// Checkpoints run so far for this writer, by its checkpointer or by
+    /// itself.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpointer.signal.lock().done
+    }
+
+    /// Asks for a checkpoint once the WAL holds `frames` frames (tests use
+    /// small numbers; [`INDEX_CHECKPOINT_FRAMES`] otherwise).
+    pub fn set_checkpoint_frames(&mut self, frames: i32) {
+        self.checkpointer
+            .signal
+            .frames
+            .store(frames.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Starts a transaction: rows follow with [`IndexBatch::insert`], and
     /// [`IndexBatch::commit`] ends it (dropping the batch rolls it back).
     pub fn begin(&mut self) -> Result<IndexBatch<'_>, IndexError> {
@@ -1002,5 +1195,68 @@ impl Drop for IndexBatch<'_> {
         if !self.committed && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_count(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len()) / 4096
+    }
+
+    /// The writer's commits never run a checkpoint themselves: its
+    /// checkpointer copies the WAL into the database file on its own
+    /// thread once the WAL is past the mark.
+    #[test]
+    fn the_checkpointer_copies_the_wal_into_the_database_file_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let db = dir.path().join(INDEX_FILE);
+        let before = page_count(&db);
+        writer.set_checkpoint_frames(16);
+        let mut position = 0;
+        for _ in 0..20 {
+            let mut batch = writer.begin().unwrap();
+            for _ in 0..200 {
+                position += 1;
+                batch
+                    .insert(&NewRow {
+                        event: EventRef {
+                            position,
+                            event_id: Uuid::now_v7(),
+                            version: position,
+                            hlc_physical_ms: 1,
+                            hlc_counter: 0,
+                            hlc_node: "node",
+                            aggregate_id: "a",
+                            event_type: "T",
+                            data: b"{}",
+                            metadata: None,
+                        },
+                        segment: 1,
+                        offset: 100 * position,
+                    })
+                    .unwrap();
+            }
+            batch.commit(position, (1, 0)).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while writer.checkpoints() == 0 || page_count(&db) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint after 20 s: {} done, {} pages in the database file (had {before})",
+                writer.checkpoints(),
+                page_count(&db)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // What the checkpoint copied reads back from a fresh connection.
+        let check = Connection::open(&db).unwrap();
+        let rows: u64 = check
+            .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, position);
     }
 }

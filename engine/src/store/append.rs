@@ -197,13 +197,13 @@ impl Store {
         &self,
         writer: &Writer,
         groups: &'a [AggregateEvents],
-        existing: &HashMap<Uuid, (Pointer, Arc<str>)>,
+        existing: &FastMap<Uuid, (Pointer, Arc<str>)>,
         plan: &mut Plan<'a>,
     ) -> Result<Vec<Committed>> {
         let inner = &*self.inner;
         // Events already in the log (or earlier in this call) are the same
         // event only with the same aggregate, type, payload and metadata.
-        let mut found: HashMap<Uuid, (u64, u64)> = HashMap::new();
+        let mut found: FastMap<Uuid, (u64, u64)> = FastMap::default();
         for g in groups {
             for e in &g.events {
                 let held = match plan.new_ids.get(&e.event_id) {
@@ -257,7 +257,8 @@ impl Store {
 
         // Versions and timestamps for the new events, on a copy of the
         // plan's versions: a refusal leaves the plan untouched.
-        let mut versions: HashMap<&str, u64> = HashMap::with_capacity(groups.len());
+        let mut versions: FastMap<&str, u64> =
+            FastMap::with_capacity_and_hasher(groups.len(), Default::default());
         let mut staged: Vec<(usize, usize, u64, Timestamp)> = Vec::with_capacity(total);
         for (gi, g) in groups.iter().enumerate() {
             let new: Vec<usize> = (0..g.events.len())
@@ -308,7 +309,8 @@ impl Store {
         let first_stamp = plan.stamps.len();
         plan.stamps
             .extend(staged.iter().map(|(_, _, _, ts)| ts.clone()));
-        let mut new_at: HashMap<Uuid, (u64, u64)> = HashMap::with_capacity(staged.len());
+        let mut new_at: FastMap<Uuid, (u64, u64)> =
+            FastMap::with_capacity_and_hasher(staged.len(), Default::default());
         for (k, (gi, ei, v, _)) in staged.iter().enumerate() {
             let g = &groups[*gi];
             let e = &g.events[*ei];
@@ -450,17 +452,17 @@ impl Store {
     }
 
     /// Event ids of `ids` already in the log, with where they are.
-    pub(super) fn find_existing(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, (Pointer, Arc<str>)>> {
+    pub(super) fn find_existing(&self, ids: &[Uuid]) -> Result<FastMap<Uuid, (Pointer, Arc<str>)>> {
         let inner = &*self.inner;
         for attempt in 0.. {
-            let mut found = HashMap::new();
+            let mut found = FastMap::default();
             let mut ask_index = Vec::new();
             let tail_from = {
                 let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
                 for id in ids {
-                    match tail.by_id.get(id) {
+                    match tail.find(id) {
                         Some(hit) => {
-                            found.insert(*id, hit.clone());
+                            found.insert(*id, hit);
                         }
                         None if tail.index_max_id.is_some_and(|max| *id <= max) => {
                             ask_index.push(*id)
@@ -567,9 +569,9 @@ pub(super) struct Plan<'a> {
     pub(super) records: Vec<PlannedRecord<'a>>,
     pub(super) stamps: Vec<Timestamp>,
     /// Where each planned event is in `records`.
-    pub(super) new_ids: HashMap<Uuid, usize>,
+    pub(super) new_ids: FastMap<Uuid, usize>,
     /// Versions the planned batches leave their aggregates at.
-    pub(super) versions: HashMap<&'a str, u64>,
+    pub(super) versions: FastMap<&'a str, u64>,
     /// The largest position of an existing event some batch answered with:
     /// it must be durable before the answer goes out.
     pub(super) existing_max: u64,
@@ -583,8 +585,8 @@ impl Plan<'_> {
             next_position,
             records: Vec::new(),
             stamps: Vec::new(),
-            new_ids: HashMap::new(),
-            versions: HashMap::new(),
+            new_ids: FastMap::default(),
+            versions: FastMap::default(),
             existing_max: 0,
             batches: 0,
         }

@@ -223,12 +223,7 @@ impl Store {
             }
             // Events after the index's checkpoint are read from the log into
             // the in-memory tail; a read-only store never writes the index.
-            let mut t = Tail {
-                index_max_id: index.max_event_id()?,
-                from: meta.indexed_position,
-                head: meta.indexed_position,
-                ..Tail::default()
-            };
+            let mut t = Tail::after(meta.indexed_position, index.max_event_id()?);
             let hlc_max = extend_tail(&log, &mut t, head)?.max(meta.hlc_max);
             *tail.write().unwrap_or_else(|e| e.into_inner()) = t;
             progress.set(meta.indexed_position, None);
@@ -411,19 +406,12 @@ impl Store {
         let after = self.head();
         // Read the new events outside the tail's lock, so readers carry on
         // meanwhile; only this call (under `refresh`) moves the head.
-        let mut fresh = Tail {
-            head: after,
-            ..Tail::default()
-        };
+        let mut fresh = Tail::after(after, None);
         let hlc_max = extend_tail(&inner.log, &mut fresh, visible)?;
         // Events the index has committed meanwhile leave the tail.
         let indexed = inner.index.meta()?.indexed_position;
         let mut tail = inner.tail.write().unwrap_or_else(|e| e.into_inner());
-        for (position, id, agg) in &fresh.order {
-            let ptr = fresh.by_id[id].0;
-            debug_assert_eq!(ptr.position, *position);
-            tail.insert(agg, *id, ptr);
-        }
+        tail.absorb(fresh);
         tail.head = visible;
         tail.trim(indexed.min(visible), None);
         drop(tail);
@@ -439,12 +427,7 @@ impl Store {
         let inner = &*self.inner;
         let _serial = lock(&inner.refresh);
         let head = self.head();
-        let mut fresh = Tail {
-            index_max_id: inner.index.max_event_id()?,
-            from: indexed.min(head),
-            head: indexed.min(head),
-            ..Tail::default()
-        };
+        let mut fresh = Tail::after(indexed.min(head), inner.index.max_event_id()?);
         extend_tail(&inner.log, &mut fresh, head)?;
         tracing::warn!(
             indexed,

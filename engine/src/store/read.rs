@@ -84,16 +84,7 @@ impl Store {
                 } else {
                     inner.log.visible_position()
                 };
-                let pending: Vec<Pointer> = tail
-                    .by_aggregate
-                    .get(aggregate_id)
-                    .map(|q| {
-                        q.iter()
-                            .filter(|p| p.position <= upto && p.version >= from_version)
-                            .copied()
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let pending: Vec<TailRun> = tail.aggregate_runs(aggregate_id).copied().collect();
                 (pending, tail.from, upto)
             };
             if !inner.options.read_only {
@@ -104,7 +95,7 @@ impl Store {
                     limit,
                     upto,
                 )?;
-                break (tail, indexed);
+                break ((tail, upto), indexed);
             }
             // A read-only store's index is written by another handle: read
             // it in one snapshot, and check that snapshot reaches the tail.
@@ -116,32 +107,52 @@ impl Store {
                 attempt += 1;
                 continue;
             }
-            break (tail, indexed);
+            break ((tail, upto), indexed);
         };
+        // An aggregate's versions grow with its positions, so the tail's
+        // events the index lacks come after every version it returned
+        // (the tail may still hold some the indexer has just written).
+        let indexed_to = spans.last().map_or(0, |s| s.to_version);
+        let (runs, upto) = tail;
+        let mut tail: Vec<Span> = runs
+            .iter()
+            .filter_map(|r| r.span(from_version.max(indexed_to + 1), u64::MAX, upto))
+            .collect();
+        // Only the part of the tail that can be in the answer: its last
+        // `limit` events backward, its first `limit` forward.
+        let mut left = limit as u64;
+        let mut wanted = |s: &&Span| {
+            let take = left > 0;
+            left = left.saturating_sub(s.count());
+            take
+        };
+        let keep = if backward {
+            tail.iter().rev().take_while(&mut wanted).count()
+        } else {
+            tail.iter().take_while(&mut wanted).count()
+        };
+        if backward {
+            tail.drain(..tail.len() - keep);
+        } else {
+            tail.truncate(keep);
+        }
         if tail.is_empty() {
             // Nothing for this aggregate waits for the indexer: the index's
             // answer is the whole answer.
             return self.start_inside_runs(spans);
         }
-        // An aggregate's versions grow with its positions, so the tail's
-        // events the index lacks come after every version it returned
-        // (the tail may still hold some the indexer has just written).
-        let indexed_to = spans.last().map_or(0, |s| s.to_version);
-        let tail: Vec<Pointer> = tail
-            .into_iter()
-            .filter(|p| p.version > indexed_to)
-            .collect();
-        if tail.is_empty() {
-            return self.start_inside_runs(spans);
+        {
+            // Tail spans that start inside their run start at their first
+            // wanted record (the tail knows where each record is; one the
+            // indexer has taken meanwhile is found in the index below).
+            let t = inner.tail.read().unwrap_or_else(|e| e.into_inner());
+            for span in tail.iter_mut().filter(|s| s.skip() > 0) {
+                if let Some(place) = t.place(span.first_position + span.skip()) {
+                    span.start_at(place);
+                }
+            }
         }
-        // Only the part of the tail that can be in the answer: its last
-        // `limit` events backward, its first `limit` forward.
-        let tail = if backward {
-            &tail[tail.len().saturating_sub(limit)..]
-        } else {
-            &tail[..tail.len().min(limit)]
-        };
-        spans.extend(tail.iter().map(Pointer::span));
+        spans.extend(tail);
         let total: u64 = spans.iter().map(Span::count).sum();
         let mut excess = total.saturating_sub(limit as u64);
         if excess == 0 {
@@ -187,11 +198,8 @@ impl Store {
     fn start_inside_runs(&self, mut spans: Vec<Span>) -> Result<Vec<Span>> {
         for span in spans.iter_mut().filter(|s| s.skip() > 0) {
             let position = span.first_position + span.skip();
-            if let Some((segment, offset)) = self.inner.index.row_place(position)? {
-                span.first_position = position;
-                span.first_version = span.from_version;
-                span.segment = segment;
-                span.offset = offset;
+            if let Some(place) = self.inner.index.row_place(position)? {
+                span.start_at(place);
             }
         }
         Ok(spans)

@@ -190,21 +190,25 @@ impl Store {
         appended: &crate::log::Appended,
     ) {
         let mut tail = self.inner.tail.write().unwrap_or_else(|e| e.into_inner());
-        for (i, f) in fields.iter().enumerate() {
-            tail.insert(
-                f.aggregate_id,
-                f.event_id,
-                Pointer {
-                    position: appended.first_position + i as u64,
-                    version: f.version,
-                    segment: appended.segment_first,
-                    offset: appended.record_offsets[i],
-                },
-            );
-        }
+        tail.push_frame(
+            appended.segment_first,
+            fields.iter().enumerate().map(|(i, f)| TailRecord {
+                aggregate_id: f.aggregate_id,
+                event_id: f.event_id,
+                position: appended.first_position + i as u64,
+                version: f.version,
+                offset: appended.record_offsets[i],
+            }),
+        );
         drop(tail);
-        for f in fields {
-            writer.remember_version(f.aggregate_id, f.version);
+        // The last version of each aggregate in the frame is what counts.
+        for (i, f) in fields.iter().enumerate() {
+            if fields
+                .get(i + 1)
+                .is_none_or(|next| next.aggregate_id != f.aggregate_id)
+            {
+                writer.remember_version(f.aggregate_id, f.version);
+            }
         }
     }
 }

@@ -1,14 +1,71 @@
 //! The in-memory tail: events the log holds that the index does not yet,
 //! so that reads see every acknowledged event (read-your-writes).
+//!
+//! The tail keeps what the index keeps, in memory: one entry per run (an
+//! aggregate's consecutive versions back to back in one frame, as
+//! `aggregate_runs` in the index) and, per event, only where its id is.
+//! A batch of a thousand events to ten aggregates costs ten run entries
+//! and a thousand small id entries, not three map entries per event.
 
 use super::*;
+
+/// A run of one aggregate's events in the tail: versions
+/// `first_version..first_version + count`, at consecutive positions from
+/// `first_position`, their records back to back in one frame from
+/// (`segment`, `offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TailRun {
+    pub(super) first_position: u64,
+    pub(super) first_version: u64,
+    pub(super) count: u64,
+    pub(super) segment: u64,
+    pub(super) offset: u64,
+}
+
+impl TailRun {
+    pub(super) fn last_position(&self) -> u64 {
+        self.first_position + self.count - 1
+    }
+
+    pub(super) fn last_version(&self) -> u64 {
+        self.first_version + self.count - 1
+    }
+
+    /// The part of the run at or below position `upto` with versions in
+    /// `from_version..=to_version`, as a span over the whole run (reads
+    /// start it at its first wanted record: see [`Tail::place`]).
+    pub(super) fn span(&self, from_version: u64, to_version: u64, upto: u64) -> Option<Span> {
+        let last_visible = self
+            .last_version()
+            .min(self.first_version + upto.checked_sub(self.first_position)?.min(self.count - 1));
+        let (from, to) = (
+            from_version.max(self.first_version),
+            to_version.min(last_visible),
+        );
+        (from <= to).then_some(Span {
+            first_position: self.first_position,
+            first_version: self.first_version,
+            segment: self.segment,
+            offset: self.offset,
+            from_version: from,
+            to_version: to,
+        })
+    }
+}
 
 /// Events appended but not yet in SQLite, so that reads and checks see them.
 #[derive(Debug, Default)]
 pub(super) struct Tail {
-    pub(super) by_id: FastMap<Uuid, (Pointer, Arc<str>)>,
-    pub(super) by_aggregate: FastMap<Arc<str>, VecDeque<Pointer>>,
-    pub(super) order: VecDeque<(u64, Uuid, Arc<str>)>,
+    /// Each event's id: its position and the byte offset of its record.
+    by_id: FastMap<Uuid, (u64, u64)>,
+    /// Each aggregate's runs, in position order.
+    by_aggregate: FastMap<Arc<str>, VecDeque<TailRun>>,
+    /// Every run in position order, with its aggregate. Positions in the
+    /// tail are gapless, so `runs` and `ids` cover the same positions.
+    runs: VecDeque<(TailRun, Arc<str>)>,
+    /// Every event id in position order: `ids[k]` is at position
+    /// `runs[0].first_position + k`.
+    ids: VecDeque<Uuid>,
     /// The largest event id in SQLite (byte order). An id above it is not
     /// in SQLite, so looking it up there can be skipped: fresh UUIDv7s sort
     /// by creation time, so appends of new events never query SQLite.
@@ -26,8 +83,73 @@ pub(super) struct Tail {
     pub(super) head: u64,
 }
 
+/// One record of a frame, as [`Tail::push_frame`] takes it.
+pub(super) struct TailRecord<'a> {
+    pub(super) aggregate_id: &'a str,
+    pub(super) event_id: Uuid,
+    pub(super) position: u64,
+    pub(super) version: u64,
+    pub(super) offset: u64,
+}
+
 impl Tail {
-    pub(super) fn insert(&mut self, aggregate_id: &str, event_id: Uuid, ptr: Pointer) {
+    /// An empty tail whose events will follow `position`, over an index
+    /// whose largest event id is `index_max_id`.
+    pub(super) fn after(position: u64, index_max_id: Option<Uuid>) -> Tail {
+        Tail {
+            index_max_id,
+            from: position,
+            head: position,
+            ..Tail::default()
+        }
+    }
+
+    /// Adds the records of one frame of `segment`, in position order,
+    /// following the tail's last position. Consecutive records of one
+    /// aggregate with consecutive versions become one run.
+    pub(super) fn push_frame<'a>(
+        &mut self,
+        segment: u64,
+        records: impl IntoIterator<Item = TailRecord<'a>>,
+    ) {
+        let mut open: Option<(TailRun, &'a str)> = None;
+        for r in records {
+            debug_assert!(
+                self.runs
+                    .back()
+                    .is_none_or(|(run, _)| run.last_position() < r.position),
+                "the tail grows in position order"
+            );
+            self.by_id.insert(r.event_id, (r.position, r.offset));
+            self.ids.push_back(r.event_id);
+            if let Some((run, agg)) = &mut open {
+                if *agg == r.aggregate_id
+                    && r.version == run.last_version() + 1
+                    && r.position == run.last_position() + 1
+                {
+                    run.count += 1;
+                    continue;
+                }
+                let (run, agg) = open.take().expect("matched above");
+                self.push_run(run, agg);
+            }
+            open = Some((
+                TailRun {
+                    first_position: r.position,
+                    first_version: r.version,
+                    count: 1,
+                    segment,
+                    offset: r.offset,
+                },
+                r.aggregate_id,
+            ));
+        }
+        if let Some((run, agg)) = open {
+            self.push_run(run, agg);
+        }
+    }
+
+    fn push_run(&mut self, run: TailRun, aggregate_id: &str) {
         let key = match self.by_aggregate.get_key_value(aggregate_id) {
             Some((k, _)) => k.clone(),
             None => Arc::from(aggregate_id),
@@ -35,9 +157,61 @@ impl Tail {
         self.by_aggregate
             .entry(key.clone())
             .or_default()
-            .push_back(ptr);
-        self.by_id.insert(event_id, (ptr, key.clone()));
-        self.order.push_back((ptr.position, event_id, key));
+            .push_back(run);
+        self.runs.push_back((run, key));
+    }
+
+    /// Moves every run of `other`, which follows this tail's last
+    /// position, onto this one.
+    pub(super) fn absorb(&mut self, other: Tail) {
+        for (run, agg) in other.runs {
+            self.push_run(run, &agg);
+        }
+        self.ids.extend(other.ids);
+        self.by_id.extend(other.by_id);
+    }
+
+    /// Where the event `id` is, if the tail holds it, with its aggregate.
+    pub(super) fn find(&self, id: &Uuid) -> Option<(Pointer, Arc<str>)> {
+        let &(position, offset) = self.by_id.get(id)?;
+        let (run, agg) = self.run_at(position)?;
+        Some((
+            Pointer {
+                position,
+                version: run.first_version + (position - run.first_position),
+                segment: run.segment,
+                offset,
+            },
+            agg.clone(),
+        ))
+    }
+
+    /// The run holding `position`, with its aggregate.
+    fn run_at(&self, position: u64) -> Option<&(TailRun, Arc<str>)> {
+        let i = self
+            .runs
+            .partition_point(|(r, _)| r.first_position <= position)
+            .checked_sub(1)?;
+        let found = &self.runs[i];
+        (position <= found.0.last_position()).then_some(found)
+    }
+
+    /// Where the record at `position` is, `(segment, offset)`, if the tail
+    /// holds it.
+    pub(super) fn place(&self, position: u64) -> Option<(u64, u64)> {
+        let (first, _) = self.runs.front()?;
+        let id = self
+            .ids
+            .get(position.checked_sub(first.first_position)? as usize)?;
+        let &(at, offset) = self.by_id.get(id)?;
+        debug_assert_eq!(at, position);
+        let (run, _) = self.run_at(position)?;
+        Some((run.segment, offset))
+    }
+
+    /// The aggregate's runs in the tail, in position order.
+    pub(super) fn aggregate_runs(&self, aggregate_id: &str) -> impl Iterator<Item = &TailRun> {
+        self.by_aggregate.get(aggregate_id).into_iter().flatten()
     }
 
     /// Drops everything at or below `indexed`: the index has it now, and
@@ -45,22 +219,46 @@ impl Tail {
     pub(super) fn trim(&mut self, indexed: u64, max_id: Option<Uuid>) {
         self.index_max_id = self.index_max_id.max(max_id);
         self.from = self.from.max(indexed);
-        while let Some((position, _, _)) = self.order.front() {
-            if *position > indexed {
+        while let Some((run, _)) = self.runs.front() {
+            if run.first_position > indexed {
                 break;
             }
-            let (_, id, agg) = self.order.pop_front().expect("front exists");
-            // What leaves the tail is in the index: its id must be looked
-            // up there from now on.
-            self.index_max_id = self.index_max_id.max(Some(id));
-            self.by_id.remove(&id);
-            if let Some(q) = self.by_aggregate.get_mut(&agg) {
-                while q.front().is_some_and(|p| p.position <= indexed) {
-                    q.pop_front();
+            let keep = run.last_position().saturating_sub(indexed);
+            let (run, agg) = self.runs.pop_front().expect("front exists");
+            for _ in 0..run.count - keep {
+                let id = self.ids.pop_front().expect("one id per position");
+                // What leaves the tail is in the index: its id must be
+                // looked up there from now on.
+                self.index_max_id = self.index_max_id.max(Some(id));
+                self.by_id.remove(&id);
+            }
+            let rest = (keep > 0).then(|| {
+                // The index took the front of this run only (a view or an
+                // index that ends inside a frame): keep the rest, starting
+                // at its first record.
+                let first_position = indexed + 1;
+                let id = self.ids.front().expect("the rest has ids");
+                TailRun {
+                    first_position,
+                    first_version: run.first_version + (first_position - run.first_position),
+                    count: keep,
+                    segment: run.segment,
+                    offset: self.by_id[id].1,
                 }
-                if q.is_empty() {
-                    self.by_aggregate.remove(&agg);
-                }
+            });
+            let q = self
+                .by_aggregate
+                .get_mut(&agg)
+                .expect("every run is under its aggregate");
+            debug_assert_eq!(q.front(), Some(&run));
+            q.pop_front();
+            if let Some(rest) = rest {
+                q.push_front(rest);
+                self.runs.push_front((rest, agg));
+                break;
+            }
+            if q.is_empty() {
+                self.by_aggregate.remove(&agg);
             }
         }
     }
@@ -69,11 +267,12 @@ impl Tail {
         self.by_aggregate
             .get(aggregate_id)?
             .back()
-            .map(|p| p.version)
+            .map(TailRun::last_version)
     }
 
+    /// Events in the tail.
     pub(super) fn len(&self) -> usize {
-        self.order.len()
+        self.ids.len()
     }
 }
 
@@ -84,21 +283,121 @@ pub(super) fn extend_tail(log: &Log, tail: &mut Tail, upto: u64) -> Result<(u64,
     let mut hlc_max = (0, 0);
     let mut cursor = log.cursor(tail.head + 1);
     while let Some(view) = cursor.next_batch(upto)? {
-        for r in view.records() {
-            let (offset, rec) = r?;
+        let records = view.records().collect::<Result<Vec<_>, _>>()?;
+        for (_, rec) in &records {
             hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
-            tail.insert(
-                rec.aggregate_id,
-                rec.event_id,
-                Pointer {
-                    position: rec.position,
-                    version: rec.version,
-                    segment: view.segment_first,
-                    offset,
-                },
-            );
         }
+        tail.push_frame(
+            view.segment_first,
+            records.iter().map(|(offset, rec)| TailRecord {
+                aggregate_id: rec.aggregate_id,
+                event_id: rec.event_id,
+                position: rec.position,
+                version: rec.version,
+                offset: *offset,
+            }),
+        );
     }
     tail.head = tail.head.max(upto);
     Ok(hlc_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    /// A frame of `(aggregate, version)` records from `position`, each
+    /// record 100 bytes after the one before.
+    fn frame(tail: &mut Tail, segment: u64, position: u64, records: &[(&str, u64)]) {
+        tail.push_frame(
+            segment,
+            records
+                .iter()
+                .enumerate()
+                .map(|(k, &(agg, version))| TailRecord {
+                    aggregate_id: agg,
+                    event_id: id((position + k as u64) as u128),
+                    position: position + k as u64,
+                    version,
+                    offset: 1000 + 100 * (position + k as u64),
+                }),
+        );
+    }
+
+    #[test]
+    fn consecutive_versions_of_one_aggregate_in_a_frame_are_one_run() {
+        let mut t = Tail::default();
+        frame(
+            &mut t,
+            1,
+            1,
+            &[("a", 1), ("a", 2), ("b", 1), ("a", 3), ("a", 5)],
+        );
+        // A new frame never extends a run of the one before.
+        frame(&mut t, 1, 6, &[("a", 6)]);
+        let a: Vec<_> = t
+            .aggregate_runs("a")
+            .map(|r| (r.first_position, r.first_version, r.count))
+            .collect();
+        assert_eq!(a, [(1, 1, 2), (4, 3, 1), (5, 5, 1), (6, 6, 1)]);
+        assert_eq!(t.len(), 6);
+        assert_eq!(t.latest_version("a"), Some(6));
+        assert_eq!(t.latest_version("b"), Some(1));
+        let (ptr, agg) = t.find(&id(2)).expect("in the tail");
+        assert_eq!(
+            (ptr.position, ptr.version, ptr.offset, &*agg),
+            (2, 2, 1200, "a")
+        );
+        assert_eq!(t.place(4), Some((1, 1400)));
+        assert_eq!(t.place(7), None);
+    }
+
+    #[test]
+    fn trimming_inside_a_run_keeps_its_rest_from_its_own_record() {
+        let mut t = Tail::default();
+        frame(&mut t, 1, 1, &[("a", 1), ("a", 2), ("a", 3), ("b", 1)]);
+        t.trim(2, None);
+        assert_eq!(t.len(), 2);
+        assert!(t.find(&id(1)).is_none() && t.find(&id(2)).is_none());
+        assert_eq!(t.index_max_id, Some(id(2)));
+        let a: Vec<_> = t.aggregate_runs("a").copied().collect();
+        assert_eq!(
+            a,
+            [TailRun {
+                first_position: 3,
+                first_version: 3,
+                count: 1,
+                segment: 1,
+                offset: 1300
+            }]
+        );
+        t.trim(4, None);
+        assert_eq!(t.len(), 0);
+        assert!(t.aggregate_runs("a").next().is_none() && t.by_aggregate.is_empty());
+        assert_eq!(t.from, 4);
+    }
+
+    #[test]
+    fn a_run_span_is_cut_to_the_view_and_the_versions_asked() {
+        let run = TailRun {
+            first_position: 10,
+            first_version: 5,
+            count: 4,
+            segment: 1,
+            offset: 0,
+        };
+        let s = run.span(0, u64::MAX, 100).unwrap();
+        assert_eq!((s.from_version, s.to_version), (5, 8));
+        let s = run.span(6, 7, 100).unwrap();
+        assert_eq!((s.from_version, s.to_version), (6, 7));
+        // The view ends at position 11: versions 5 and 6.
+        let s = run.span(0, u64::MAX, 11).unwrap();
+        assert_eq!((s.from_version, s.to_version), (5, 6));
+        assert!(run.span(0, u64::MAX, 9).is_none());
+        assert!(run.span(9, u64::MAX, 100).is_none());
+    }
 }
