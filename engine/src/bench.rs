@@ -371,7 +371,7 @@ fn append_batch_durable(
     let strata = start.elapsed();
     let bytes = dir_bytes(&store_dir.join("log"));
     // Closing copies what is left of the index's WAL into its file (up to
-    // `INDEX_CHECKPOINT_FRAMES` pages the timed part did not copy).
+    // `INDEX_CHECKPOINT_WAL_BYTES` the timed part did not copy).
     let closing = Instant::now();
     store.close()?;
     let close_ms = closing.elapsed().as_secs_f64() * 1e3;

@@ -48,16 +48,17 @@ const READ_POOL_IDLE_MAX: usize = 8;
 const MMAP_BYTES: i64 = 1 << 30;
 /// Page cache of each connection, in KiB (SQLite's negative `cache_size`).
 const CACHE_KIB: i64 = 64 << 10;
-/// WAL frames (pages) after a commit at which the writer asks its
-/// checkpointer to copy the WAL into the database file: ~40 MiB at 4 KiB
-/// pages. SQLite's own default (1,000 frames, run by the committing
-/// writer) spent more than a quarter of the indexer's time in checkpoints
-/// (docs/BENCHMARKS.md, issue 16).
-pub const INDEX_CHECKPOINT_FRAMES: i32 = 10_000;
-/// WAL frames at which the writer checkpoints by itself after a commit:
-/// its checkpointer has fallen this far behind (or keeps failing), and the
-/// WAL must not grow without bound.
-pub const INDEX_CHECKPOINT_INLINE_FRAMES: i32 = 8 * INDEX_CHECKPOINT_FRAMES;
+/// WAL bytes after a commit at which the writer asks its checkpointer to
+/// copy the WAL into the database file (10,000 pages of 4 KiB). SQLite's
+/// own default (1,000 pages, copied by the committing writer) spent more
+/// than a quarter of the indexer's time in checkpoints (docs/BENCHMARKS.md,
+/// issue 16).
+pub const INDEX_CHECKPOINT_WAL_BYTES: i64 = 10_000 * 4096;
+/// How many times [`INDEX_CHECKPOINT_WAL_BYTES`] the WAL may hold before
+/// the writer checkpoints by itself after a commit: its checkpointer has
+/// fallen this far behind (or keeps failing), and the WAL must not grow
+/// without bound.
+pub const INDEX_CHECKPOINT_INLINE_FACTOR: i32 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS strata_meta (
@@ -347,7 +348,7 @@ pub struct IndexWriter {
 
 /// Copies the index's WAL into its database file on a thread of its own,
 /// with a connection of its own, when the writer's commits have grown the
-/// WAL past [`INDEX_CHECKPOINT_FRAMES`]. A `PASSIVE` checkpoint never
+/// WAL past [`INDEX_CHECKPOINT_WAL_BYTES`]. A `PASSIVE` checkpoint never
 /// blocks the writer or readers; the writer starts the WAL over at its next
 /// transaction once everything is copied. Stops (and is joined) when the
 /// writer drops.
@@ -361,7 +362,8 @@ struct Checkpointer {
 struct CheckpointSignal {
     state: Mutex<CheckpointState>,
     wake: Condvar,
-    /// WAL frames that call for a checkpoint ([`INDEX_CHECKPOINT_FRAMES`]).
+    /// WAL frames that call for a checkpoint ([`INDEX_CHECKPOINT_WAL_BYTES`]
+    /// in pages).
     frames: std::sync::atomic::AtomicI32,
 }
 
@@ -387,10 +389,14 @@ impl Checkpointer {
     fn start(path: &Path, writer: &mut Connection) -> Result<Self, IndexError> {
         let conn = Connection::open(path).map_err(sqlite_err(path, "opening the checkpointer"))?;
         configure(&conn, path, true)?;
+        let page_bytes: i64 = writer
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(sqlite_err(path, "reading the page size"))?;
+        let frames = (INDEX_CHECKPOINT_WAL_BYTES / page_bytes.max(512)).clamp(1, i32::MAX.into());
         let signal = Arc::new(CheckpointSignal {
             state: Mutex::default(),
             wake: Condvar::new(),
-            frames: INDEX_CHECKPOINT_FRAMES.into(),
+            frames: (frames as i32).into(),
         });
         let hook_signal = signal.clone();
         // Replaces SQLite's automatic checkpoint, which runs in the
@@ -400,7 +406,7 @@ impl Checkpointer {
                 let frames = hook_signal
                     .frames
                     .load(std::sync::atomic::Ordering::Relaxed);
-                if pages >= INDEX_CHECKPOINT_INLINE_FRAMES.max(frames) {
+                if pages >= frames.saturating_mul(INDEX_CHECKPOINT_INLINE_FACTOR) {
                     // Errors are not the commit's: it has happened. The
                     // next commit tries again.
                     match wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
@@ -1034,7 +1040,7 @@ impl IndexWriter {
     }
 
     /// Asks for a checkpoint once the WAL holds `frames` frames (tests use
-    /// small numbers; [`INDEX_CHECKPOINT_FRAMES`] otherwise).
+    /// small numbers; [`INDEX_CHECKPOINT_WAL_BYTES`] otherwise).
     pub fn set_checkpoint_frames(&mut self, frames: i32) {
         self.checkpointer
             .signal
