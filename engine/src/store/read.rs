@@ -141,17 +141,6 @@ impl Store {
             // answer is the whole answer.
             return self.start_inside_runs(spans);
         }
-        {
-            // Tail spans that start inside their run start at their first
-            // wanted record (the tail knows where each record is; one the
-            // indexer has taken meanwhile is found in the index below).
-            let t = inner.tail.read().unwrap_or_else(|e| e.into_inner());
-            for span in tail.iter_mut().filter(|s| s.skip() > 0) {
-                if let Some(place) = t.place(span.first_position + span.skip()) {
-                    span.start_at(place);
-                }
-            }
-        }
         spans.extend(tail);
         let total: u64 = spans.iter().map(Span::count).sum();
         let mut excess = total.saturating_sub(limit as u64);
@@ -192,13 +181,27 @@ impl Store {
 
     /// A span that starts inside its run (a read from a version in the
     /// middle of a batch, or the latest few events) starts at the record of
-    /// its first wanted event, looked up by position in the index, instead
-    /// of walking the run's earlier records: a run may be a whole frame.
-    /// Where the index no longer has the row, the walk starts at the run.
+    /// its first wanted event, found by position in the tail or the index,
+    /// instead of walking the run's earlier records: a run may be a whole
+    /// frame. Where neither has it any more, the walk starts at the run.
     fn start_inside_runs(&self, mut spans: Vec<Span>) -> Result<Vec<Span>> {
-        for span in spans.iter_mut().filter(|s| s.skip() > 0) {
-            let position = span.first_position + span.skip();
-            if let Some(place) = self.inner.index.row_place(position)? {
+        let mut unplaced = Vec::new();
+        {
+            let tail = self.inner.tail.read().unwrap_or_else(|e| e.into_inner());
+            for (i, span) in spans.iter_mut().enumerate().filter(|(_, s)| s.skip() > 0) {
+                match tail.place(span.first_position + span.skip()) {
+                    Some(place) => span.start_at(place),
+                    None => unplaced.push(i),
+                }
+            }
+        }
+        for i in unplaced {
+            let span = &mut spans[i];
+            if let Some(place) = self
+                .inner
+                .index
+                .row_place(span.first_position + span.skip())?
+            {
                 span.start_at(place);
             }
         }

@@ -63,9 +63,9 @@ pub(super) struct Tail {
     /// Every run in position order, with its aggregate. Positions in the
     /// tail are gapless, so `runs` and `ids` cover the same positions.
     runs: VecDeque<(TailRun, Arc<str>)>,
-    /// Every event id in position order: `ids[k]` is at position
-    /// `runs[0].first_position + k`.
-    ids: VecDeque<Uuid>,
+    /// Every event in position order, its id and record offset: `ids[k]`
+    /// is at position `runs[0].first_position + k`.
+    ids: VecDeque<(Uuid, u64)>,
     /// The largest event id in SQLite (byte order). An id above it is not
     /// in SQLite, so looking it up there can be skipped: fresh UUIDv7s sort
     /// by creation time, so appends of new events never query SQLite.
@@ -121,7 +121,7 @@ impl Tail {
                 "the tail grows in position order"
             );
             self.by_id.insert(r.event_id, (r.position, r.offset));
-            self.ids.push_back(r.event_id);
+            self.ids.push_back((r.event_id, r.offset));
             if let Some((run, agg)) = &mut open {
                 if *agg == r.aggregate_id
                     && r.version == run.last_version() + 1
@@ -200,11 +200,8 @@ impl Tail {
     /// holds it.
     pub(super) fn place(&self, position: u64) -> Option<(u64, u64)> {
         let (first, _) = self.runs.front()?;
-        let id = self
-            .ids
-            .get(position.checked_sub(first.first_position)? as usize)?;
-        let &(at, offset) = self.by_id.get(id)?;
-        debug_assert_eq!(at, position);
+        let k = position.checked_sub(first.first_position)?;
+        let &(_, offset) = self.ids.get(usize::try_from(k).ok()?)?;
         let (run, _) = self.run_at(position)?;
         Some((run.segment, offset))
     }
@@ -226,24 +223,28 @@ impl Tail {
             let keep = run.last_position().saturating_sub(indexed);
             let (run, agg) = self.runs.pop_front().expect("front exists");
             for _ in 0..run.count - keep {
-                let id = self.ids.pop_front().expect("one id per position");
+                let (id, _) = self.ids.pop_front().expect("one id per position");
                 // What leaves the tail is in the index: its id must be
                 // looked up there from now on.
                 self.index_max_id = self.index_max_id.max(Some(id));
-                self.by_id.remove(&id);
+                // Only this event's own entry (a log that holds an id twice
+                // keeps the later one's).
+                if self.by_id.get(&id).is_some_and(|&(p, _)| p <= indexed) {
+                    self.by_id.remove(&id);
+                }
             }
             let rest = (keep > 0).then(|| {
                 // The index took the front of this run only (a view or an
                 // index that ends inside a frame): keep the rest, starting
                 // at its first record.
                 let first_position = indexed + 1;
-                let id = self.ids.front().expect("the rest has ids");
+                let &(_, offset) = self.ids.front().expect("the rest has ids");
                 TailRun {
                     first_position,
                     first_version: run.first_version + (first_position - run.first_position),
                     count: keep,
                     segment: run.segment,
-                    offset: self.by_id[id].1,
+                    offset,
                 }
             });
             let q = self
@@ -379,6 +380,32 @@ mod tests {
         assert_eq!(t.len(), 0);
         assert!(t.aggregate_runs("a").next().is_none() && t.by_aggregate.is_empty());
         assert_eq!(t.from, 4);
+    }
+
+    /// A log that holds an id twice (only a damaged or foreign one can: the
+    /// append refuses it) is read into the tail without a panic, and
+    /// trimming the first copy keeps the second findable.
+    #[test]
+    fn an_id_held_twice_keeps_its_later_copy_when_the_first_is_trimmed() {
+        let mut t = Tail::default();
+        frame(&mut t, 1, 1, &[("a", 1), ("a", 2)]);
+        t.push_frame(
+            1,
+            [TailRecord {
+                aggregate_id: "b",
+                event_id: id(1),
+                position: 3,
+                version: 1,
+                offset: 9000,
+            }],
+        );
+        t.trim(1, None);
+        let (ptr, agg) = t.find(&id(1)).expect("the later copy");
+        assert_eq!((ptr.position, ptr.offset, &*agg), (3, 9000, "b"));
+        t.trim(2, None);
+        assert_eq!(t.place(3), Some((1, 9000)));
+        t.trim(3, None);
+        assert!(t.find(&id(1)).is_none() && t.len() == 0);
     }
 
     #[test]
