@@ -75,7 +75,7 @@ impl Store {
     ) -> Result<Vec<Span>> {
         let inner = &*self.inner;
         let mut attempt = 0;
-        let (tail, mut spans) = loop {
+        let (runs, upto, mut spans) = loop {
             // Tail first, then index: see `find_existing`.
             let (tail, tail_from, upto) = {
                 let tail = inner.tail.read().unwrap_or_else(|e| e.into_inner());
@@ -95,7 +95,7 @@ impl Store {
                     limit,
                     upto,
                 )?;
-                break ((tail, upto), indexed);
+                break (tail, upto, indexed);
             }
             // A read-only store's index is written by another handle: read
             // it in one snapshot, and check that snapshot reaches the tail.
@@ -107,35 +107,16 @@ impl Store {
                 attempt += 1;
                 continue;
             }
-            break ((tail, upto), indexed);
+            break (tail, upto, indexed);
         };
         // An aggregate's versions grow with its positions, so the tail's
         // events the index lacks come after every version it returned
         // (the tail may still hold some the indexer has just written).
         let indexed_to = spans.last().map_or(0, |s| s.to_version);
-        let (runs, upto) = tail;
-        let mut tail: Vec<Span> = runs
+        let tail: Vec<Span> = runs
             .iter()
-            .filter_map(|r| r.span(from_version.max(indexed_to + 1), u64::MAX, upto))
+            .filter_map(|r| r.span(from_version.max(indexed_to + 1), upto))
             .collect();
-        // Only the part of the tail that can be in the answer: its last
-        // `limit` events backward, its first `limit` forward.
-        let mut left = limit as u64;
-        let mut wanted = |s: &&Span| {
-            let take = left > 0;
-            left = left.saturating_sub(s.count());
-            take
-        };
-        let keep = if backward {
-            tail.iter().rev().take_while(&mut wanted).count()
-        } else {
-            tail.iter().take_while(&mut wanted).count()
-        };
-        if backward {
-            tail.drain(..tail.len() - keep);
-        } else {
-            tail.truncate(keep);
-        }
         if tail.is_empty() {
             // Nothing for this aggregate waits for the indexer: the index's
             // answer is the whole answer.

@@ -31,17 +31,12 @@ impl TailRun {
         self.first_version + self.count - 1
     }
 
-    /// The part of the run at or below position `upto` with versions in
-    /// `from_version..=to_version`, as a span over the whole run (reads
-    /// start it at its first wanted record: see [`Tail::place`]).
-    pub(super) fn span(&self, from_version: u64, to_version: u64, upto: u64) -> Option<Span> {
-        let last_visible = self
-            .last_version()
-            .min(self.first_version + upto.checked_sub(self.first_position)?.min(self.count - 1));
-        let (from, to) = (
-            from_version.max(self.first_version),
-            to_version.min(last_visible),
-        );
+    /// The part of the run at or below position `upto` with versions from
+    /// `from_version` on, as a span over the whole run (reads start it at
+    /// its first wanted record: see [`Tail::place`]).
+    pub(super) fn span(&self, from_version: u64, upto: u64) -> Option<Span> {
+        let to = self.first_version + upto.checked_sub(self.first_position)?.min(self.count - 1);
+        let from = from_version.max(self.first_version);
         (from <= to).then_some(Span {
             first_position: self.first_position,
             first_version: self.first_version,
@@ -56,8 +51,8 @@ impl TailRun {
 /// Events appended but not yet in SQLite, so that reads and checks see them.
 #[derive(Debug, Default)]
 pub(super) struct Tail {
-    /// Each event's id: its position and the byte offset of its record.
-    by_id: FastMap<Uuid, (u64, u64)>,
+    /// Each event's id and its position (its record's offset is in `ids`).
+    by_id: FastMap<Uuid, u64>,
     /// Each aggregate's runs, in position order.
     by_aggregate: FastMap<Arc<str>, VecDeque<TailRun>>,
     /// Every run in position order, with its aggregate. Positions in the
@@ -120,7 +115,7 @@ impl Tail {
                     .is_none_or(|(run, _)| run.last_position() < r.position),
                 "the tail grows in position order"
             );
-            self.by_id.insert(r.event_id, (r.position, r.offset));
+            self.by_id.insert(r.event_id, r.position);
             self.ids.push_back((r.event_id, r.offset));
             if let Some((run, agg)) = &mut open {
                 if *agg == r.aggregate_id
@@ -173,8 +168,9 @@ impl Tail {
 
     /// Where the event `id` is, if the tail holds it, with its aggregate.
     pub(super) fn find(&self, id: &Uuid) -> Option<(Pointer, Arc<str>)> {
-        let &(position, offset) = self.by_id.get(id)?;
+        let &position = self.by_id.get(id)?;
         let (run, agg) = self.run_at(position)?;
+        let offset = self.offset_at(position)?;
         Some((
             Pointer {
                 position,
@@ -199,11 +195,15 @@ impl Tail {
     /// Where the record at `position` is, `(segment, offset)`, if the tail
     /// holds it.
     pub(super) fn place(&self, position: u64) -> Option<(u64, u64)> {
+        let (run, _) = self.run_at(position)?;
+        Some((run.segment, self.offset_at(position)?))
+    }
+
+    /// The byte offset of the record at `position`, if the tail holds it.
+    fn offset_at(&self, position: u64) -> Option<u64> {
         let (first, _) = self.runs.front()?;
         let k = position.checked_sub(first.first_position)?;
-        let &(_, offset) = self.ids.get(usize::try_from(k).ok()?)?;
-        let (run, _) = self.run_at(position)?;
-        Some((run.segment, offset))
+        Some(self.ids.get(usize::try_from(k).ok()?)?.1)
     }
 
     /// The aggregate's runs in the tail, in position order.
@@ -229,7 +229,7 @@ impl Tail {
                 self.index_max_id = self.index_max_id.max(Some(id));
                 // Only this event's own entry (a log that holds an id twice
                 // keeps the later one's).
-                if self.by_id.get(&id).is_some_and(|&(p, _)| p <= indexed) {
+                if self.by_id.get(&id).is_some_and(|&p| p <= indexed) {
                     self.by_id.remove(&id);
                 }
             }
@@ -284,20 +284,31 @@ pub(super) fn extend_tail(log: &Log, tail: &mut Tail, upto: u64) -> Result<(u64,
     let mut hlc_max = (0, 0);
     let mut cursor = log.cursor(tail.head + 1);
     while let Some(view) = cursor.next_batch(upto)? {
-        let records = view.records().collect::<Result<Vec<_>, _>>()?;
-        for (_, rec) in &records {
-            hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
-        }
+        // A damaged record ends the frame here and fails the call (whose
+        // caller drops this tail).
+        let mut damaged = None;
         tail.push_frame(
             view.segment_first,
-            records.iter().map(|(offset, rec)| TailRecord {
-                aggregate_id: rec.aggregate_id,
-                event_id: rec.event_id,
-                position: rec.position,
-                version: rec.version,
-                offset: *offset,
+            view.records().map_while(|r| match r {
+                Ok((offset, rec)) => {
+                    hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
+                    Some(TailRecord {
+                        aggregate_id: rec.aggregate_id,
+                        event_id: rec.event_id,
+                        position: rec.position,
+                        version: rec.version,
+                        offset,
+                    })
+                }
+                Err(e) => {
+                    damaged = Some(e);
+                    None
+                }
             }),
         );
+        if let Some(e) = damaged {
+            return Err(e.into());
+        }
     }
     tail.head = tail.head.max(upto);
     Ok(hlc_max)
@@ -409,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn a_run_span_is_cut_to_the_view_and_the_versions_asked() {
+    fn a_run_span_is_cut_to_the_view_and_the_first_version_asked() {
         let run = TailRun {
             first_position: 10,
             first_version: 5,
@@ -417,14 +428,14 @@ mod tests {
             segment: 1,
             offset: 0,
         };
-        let s = run.span(0, u64::MAX, 100).unwrap();
+        let s = run.span(0, 100).unwrap();
         assert_eq!((s.from_version, s.to_version), (5, 8));
-        let s = run.span(6, 7, 100).unwrap();
-        assert_eq!((s.from_version, s.to_version), (6, 7));
+        let s = run.span(6, 100).unwrap();
+        assert_eq!((s.from_version, s.to_version), (6, 8));
         // The view ends at position 11: versions 5 and 6.
-        let s = run.span(0, u64::MAX, 11).unwrap();
+        let s = run.span(0, 11).unwrap();
         assert_eq!((s.from_version, s.to_version), (5, 6));
-        assert!(run.span(0, u64::MAX, 9).is_none());
-        assert!(run.span(9, u64::MAX, 100).is_none());
+        assert!(run.span(0, 9).is_none());
+        assert!(run.span(9, 100).is_none());
     }
 }
