@@ -99,20 +99,20 @@ impl Indexer {
                 let Some(view) = self.cursor.next_batch(upto)? else {
                     break;
                 };
+                let mut frame = Vec::new();
                 for r in view.records() {
                     let (offset, rec) = r?;
-                    batch.insert(&NewRow {
+                    frame.push(NewRow {
                         event: rec,
                         segment: view.segment_first,
                         offset,
-                    })?;
+                    });
                     hlc_max = hlc_max.max((rec.hlc_physical_ms, rec.hlc_counter));
                     max_id = max_id.max(Some(rec.event_id));
                     last = rec.position;
-                    rows += 1;
                 }
-                // A run's records lie back to back in one frame.
-                batch.end_run()?;
+                rows += frame.len();
+                batch.insert_frame(&frame)?;
             }
             Ok(())
         })();
