@@ -151,7 +151,7 @@ impl Store {
             .flat_map(|(b, _)| b.iter().flat_map(|g| g.events.iter().map(|e| e.event_id)))
             .collect();
         let existing = self.find_existing(&ids)?;
-        let mut plan = Plan::new(writer.log.next_position());
+        let mut plan = Plan::new(writer.log.next_position(), batches.len() > 1);
         for (batch, result) in batches.iter().zip(results.iter_mut()) {
             if result.is_none() {
                 *result = Some(self.plan_batch(writer, batch, &existing, &mut plan));
@@ -309,15 +309,15 @@ impl Store {
         let first_stamp = plan.stamps.len();
         plan.stamps
             .extend(staged.iter().map(|(_, _, _, ts)| ts.clone()));
-        let mut new_at: FastMap<Uuid, (u64, u64)> =
-            FastMap::with_capacity_and_hasher(staged.len(), Default::default());
+        let first_position = plan.next_position;
         for (k, (gi, ei, v, _)) in staged.iter().enumerate() {
             let g = &groups[*gi];
             let e = &g.events[*ei];
             let position = plan.next_position;
             plan.next_position += 1;
-            plan.new_ids.insert(e.event_id, plan.records.len());
-            new_at.insert(e.event_id, (position, *v));
+            if plan.track_ids {
+                plan.new_ids.insert(e.event_id, plan.records.len());
+            }
             plan.records.push(PlannedRecord {
                 batch: plan.batches,
                 position,
@@ -334,11 +334,16 @@ impl Store {
             plan.versions.insert(agg, v);
         }
         plan.batches += 1;
+        // `staged` lists the new events in the groups' order, so one walk
+        // pairs each event with its position (the k-th staged one at
+        // `first_position + k`).
+        let mut staged = staged.iter().enumerate().peekable();
         let mut committed = Vec::with_capacity(total);
-        for g in groups {
-            for e in &g.events {
-                let (position, version, existed) = match new_at.get(&e.event_id) {
-                    Some(&(p, v)) => (p, v, false),
+        for (gi, g) in groups.iter().enumerate() {
+            for (ei, e) in g.events.iter().enumerate() {
+                let new = staged.next_if(|(_, (sg, se, _, _))| (*sg, *se) == (gi, ei));
+                let (position, version, existed) = match new {
+                    Some((k, &(_, _, v, _))) => (first_position + k as u64, v, false),
                     None => {
                         let (p, v) = found[&e.event_id];
                         plan.existing_max = plan.existing_max.max(p);
@@ -568,8 +573,10 @@ pub(super) struct Plan<'a> {
     pub(super) next_position: u64,
     pub(super) records: Vec<PlannedRecord<'a>>,
     pub(super) stamps: Vec<Timestamp>,
-    /// Where each planned event is in `records`.
+    /// Where each planned event is in `records`, kept only when later
+    /// batches of the call may name the same ids (`track_ids`).
     pub(super) new_ids: FastMap<Uuid, usize>,
+    track_ids: bool,
     /// Versions the planned batches leave their aggregates at.
     pub(super) versions: FastMap<&'a str, u64>,
     /// The largest position of an existing event some batch answered with:
@@ -580,12 +587,15 @@ pub(super) struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    pub(super) fn new(next_position: u64) -> Self {
+    /// A plan whose first event goes at `next_position`; `track_ids`
+    /// when more than one batch will be planned on it.
+    pub(super) fn new(next_position: u64, track_ids: bool) -> Self {
         Plan {
             next_position,
             records: Vec::new(),
             stamps: Vec::new(),
             new_ids: FastMap::default(),
+            track_ids,
             versions: FastMap::default(),
             existing_max: 0,
             batches: 0,
@@ -645,7 +655,7 @@ pub(crate) fn check_batch(limits: &Limits, groups: &[AggregateEvents]) -> Result
             max: limits.batch_events_max,
         });
     }
-    let mut seen_ids = HashSet::with_capacity(count);
+    let mut seen_ids = FastSet::with_capacity_and_hasher(count, Default::default());
     let mut bytes = 0usize;
     for g in groups {
         limits.check_aggregate_id(&g.aggregate_id)?;

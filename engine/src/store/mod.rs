@@ -90,7 +90,10 @@ pub const REPLICA_LOG_FILE: &str = "REPLICA";
 /// ([`Error::BackupIncomplete`]), never opened as if it were whole.
 pub const BACKUP_INCOMPLETE_FILE: &str = "BACKUP-INCOMPLETE";
 
+/// Maps and sets on the append path, keyed by ids and names the store
+/// made or checked: foldhash, not SipHash (issue 16).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections leave their data consistent before anything that
