@@ -513,8 +513,7 @@ async fn quic_receive_all(
     events: u64,
 ) -> Result<(u64, u64, Duration), SyncBenchError> {
     let start = Instant::now();
-    let endpoint = client_endpoint()?;
-    let (conn, mut send, mut recv) = quic_client(&endpoint, &server.target(), "bench").await?;
+    let (endpoint, conn, mut send, mut recv) = quic_client(&server.target(), "bench").await?;
     let mut buf = Vec::new();
     write_frame(
         &mut send,
@@ -881,26 +880,27 @@ async fn next_message(
         .map_err(failed)
 }
 
-/// A client endpoint on loopback (one UDP socket).
-fn client_endpoint() -> Result<quinn::Endpoint, SyncBenchError> {
-    Ok(quinn::Endpoint::client(
-        "127.0.0.1:0".parse().expect("an address"),
-    )?)
-}
-
-/// A protocol-level QUIC client: connects through `endpoint`, says Hello
-/// to the target's store, and returns the streams.
+/// A protocol-level QUIC client: connects, says Hello to the target's
+/// store, and returns the streams.
 async fn quic_client(
-    endpoint: &quinn::Endpoint,
     server: &Target,
     name: &str,
-) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), SyncBenchError> {
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+    SyncBenchError,
+> {
     let tls = crate::tls::client_config(&Trust::Pin(server.fingerprint.clone())).map_err(failed)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.config).map_err(failed)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(strata_sync::transport::transport_config(
         crate::quic::IDLE_TIMEOUT,
     )));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))?;
     let conn = endpoint
         .connect_with(config, server.quic, crate::client::SERVER_NAME_DEFAULT)
         .map_err(failed)?
@@ -918,22 +918,20 @@ async fn quic_client(
         .await
         .map_err(failed)?;
     match next_message(&mut recv).await? {
-        Frame::Message(ServerMessage::Welcome { .. }) => Ok((conn, send, recv)),
+        Frame::Message(ServerMessage::Welcome { .. }) => Ok((endpoint, conn, send, recv)),
         other => Err(failed(format!("expected Welcome, got {other:?}"))),
     }
 }
 
-/// One fan-in client: its own connection through `endpoint`, `pushes`
-/// one-event pushes to its own aggregate, one in flight at a time; returns
-/// each push's latency.
+/// One fan-in client: `pushes` one-event pushes to its own aggregate, one
+/// in flight at a time; returns each push's latency.
 async fn fanin_client(
-    endpoint: quinn::Endpoint,
     server: Target,
     replica: usize,
     pushes: u64,
 ) -> Result<Vec<Duration>, SyncBenchError> {
     let name = format!("fanin-{replica}");
-    let (conn, mut send, mut recv) = quic_client(&endpoint, &server, &name).await?;
+    let (endpoint, conn, mut send, mut recv) = quic_client(&server, &name).await?;
     let mut buf = Vec::new();
     let mut latencies = Vec::with_capacity(pushes as usize);
     for version in 1..=pushes {
@@ -967,6 +965,7 @@ async fn fanin_client(
     }
     strata_sync::transport::close_gracefully(&conn, &mut send, crate::quic::close::DONE, "done")
         .await;
+    endpoint.wait_idle().await;
     Ok(latencies)
 }
 
@@ -1080,20 +1079,16 @@ fn archive_lags(
 
 /// [`FANIN_REPLICAS`] fan-in clients, spread over `targets` in turn, all
 /// at once: the time until the last is done, and every push's latency
-/// (sorted). The clients are a load generator's: each has its own QUIC
-/// connection (handshake, keys, streams, flow control), and all of them
-/// share one client endpoint, one UDP socket and its driver, so that the
-/// two cores go to the server rather than to 64 client sockets.
+/// (sorted).
 async fn fan_in(
     targets: &[Target],
     pushes: u64,
 ) -> Result<(Duration, Vec<Duration>), SyncBenchError> {
-    let endpoint = client_endpoint()?;
     let start = Instant::now();
     let tasks: Vec<_> = (0..FANIN_REPLICAS)
         .map(|r| {
             let target = targets[r % targets.len()].clone();
-            tokio::spawn(fanin_client(endpoint.clone(), target, r, pushes))
+            tokio::spawn(fanin_client(target, r, pushes))
         })
         .collect();
     let mut latencies = Vec::new();
@@ -1106,7 +1101,6 @@ async fn fan_in(
         );
     }
     let elapsed = start.elapsed();
-    endpoint.wait_idle().await;
     latencies.sort();
     Ok((elapsed, latencies))
 }
