@@ -1096,7 +1096,7 @@ impl IndexWriter {
             .store(frames.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Starts a transaction: rows follow with [`IndexBatch::insert`], and
+    /// Starts a transaction: rows follow with [`IndexBatch::insert_frame`], and
     /// [`IndexBatch::commit`] ends it (dropping the batch rolls it back).
     pub fn begin(&mut self) -> Result<IndexBatch<'_>, IndexError> {
         let path = &self.path;
@@ -1330,20 +1330,7 @@ mod tests {
             u64,
         );
         let rows: Vec<Row> = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                ))
-            })
+            .query_map([], |r| Row::try_from(r))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
@@ -1364,15 +1351,14 @@ mod tests {
             );
             assert_eq!(row, &expected, "row at position {}", e.position);
         }
-        let runs: Vec<(String, u64, u64, u64, u64)> = check
+        type Run = (String, u64, u64, u64, u64);
+        let runs: Vec<Run> = check
             .prepare(
                 "SELECT aggregate_id, first_version, last_version, first_position, log_offset
                  FROM aggregate_runs ORDER BY first_position",
             )
             .unwrap()
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+            .query_map([], |r| Run::try_from(r))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
@@ -1385,6 +1371,99 @@ mod tests {
                 ("c".to_owned(), 1, c_last, 41, 64 * 40),
             ]
         );
+    }
+
+    /// One event of aggregate `aggregate` for the writer's tests.
+    fn new_row(
+        position: u64,
+        event_id: Uuid,
+        aggregate: &'static str,
+        version: u64,
+    ) -> NewRow<'static> {
+        NewRow {
+            event: EventRef {
+                position,
+                event_id,
+                aggregate_id: aggregate,
+                version,
+                event_type: "T",
+                data: b"{}",
+                hlc_physical_ms: 1,
+                hlc_counter: 0,
+                hlc_node: "node",
+                metadata: None,
+            },
+            segment: 1,
+            offset: 64 * position,
+        }
+    }
+
+    fn runs_of(dir: &Path) -> Vec<(String, u64, u64, u64)> {
+        Connection::open(dir.join(INDEX_FILE))
+            .unwrap()
+            .prepare(
+                "SELECT aggregate_id, first_version, last_version, first_position
+                 FROM aggregate_runs ORDER BY first_position",
+            )
+            .unwrap()
+            .query_map([], |r| <(String, u64, u64, u64)>::try_from(r))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A run ends with its frame: an aggregate that goes on in the next
+    /// frame starts a second run there (its records are not back to back
+    /// with the first's in one frame).
+    #[test]
+    fn an_aggregate_that_goes_on_in_the_next_frame_starts_another_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let first: Vec<_> = (1..=5)
+            .map(|v| new_row(v, Uuid::now_v7(), "a", v))
+            .collect();
+        let second: Vec<_> = (6..=8)
+            .map(|v| new_row(v, Uuid::now_v7(), "a", v))
+            .collect();
+        let mut batch = writer.begin().unwrap();
+        batch.insert_frame(&first).unwrap();
+        batch.insert_frame(&second).unwrap();
+        batch.commit(8, (1, 0)).unwrap();
+        assert_eq!(
+            runs_of(dir.path()),
+            [("a".to_owned(), 1, 5, 1), ("a".to_owned(), 6, 8, 6)]
+        );
+    }
+
+    /// A multi-row insert that fails (an id twice, which the append path
+    /// never lets through) fails the frame; dropping the batch rolls it
+    /// back, and the next batch writes as if nothing had happened.
+    #[test]
+    fn a_failed_chunk_rolls_back_with_its_batch_and_the_next_batch_goes_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+        let mut bad: Vec<_> = (0..40)
+            .map(|i| new_row(i as u64 + 1, ids[i], "a", i as u64 + 1))
+            .collect();
+        bad[10].event.event_id = ids[3];
+        let mut batch = writer.begin().unwrap();
+        let err = batch.insert_frame(&bad).unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        drop(batch);
+
+        let good: Vec<_> = (0..40)
+            .map(|i| new_row(i as u64 + 1, ids[i], "a", i as u64 + 1))
+            .collect();
+        let mut batch = writer.begin().unwrap();
+        batch.insert_frame(&good).unwrap();
+        batch.commit(40, (1, 0)).unwrap();
+        let rows: u64 = Connection::open(dir.path().join(INDEX_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 40);
+        assert_eq!(runs_of(dir.path()), [("a".to_owned(), 1, 40, 1)]);
     }
 
     /// SQLite's automatic checkpoint is gone: the checkpointer copies the

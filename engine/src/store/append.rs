@@ -358,6 +358,7 @@ impl Store {
                 });
             }
         }
+        debug_assert!(staged.next().is_none(), "every staged event answered");
         Ok(committed)
     }
 
