@@ -1466,6 +1466,47 @@ mod tests {
         assert_eq!(runs_of(dir.path()), [("a".to_owned(), 1, 40, 1)]);
     }
 
+    /// With its thread gone (stopped here, standing in for one that fell
+    /// far behind or keeps failing), the writer copies the WAL itself once
+    /// it holds [`INDEX_CHECKPOINT_INLINE_FACTOR`] times the mark, so the
+    /// WAL stays bounded; without that backstop nothing would ever copy it.
+    #[test]
+    fn the_writer_checkpoints_by_itself_when_the_checkpointer_is_not_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        writer.checkpointer.stop();
+        writer.set_checkpoint_frames(4);
+        let mut position = 0;
+        let mut wal_max = 0;
+        for _ in 0..100 {
+            let frame: Vec<_> = (0..100)
+                .map(|_| {
+                    position += 1;
+                    new_row(position, Uuid::now_v7(), "a", position)
+                })
+                .collect();
+            let mut batch = writer.begin().unwrap();
+            batch.insert_frame(&frame).unwrap();
+            batch.commit(position, (1, 0)).unwrap();
+            let wal = std::fs::metadata(dir.path().join(format!("{INDEX_FILE}-wal")))
+                .map_or(0, |m| m.len());
+            wal_max = wal_max.max(wal);
+        }
+        assert!(writer.checkpoints() > 0, "the writer never checkpointed");
+        // 10,000 rows take ~250 pages (~1 MiB); copied every 32 frames, the
+        // WAL is reused from its start and never holds more than a few
+        // commits' worth.
+        assert!(
+            wal_max < 512 << 10,
+            "the WAL grew to {wal_max} bytes: it was not copied and reused"
+        );
+        let rows: u64 = Connection::open(dir.path().join(INDEX_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, position);
+    }
+
     /// SQLite's automatic checkpoint is gone: the checkpointer copies the
     /// WAL into the database file once the WAL is past the mark (with no
     /// mark reached, nothing is ever copied and this test fails).
