@@ -1042,6 +1042,13 @@ pub const INDEX_INSERT_ROWS: usize = 32;
 /// Parameters of one `event_rows` row.
 const ROW_PARAMS: usize = 10;
 
+/// `INSERT INTO event_rows` of one row and of [`INDEX_INSERT_ROWS`] rows,
+/// built once rather than at every transaction.
+static INSERT_ROW_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_rows_sql(1));
+static INSERT_CHUNK_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_rows_sql(INDEX_INSERT_ROWS));
+
 /// `INSERT INTO event_rows` of `rows` rows.
 fn insert_rows_sql(rows: usize) -> String {
     let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
@@ -1116,8 +1123,8 @@ impl IndexWriter {
                 .prepare_cached(sql)
                 .map_err(sqlite_err(path, "preparing an insert"))
         };
-        let rows = prepare(&insert_rows_sql(1))?;
-        let chunk = prepare(&insert_rows_sql(INDEX_INSERT_ROWS))?;
+        let rows = prepare(&INSERT_ROW_SQL)?;
+        let chunk = prepare(&INSERT_CHUNK_SQL)?;
         let runs = prepare(
             "INSERT INTO aggregate_runs (aggregate_id, first_version, last_version,
                                          first_position, log_segment, log_offset)
@@ -1398,6 +1405,13 @@ mod tests {
         }
     }
 
+    fn rows_in(dir: &Path) -> u64 {
+        Connection::open(dir.join(INDEX_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
+            .unwrap()
+    }
+
     fn runs_of(dir: &Path) -> Vec<(String, u64, u64, u64)> {
         Connection::open(dir.join(INDEX_FILE))
             .unwrap()
@@ -1458,11 +1472,7 @@ mod tests {
         let mut batch = writer.begin().unwrap();
         batch.insert_frame(&good).unwrap();
         batch.commit(40, (1, 0)).unwrap();
-        let rows: u64 = Connection::open(dir.path().join(INDEX_FILE))
-            .unwrap()
-            .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 40);
+        assert_eq!(rows_in(dir.path()), 40);
         assert_eq!(runs_of(dir.path()), [("a".to_owned(), 1, 40, 1)]);
     }
 
@@ -1500,11 +1510,7 @@ mod tests {
             wal_max < 512 << 10,
             "the WAL grew to {wal_max} bytes: it was not copied and reused"
         );
-        let rows: u64 = Connection::open(dir.path().join(INDEX_FILE))
-            .unwrap()
-            .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, position);
+        assert_eq!(rows_in(dir.path()), position);
     }
 
     /// SQLite's automatic checkpoint is gone: the checkpointer copies the
@@ -1520,26 +1526,12 @@ mod tests {
         let mut position = 0;
         for _ in 0..20 {
             let mut batch = writer.begin().unwrap();
-            let mut frame = Vec::new();
-            for _ in 0..200 {
-                position += 1;
-                frame.push(NewRow {
-                    event: EventRef {
-                        position,
-                        event_id: Uuid::now_v7(),
-                        version: position,
-                        hlc_physical_ms: 1,
-                        hlc_counter: 0,
-                        hlc_node: "node",
-                        aggregate_id: "a",
-                        event_type: "T",
-                        data: b"{}",
-                        metadata: None,
-                    },
-                    segment: 1,
-                    offset: 100 * position,
-                });
-            }
+            let frame: Vec<_> = (0..200)
+                .map(|_| {
+                    position += 1;
+                    new_row(position, Uuid::now_v7(), "a", position)
+                })
+                .collect();
             batch.insert_frame(&frame).unwrap();
             batch.commit(position, (1, 0)).unwrap();
         }
@@ -1554,10 +1546,6 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         // What the checkpoint copied reads back from a fresh connection.
-        let check = Connection::open(&db).unwrap();
-        let rows: u64 = check
-            .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, position);
+        assert_eq!(rows_in(dir.path()), position);
     }
 }
