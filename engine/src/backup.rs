@@ -7,7 +7,10 @@
 //! 1. `DEST/BACKUP-INCOMPLETE` is written first (durably) and removed
 //!    last: a backup cut short (killed, disk full) is refused by
 //!    [`crate::Store::open`] with a message that says so, never opened as
-//!    if it were whole.
+//!    if it were whole. A new DEST is made under a hidden staging name
+//!    with the marker already in it and renamed into place, so it never
+//!    exists without its marker (an empty directory would open as a new,
+//!    empty store).
 //! 2. The SQLite files (the index, the views, a replica's outbox) are
 //!    copied first, each as one snapshot through SQLite's online backup
 //!    API, so that their checkpoints never lie beyond the log copied after
@@ -93,13 +96,32 @@ pub fn backup(source: &Path, dest: &Path, options: &BackupOptions) -> Result<Bac
     let store = Store::open_read_only(source)?;
     let mut report = BackupReport::default();
     let dest_log = dest.join(LOG_DIR);
-    fs::create_dir_all(&dest_log).map_err(io_err(&dest_log, "creating the backup directory"))?;
     let marker = dest.join(BACKUP_INCOMPLETE_FILE);
-    write_durably(
-        &marker,
-        b"a backup is being written here; it is not a store until it ends\n",
-    )?;
-    sync_dir(dest)?;
+    const MARKER: &[u8] = b"a backup is being written here; it is not a store until it ends\n";
+    if !dest.exists() {
+        // A new DEST never exists without its marker: it is made under a
+        // staging name with the marker in it, then renamed into place
+        // (killed before the rename, DEST does not exist at all). Made in
+        // place, a kill between the directory and the marker would leave
+        // a directory that opens as a new, empty store.
+        let staging = staging_dir(dest)?;
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(io_err(
+                &staging,
+                "removing an interrupted backup's staging directory",
+            ))?;
+        }
+        fs::create_dir_all(&staging).map_err(io_err(&staging, "creating the backup directory"))?;
+        write_durably(&staging.join(BACKUP_INCOMPLETE_FILE), MARKER)?;
+        sync_dir(&staging)?;
+        fs::rename(&staging, dest)
+            .map_err(io_err(dest, "moving the backup directory into place"))?;
+        sync_dir(staging.parent().expect("a staging directory has a parent"))?;
+    } else {
+        write_durably(&marker, MARKER)?;
+        sync_dir(dest)?;
+    }
+    fs::create_dir_all(&dest_log).map_err(io_err(&dest_log, "creating the backup directory"))?;
 
     // 2. SQLite snapshots, before the log.
     for name in SNAPSHOT_FILES {
@@ -274,6 +296,24 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(io_err(path, "writing the backup marker"))
+}
+
+/// Where a new DEST is made before it is renamed into place: a hidden
+/// sibling, so that the rename stays within one file system.
+fn staging_dir(dest: &Path) -> Result<std::path::PathBuf> {
+    let name = dest.file_name().ok_or_else(|| Error::Io {
+        path: dest.to_path_buf(),
+        action: "naming the backup directory",
+        source: io::Error::new(io::ErrorKind::InvalidInput, "DEST has no final name"),
+    })?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut staged = std::ffi::OsString::from(".");
+    staged.push(name);
+    staged.push(".backup-staging");
+    Ok(parent.join(staged))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
