@@ -34,7 +34,7 @@ pub use error::{Error, Result};
 pub use event::{
     AggregateEvents, Committed, Event, EventRef, ExpectedVersion, InvalidInput, Limits, NewEvent,
 };
-pub use hlc::{Hlc, HlcError, ManualClock, NodeId, SystemClock, Timestamp, WallClock};
+pub use hlc::{Hlc, HlcError, LocalStamps, ManualClock, NodeId, SystemClock, Timestamp, WallClock};
 pub use log::{Durability, RecoveryReport, TornTail};
 pub use store::{
     BACKUP_INCOMPLETE_FILE, FOLLOW_POLL, Options, ProgressHook, REPLICA_LOG_FILE, ReadAll, Store,

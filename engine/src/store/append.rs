@@ -260,6 +260,19 @@ impl Store {
         let mut versions: FastMap<&str, u64> =
             FastMap::with_capacity_and_hasher(groups.len(), Default::default());
         let mut staged: Vec<(usize, usize, u64, Timestamp)> = Vec::with_capacity(total);
+        // The new events' stamps with one reading of the clock, unless an
+        // event brings its own timestamp: the clock observes it in order,
+        // and the local stamps after it must pass it.
+        let own_stamps = groups
+            .iter()
+            .flat_map(|g| &g.events)
+            .any(|e| e.timestamp.is_some());
+        let mut local = if own_stamps {
+            None
+        } else {
+            let new = total - found.len();
+            Some(inner.hlc.now_many(new).map_err(InvalidInput::Timestamp)?)
+        };
         for (gi, g) in groups.iter().enumerate() {
             let new: Vec<usize> = (0..g.events.len())
                 .filter(|&i| !found.contains_key(&g.events[i].event_id))
@@ -298,7 +311,10 @@ impl Store {
                             })?;
                         ts.clone()
                     }
-                    None => inner.hlc.now().map_err(InvalidInput::Timestamp)?,
+                    None => match local.as_mut().and_then(Iterator::next) {
+                        Some(ts) => ts,
+                        None => inner.hlc.now().map_err(InvalidInput::Timestamp)?,
+                    },
                 };
                 staged.push((gi, ei, v, stamp));
             }
