@@ -6,6 +6,13 @@
 //! `aggregate_runs` in the index) and, per event, only where its id is.
 //! A batch of a thousand events to ten aggregates costs ten run entries
 //! and a thousand small id entries, not three map entries per event.
+//!
+//! Ids are found without hashing in the common case: fresh UUIDv7s from
+//! one writer arrive in increasing order, so the tail keeps the ids that
+//! are each larger than every one before them in a queue sorted by id
+//! (appended at its back, trimmed at its front, binary-searched), and only
+//! the others (ids from other writers' clocks, replicated events) in a
+//! hash map.
 
 use super::*;
 
@@ -51,7 +58,11 @@ impl TailRun {
 /// Events appended but not yet in SQLite, so that reads and checks see them.
 #[derive(Debug, Default)]
 pub(super) struct Tail {
-    /// Each event's id and its position (its record's offset is in `ids`).
+    /// Ids each larger than every id before them in the tail, with their
+    /// positions: sorted by id and by position at once.
+    ascending: VecDeque<(Uuid, u64)>,
+    /// The other ids and their positions (an id held twice: its later
+    /// copy). A record's offset is in `ids`.
     by_id: FastMap<Uuid, u64>,
     /// Each aggregate's runs, in position order.
     by_aggregate: FastMap<Arc<str>, VecDeque<TailRun>>,
@@ -115,7 +126,7 @@ impl Tail {
                     .is_none_or(|(run, _)| run.last_position() < r.position),
                 "the tail grows in position order"
             );
-            self.by_id.insert(r.event_id, r.position);
+            self.note_id(r.event_id, r.position);
             self.ids.push_back((r.event_id, r.offset));
             if let Some((run, agg)) = &mut open {
                 if *agg == r.aggregate_id
@@ -144,6 +155,40 @@ impl Tail {
         }
     }
 
+    /// Files `id`, the latest event in the tail, at `position`: in the
+    /// sorted queue if it is larger than every id there and the map does
+    /// not hold an earlier copy of it (the copies of an id stay together,
+    /// so the later one replaces the earlier).
+    fn note_id(&mut self, id: Uuid, position: u64) {
+        let in_order = self.ascending.back().is_none_or(|&(last, _)| id > last);
+        if in_order && (self.by_id.is_empty() || !self.by_id.contains_key(&id)) {
+            self.ascending.push_back((id, position));
+        } else {
+            self.by_id.insert(id, position);
+        }
+    }
+
+    /// The position of the event `id`, if the tail holds it (of its later
+    /// copy, if it holds two).
+    fn position_of(&self, id: &Uuid) -> Option<u64> {
+        // A later copy of an id is never in the queue while an earlier one
+        // is in the tail: look in the map first.
+        if !self.by_id.is_empty()
+            && let Some(&position) = self.by_id.get(id)
+        {
+            return Some(position);
+        }
+        let &(last, _) = self.ascending.back()?;
+        if *id > last {
+            return None;
+        }
+        let i = self.ascending.partition_point(|(a, _)| a < id);
+        self.ascending
+            .get(i)
+            .filter(|(a, _)| a == id)
+            .map(|&(_, position)| position)
+    }
+
     fn push_run(&mut self, run: TailRun, aggregate_id: &str) {
         let key = match self.by_aggregate.get_key_value(aggregate_id) {
             Some((k, _)) => k.clone(),
@@ -163,12 +208,16 @@ impl Tail {
             self.push_run(run, &agg);
         }
         self.ids.extend(other.ids);
+        // The map's entries last: a later copy of an id is there.
+        for (id, position) in other.ascending {
+            self.note_id(id, position);
+        }
         self.by_id.extend(other.by_id);
     }
 
     /// Where the event `id` is, if the tail holds it, with its aggregate.
     pub(super) fn find(&self, id: &Uuid) -> Option<(Pointer, Arc<str>)> {
-        let &position = self.by_id.get(id)?;
+        let position = self.position_of(id)?;
         let (run, agg) = self.run_at(position)?;
         let offset = self.offset_at(position)?;
         Some((
@@ -222,14 +271,17 @@ impl Tail {
             }
             let keep = run.last_position().saturating_sub(indexed);
             let (run, agg) = self.runs.pop_front().expect("front exists");
-            for _ in 0..run.count - keep {
+            for k in 0..run.count - keep {
                 let (id, _) = self.ids.pop_front().expect("one id per position");
                 // What leaves the tail is in the index: its id must be
                 // looked up there from now on.
                 self.index_max_id = self.index_max_id.max(Some(id));
-                // Only this event's own entry (a log that holds an id twice
-                // keeps the later one's).
-                if self.by_id.get(&id).is_some_and(|&p| p <= indexed) {
+                let position = run.first_position + k;
+                if self.ascending.front() == Some(&(id, position)) {
+                    self.ascending.pop_front();
+                } else if self.by_id.get(&id).is_some_and(|&p| p <= indexed) {
+                    // Only this event's own entry (a log that holds an id
+                    // twice keeps the later one's).
                     self.by_id.remove(&id);
                 }
             }
@@ -417,6 +469,120 @@ mod tests {
         assert_eq!(t.place(3), Some((1, 9000)));
         t.trim(3, None);
         assert!(t.find(&id(1)).is_none() && t.len() == 0);
+    }
+
+    /// Ids out of order go to the map, the others stay in the sorted
+    /// queue; either way each is found at its position until it is
+    /// trimmed, and the later copy of an id held twice wins.
+    #[test]
+    fn ids_in_and_out_of_order_are_found_until_trimmed() {
+        let mut t = Tail::default();
+        let ids = [10u128, 20, 15, 30, 5, 40, 20];
+        t.push_frame(
+            1,
+            ids.iter().enumerate().map(|(k, &n)| TailRecord {
+                aggregate_id: "a",
+                event_id: id(n),
+                position: k as u64 + 1,
+                version: k as u64 + 1,
+                offset: 100 * k as u64,
+            }),
+        );
+        assert_eq!(t.ascending.len(), 4, "10, 20, 30, 40 arrived in order");
+        assert_eq!(t.by_id.len(), 3, "15, 5 and the second 20 did not");
+        let at = |t: &Tail, n: u128| t.find(&id(n)).map(|(p, _)| p.position);
+        assert_eq!(
+            [10, 20, 15, 30, 5, 40, 25, 50].map(|n| at(&t, n)),
+            [
+                Some(1),
+                Some(7),
+                Some(3),
+                Some(4),
+                Some(5),
+                Some(6),
+                None,
+                None
+            ]
+        );
+        t.trim(3, None);
+        assert_eq!(
+            [10, 20, 15, 30, 5].map(|n| at(&t, n)),
+            [None, Some(7), None, Some(4), Some(5)]
+        );
+        t.trim(7, None);
+        assert!(t.ascending.is_empty() && t.by_id.is_empty() && t.len() == 0);
+    }
+
+    /// A tail absorbed into another keeps every id findable, the later
+    /// copy winning.
+    #[test]
+    fn an_absorbed_tail_keeps_its_ids() {
+        let mut t = Tail::default();
+        frame(&mut t, 1, 1, &[("a", 1), ("a", 2), ("a", 3)]);
+        let mut other = Tail::default();
+        other.push_frame(
+            2,
+            [(2u128, 4u64), (9, 5)].map(|(n, position)| TailRecord {
+                aggregate_id: "b",
+                event_id: id(n),
+                position,
+                version: position - 3,
+                offset: 7000 + position,
+            }),
+        );
+        t.absorb(other);
+        let at = |n: u128| t.find(&id(n)).map(|(p, agg)| (p.position, agg));
+        assert_eq!(at(1), Some((1, Arc::from("a"))));
+        assert_eq!(at(2), Some((4, Arc::from("b"))), "the later copy");
+        assert_eq!(at(9), Some((5, Arc::from("b"))));
+    }
+
+    proptest::proptest! {
+        /// Against a model (an id is where its last copy is, while that
+        /// copy is above what was trimmed): any order of ids, duplicates
+        /// included, any frames and trims.
+        #[test]
+        fn find_agrees_with_a_model_of_the_tail(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0u128..40, 1..6), 0u64..4),
+                1..30,
+            )
+        ) {
+            let mut t = Tail::default();
+            let mut model: Vec<(u128, u64)> = Vec::new();
+            let mut next = 1u64;
+            let mut trimmed = 0u64;
+            for (frame_ids, trim_back) in steps {
+                let first = next;
+                t.push_frame(
+                    1,
+                    frame_ids.iter().enumerate().map(|(k, &n)| TailRecord {
+                        aggregate_id: "a",
+                        event_id: id(n),
+                        position: first + k as u64,
+                        version: first + k as u64,
+                        offset: 10 * (first + k as u64),
+                    }),
+                );
+                for (k, &n) in frame_ids.iter().enumerate() {
+                    model.push((n, first + k as u64));
+                }
+                next += frame_ids.len() as u64;
+                let to = (next - 1).saturating_sub(trim_back).max(trimmed);
+                t.trim(to, None);
+                trimmed = to;
+                for n in 0u128..40 {
+                    let want = model
+                        .iter()
+                        .filter(|(m, _)| *m == n)
+                        .map(|&(_, p)| p)
+                        .max()
+                        .filter(|&p| p > trimmed);
+                    let got = t.find(&id(n)).map(|(p, _)| p.position);
+                    proptest::prop_assert_eq!(got, want, "id {} after trimming to {}", n, trimmed);
+                }
+            }
+        }
     }
 
     #[test]
