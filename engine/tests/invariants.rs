@@ -940,6 +940,60 @@ fn h1_restart_with_a_clock_that_stepped_back_stays_monotonic() {
     assert_eq!(events[1].timestamp.physical_ms(), 1_000_000);
 }
 
+/// A batch's new events are stamped together once every check passed: a
+/// batch refused for a conflict in a later group leaves the clock where it
+/// was, and the stamps of one batch are consecutive.
+#[test]
+fn h1_a_refused_batch_leaves_the_clock_and_a_batch_is_stamped_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(strata::ManualClock::new(1_000_000));
+    let store = Store::open(
+        dir.path(),
+        Options {
+            clock: clock.clone(),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    store
+        .append("a", ExpectedVersion::Any, vec![ev("X", 1)])
+        .unwrap();
+    let group = |agg: &str, expected, n: u64| AggregateEvents {
+        aggregate_id: agg.into(),
+        expected,
+        events: (0..n).map(|i| ev("X", 10 * n + i)).collect(),
+    };
+    // `b` holds, then `a` conflicts: nothing is written.
+    let err = store
+        .append_batch(&[
+            group("b", ExpectedVersion::Exact(0), 2),
+            group("a", ExpectedVersion::Exact(5), 1),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { current: 1, .. }), "{err}");
+    store
+        .append_batch(&[
+            group("b", ExpectedVersion::Exact(0), 3),
+            group("a", ExpectedVersion::Exact(1), 1),
+        ])
+        .unwrap();
+    let stamps: Vec<(u64, u32)> = all(&store)
+        .iter()
+        .map(|e| (e.timestamp.physical_ms(), e.timestamp.counter()))
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            (1_000_000, 0),
+            (1_000_000, 1),
+            (1_000_000, 2),
+            (1_000_000, 3),
+            (1_000_000, 4)
+        ],
+        "no tick lost to the refused batch, and one per event in order"
+    );
+}
+
 // --- S2: group commit and poisoning, through a file system that counts
 // syncs and can be told to fail one.
 

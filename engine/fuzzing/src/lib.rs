@@ -622,9 +622,10 @@ impl Model {
     /// What `Store::append_batch` must return, applied to the model: events
     /// whose id is in the log are not written again; if all are, nothing
     /// is checked. Otherwise each aggregate with new events checks its
-    /// expectation, in order, and stamps its new events right after. A
-    /// conflict is `(aggregate_id, current version)`; the events of the
-    /// aggregates before it were stamped already, so the clock moved.
+    /// expectation, in order; a conflict is `(aggregate_id, current
+    /// version)` and leaves the clock as it was. Once every check passed,
+    /// the new events are stamped in order (the model's events bring no
+    /// timestamps of their own).
     fn append(
         &mut self,
         groups: &[AggregateEvents],
@@ -647,11 +648,6 @@ impl Model {
                 return Err((g.aggregate_id.clone(), current));
             }
             for (i, e) in new.into_iter().enumerate() {
-                self.hlc_last = if wall > self.hlc_last.0 {
-                    (wall, 0)
-                } else {
-                    (self.hlc_last.0, self.hlc_last.1 + 1)
-                };
                 fresh.push(Event {
                     position: (self.events.len() + fresh.len() + 1) as u64,
                     event_id: e.event_id,
@@ -659,11 +655,20 @@ impl Model {
                     version: current + 1 + i as u64,
                     event_type: e.event_type.clone(),
                     data: e.data.clone(),
-                    timestamp: Timestamp::from_parts(self.hlc_last.0, self.hlc_last.1, NODE)
-                        .expect("valid"),
+                    // Stamped below, once the whole batch holds.
+                    timestamp: Timestamp::from_parts(0, 0, NODE).expect("valid"),
                     metadata: e.metadata.clone(),
                 });
             }
+        }
+        for e in &mut fresh {
+            self.hlc_last = if wall > self.hlc_last.0 {
+                (wall, 0)
+            } else {
+                (self.hlc_last.0, self.hlc_last.1 + 1)
+            };
+            e.timestamp =
+                Timestamp::from_parts(self.hlc_last.0, self.hlc_last.1, NODE).expect("valid");
         }
         let committed: Vec<Committed> = groups
             .iter()

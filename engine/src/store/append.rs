@@ -259,20 +259,18 @@ impl Store {
         // plan's versions: a refusal leaves the plan untouched.
         let mut versions: FastMap<&str, u64> =
             FastMap::with_capacity_and_hasher(groups.len(), Default::default());
-        let mut staged: Vec<(usize, usize, u64, Timestamp)> = Vec::with_capacity(total);
-        // The new events' stamps with one reading of the clock, unless an
-        // event brings its own timestamp: the clock observes it in order,
-        // and the local stamps after it must pass it.
+        let mut staged: Vec<(usize, usize, u64)> = Vec::with_capacity(total);
+        // Timestamps: when an event of the batch brings its own, each event
+        // is stamped as it is checked (the clock observes a given one in
+        // order, and the local stamps after it must pass it); otherwise the
+        // new events are stamped together once every check has passed,
+        // with one reading of the clock (`Hlc::now_many`), and a refused
+        // batch leaves the clock where it was.
         let own_stamps = groups
             .iter()
             .flat_map(|g| &g.events)
             .any(|e| e.timestamp.is_some());
-        let mut local = if own_stamps {
-            None
-        } else {
-            let new = total - found.len();
-            Some(inner.hlc.now_many(new).map_err(InvalidInput::Timestamp)?)
-        };
+        let mut stamps: Vec<Timestamp> = Vec::with_capacity(total);
         for (gi, g) in groups.iter().enumerate() {
             let new: Vec<usize> = (0..g.events.len())
                 .filter(|&i| !found.contains_key(&g.events[i].event_id))
@@ -300,33 +298,38 @@ impl Store {
             for ei in new {
                 let e = &g.events[ei];
                 v += 1;
-                let stamp = match &e.timestamp {
-                    Some(ts) => {
-                        inner
-                            .hlc
-                            .observe(ts)
-                            .map_err(|source| InvalidInput::EventTimestamp {
-                                event_id: e.event_id,
-                                source,
+                if own_stamps {
+                    stamps.push(match &e.timestamp {
+                        Some(ts) => {
+                            inner.hlc.observe(ts).map_err(|source| {
+                                InvalidInput::EventTimestamp {
+                                    event_id: e.event_id,
+                                    source,
+                                }
                             })?;
-                        ts.clone()
-                    }
-                    None => match local.as_mut().and_then(Iterator::next) {
-                        Some(ts) => ts,
+                            ts.clone()
+                        }
                         None => inner.hlc.now().map_err(InvalidInput::Timestamp)?,
-                    },
-                };
-                staged.push((gi, ei, v, stamp));
+                    });
+                }
+                staged.push((gi, ei, v));
             }
             versions.insert(g.aggregate_id.as_str(), v);
         }
+        if !own_stamps {
+            let together = inner
+                .hlc
+                .now_many(staged.len())
+                .map_err(InvalidInput::Timestamp)?;
+            stamps.extend(together);
+        }
+        debug_assert_eq!(stamps.len(), staged.len(), "one stamp per new event");
 
         // Accepted: move the staged events into the plan.
         let first_stamp = plan.stamps.len();
-        plan.stamps
-            .extend(staged.iter().map(|(_, _, _, ts)| ts.clone()));
+        plan.stamps.extend(stamps);
         let first_position = plan.next_position;
-        for (k, (gi, ei, v, _)) in staged.iter().enumerate() {
+        for (k, (gi, ei, v)) in staged.iter().enumerate() {
             let g = &groups[*gi];
             let e = &g.events[*ei];
             let position = plan.next_position;
@@ -357,9 +360,9 @@ impl Store {
         let mut committed = Vec::with_capacity(total);
         for (gi, g) in groups.iter().enumerate() {
             for (ei, e) in g.events.iter().enumerate() {
-                let new = staged.next_if(|(_, (sg, se, _, _))| (*sg, *se) == (gi, ei));
+                let new = staged.next_if(|(_, (sg, se, _))| (*sg, *se) == (gi, ei));
                 let (position, version, existed) = match new {
-                    Some((k, &(_, _, v, _))) => (first_position + k as u64, v, false),
+                    Some((k, &(_, _, v))) => (first_position + k as u64, v, false),
                     None => {
                         let (p, v) = found[&e.event_id];
                         plan.existing_max = plan.existing_max.max(p);
