@@ -576,9 +576,18 @@ impl SyncClient {
                             r.pushed_events += n;
                         });
                     }
-                    write_frame(&mut send, &mut buf, &m, self.opts.request_timeout)
-                        .await
-                        .map_err(|e| lost(e.to_string()))?;
+                    if let Err(e) =
+                        write_frame(&mut send, &mut buf, &m, self.opts.request_timeout).await
+                    {
+                        // A server that refuses the connection answers the
+                        // first message and closes it, maybe while the next
+                        // ones are still being written: its reason came in
+                        // before the close, so say that, not that the
+                        // connection was lost.
+                        return Err(self
+                            .reply_before_loss(&mut inbound, lost(e.to_string()))
+                            .await);
+                    }
                 }
                 if step.welcomed && !welcomed {
                     welcomed = true;
@@ -635,6 +644,33 @@ impl SyncClient {
             tracing::info!(%addr, "sync disconnected");
         }
         result
+    }
+
+    /// What the server sent before the connection failed under a write:
+    /// each message it had sent goes to the core, and the first error that
+    /// makes (a fatal refusal) is the session's error; `lost` if none.
+    /// The reader ends with the connection, so this waits at most for what
+    /// is already on its way.
+    async fn reply_before_loss(
+        &self,
+        inbound: &mut mpsc::Receiver<Result<Frame<ServerMessage>, String>>,
+        lost: ClientError,
+    ) -> ClientError {
+        let deadline = Instant::now() + quic::CLOSE_LINGER;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), inbound.recv()).await {
+                Ok(Some(Ok(Frame::Message(msg)))) => {
+                    self.count_inbound(&msg);
+                    let step = self
+                        .drive(move |core, storage, now| core.handle_message(now, msg, storage))
+                        .await;
+                    if let Err(e) = step {
+                        return e;
+                    }
+                }
+                _ => return lost,
+            }
+        }
     }
 
     fn count_inbound(&self, msg: &ServerMessage) {
