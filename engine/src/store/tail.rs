@@ -540,11 +540,12 @@ mod tests {
     proptest::proptest! {
         /// Against a model (an id is where its last copy is, while that
         /// copy is above what was trimmed): any order of ids, duplicates
-        /// included, any frames and trims.
+        /// included, any frames and trims, frames pushed or absorbed from
+        /// a tail of their own (as a read-only store's refresh does).
         #[test]
         fn find_agrees_with_a_model_of_the_tail(
             steps in proptest::collection::vec(
-                (proptest::collection::vec(0u128..40, 1..6), 0u64..4),
+                (proptest::collection::vec(0u128..40, 1..6), 0u64..4, proptest::bool::ANY),
                 1..30,
             )
         ) {
@@ -552,18 +553,22 @@ mod tests {
             let mut model: Vec<(u128, u64)> = Vec::new();
             let mut next = 1u64;
             let mut trimmed = 0u64;
-            for (frame_ids, trim_back) in steps {
+            for (frame_ids, trim_back, absorbed) in steps {
                 let first = next;
-                t.push_frame(
-                    1,
-                    frame_ids.iter().enumerate().map(|(k, &n)| TailRecord {
-                        aggregate_id: "a",
-                        event_id: id(n),
-                        position: first + k as u64,
-                        version: first + k as u64,
-                        offset: 10 * (first + k as u64),
-                    }),
-                );
+                let records = frame_ids.iter().enumerate().map(|(k, &n)| TailRecord {
+                    aggregate_id: "a",
+                    event_id: id(n),
+                    position: first + k as u64,
+                    version: first + k as u64,
+                    offset: 10 * (first + k as u64),
+                });
+                if absorbed {
+                    let mut fresh = Tail::after(first - 1, None);
+                    fresh.push_frame(1, records);
+                    t.absorb(fresh);
+                } else {
+                    t.push_frame(1, records);
+                }
                 for (k, &n) in frame_ids.iter().enumerate() {
                     model.push((n, first + k as u64));
                 }
