@@ -161,7 +161,7 @@ impl Tail {
     /// so the later one replaces the earlier).
     fn note_id(&mut self, id: Uuid, position: u64) {
         let in_order = self.ascending.back().is_none_or(|&(last, _)| id > last);
-        if in_order && (self.by_id.is_empty() || !self.by_id.contains_key(&id)) {
+        if in_order && !self.by_id.contains_key(&id) {
             self.ascending.push_back((id, position));
         } else {
             self.by_id.insert(id, position);
@@ -173,9 +173,7 @@ impl Tail {
     fn position_of(&self, id: &Uuid) -> Option<u64> {
         // A later copy of an id is never in the queue while an earlier one
         // is in the tail: look in the map first.
-        if !self.by_id.is_empty()
-            && let Some(&position) = self.by_id.get(id)
-        {
+        if let Some(&position) = self.by_id.get(id) {
             return Some(position);
         }
         let &(last, _) = self.ascending.back()?;
