@@ -389,7 +389,13 @@ impl CheckpointSignal {
 impl Checkpointer {
     /// Starts the thread and hooks it to `writer`'s commits: each commit
     /// reports the WAL's size in frames.
-    fn start(path: &Path, writer: &mut Connection) -> Result<Self, IndexError> {
+    /// Its thread runs `background_nice` nicer than the caller's
+    /// ([`crate::priority`]).
+    fn start(
+        path: &Path,
+        writer: &mut Connection,
+        background_nice: i32,
+    ) -> Result<Self, IndexError> {
         let conn = Connection::open(path).map_err(sqlite_err(path, "opening the checkpointer"))?;
         configure(&conn, path, true)?;
         let page_bytes: i64 = writer
@@ -434,7 +440,10 @@ impl Checkpointer {
         let thread_path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("strata-checkpoint".into())
-            .spawn(move || checkpoint_loop(&conn, &thread_path, &thread_signal))
+            .spawn(move || {
+                crate::priority::lower_this_thread(background_nice);
+                checkpoint_loop(&conn, &thread_path, &thread_signal)
+            })
             .map_err(|source| IndexError::Io {
                 path: path.to_path_buf(),
                 action: "starting the checkpointer thread",
@@ -523,6 +532,7 @@ pub fn open_rw(
     store_id: Uuid,
     log_head: u64,
     log_generation: u64,
+    background_nice: i32,
 ) -> Result<(Index, IndexWriter, IndexMeta), IndexError> {
     let path = store_dir.join(INDEX_FILE);
     let open = |path: &Path| -> Result<(Connection, IndexMeta), IndexError> {
@@ -562,7 +572,7 @@ pub fn open_rw(
     meta.store_id = Some(store_id_text);
     meta.schema_version = Some(INDEX_SCHEMA_VERSION);
     meta.log_generation = log_generation;
-    let checkpointer = Checkpointer::start(&path, &mut conn)?;
+    let checkpointer = Checkpointer::start(&path, &mut conn, background_nice)?;
     let index = Index {
         path: path.clone(),
         present: true,
@@ -1284,7 +1294,7 @@ mod tests {
     #[test]
     fn a_frame_of_several_chunks_keeps_every_row_and_every_run() {
         let dir = tempfile::tempdir().unwrap();
-        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0, 0).unwrap();
         let n = 2 * INDEX_INSERT_ROWS + 5;
         // Aggregate "a" for rows 0..30, "b" for 30..40, "c" after: runs
         // cross the chunk edges at rows 32 and 64.
@@ -1432,7 +1442,7 @@ mod tests {
     #[test]
     fn an_aggregate_that_goes_on_in_the_next_frame_starts_another_run() {
         let dir = tempfile::tempdir().unwrap();
-        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0, 0).unwrap();
         let first: Vec<_> = (1..=5)
             .map(|v| new_row(v, Uuid::now_v7(), "a", v))
             .collect();
@@ -1455,7 +1465,7 @@ mod tests {
     #[test]
     fn a_failed_chunk_rolls_back_with_its_batch_and_the_next_batch_goes_in() {
         let dir = tempfile::tempdir().unwrap();
-        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0, 0).unwrap();
         let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
         let mut bad: Vec<_> = (0..40)
             .map(|i| new_row(i as u64 + 1, ids[i], "a", i as u64 + 1))
@@ -1483,7 +1493,7 @@ mod tests {
     #[test]
     fn the_writer_checkpoints_by_itself_when_the_checkpointer_is_not_there() {
         let dir = tempfile::tempdir().unwrap();
-        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0, 0).unwrap();
         writer.checkpointer.stop();
         writer.set_checkpoint_frames(4);
         let mut position = 0;
@@ -1519,7 +1529,7 @@ mod tests {
     #[test]
     fn the_checkpointer_copies_the_wal_into_the_database_file_for_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0).unwrap();
+        let (_index, mut writer, _) = open_rw(dir.path(), Uuid::now_v7(), 0, 0, 0).unwrap();
         let db = dir.path().join(INDEX_FILE);
         let before = page_count(&db);
         writer.set_checkpoint_frames(16);

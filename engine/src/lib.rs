@@ -26,6 +26,7 @@ pub mod index;
 pub mod json;
 pub mod lock;
 pub mod log;
+pub mod priority;
 pub mod projection;
 mod store;
 pub mod sync;

@@ -233,7 +233,13 @@ impl Store {
             hlc.restore(hlc_max.0, hlc_max.1);
             index
         } else {
-            let (index, iw, meta) = index::open_rw(&dir, log.store_id(), head, generation)?;
+            let (index, iw, meta) = index::open_rw(
+                &dir,
+                log.store_id(),
+                head,
+                generation,
+                options.background_nice,
+            )?;
             tail.write().unwrap_or_else(|e| e.into_inner()).index_max_id = index.max_event_id()?;
             // Catch the index up before the store is handed out, so reads
             // and checks never face a large tail after a restart.
@@ -263,10 +269,14 @@ impl Store {
             }
             hlc.restore(indexer.hlc_max.0, indexer.hlc_max.1);
             progress.set(indexer.indexed, None);
+            let background_nice = options.background_nice;
             threads.push(
                 std::thread::Builder::new()
                     .name("strata-indexer".into())
-                    .spawn(move || indexer.run())
+                    .spawn(move || {
+                        crate::priority::lower_this_thread(background_nice);
+                        indexer.run()
+                    })
                     .map_err(|source| Error::Io {
                         path: dir.clone(),
                         action: "starting the indexer thread",

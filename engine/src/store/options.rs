@@ -31,6 +31,12 @@ pub struct Options {
     /// Called with (indexed, head) while `open` catches the index up (e.g.
     /// after the index was deleted).
     pub index_progress: Option<ProgressHook>,
+    /// How much nicer than the thread that opens the store its background
+    /// threads (the indexer and the index's checkpointer) run, so that
+    /// appends are not kept waiting for a core by derived work (Linux;
+    /// see [`crate::priority`]). 0 keeps them at the opener's priority;
+    /// between 0 and [`crate::priority::NICE_MAX`].
+    pub background_nice: i32,
 }
 
 /// A progress callback: `(done, total)`.
@@ -58,6 +64,7 @@ impl Default for Options {
             index_batch_events_max: INDEX_BATCH_EVENTS_MAX_DEFAULT,
             tail_events_max: TAIL_EVENTS_MAX_DEFAULT,
             index_progress: None,
+            background_nice: crate::priority::BACKGROUND_NICE_DEFAULT,
         }
     }
 }
@@ -89,6 +96,16 @@ impl Options {
                 ),
             );
         }
+        if !(0..=crate::priority::NICE_MAX).contains(&self.background_nice) {
+            return setting(
+                "background_nice",
+                format!(
+                    "is {}, must be between 0 and {}",
+                    self.background_nice,
+                    crate::priority::NICE_MAX
+                ),
+            );
+        }
         if self.index_batch_events_max == 0 {
             return setting("index_batch_events_max", "must be at least 1".into());
         }
@@ -104,5 +121,91 @@ impl Options {
             return setting("durability", "Periodic needs a non-zero interval".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::priority::{NICE_MAX, this_thread_nice};
+
+    /// Nice values of this process's threads with the given name (which
+    /// the kernel keeps to its first 15 bytes).
+    fn nice_of_threads(name: &str) -> Vec<i32> {
+        let name = &name[..name.len().min(15)];
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("stat")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            if comm.trim_end() != name {
+                continue;
+            }
+            // proc(5): after the command in parentheses, the fields from
+            // the 3rd (state) on; nice is the 19th.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            found.push(after.split(' ').nth(19 - 3).unwrap().parse().unwrap());
+        }
+        found
+    }
+
+    #[test]
+    fn background_threads_run_as_much_nicer_as_the_setting_says() {
+        let base = this_thread_nice().unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let nicer = Store::open(
+            a.path(),
+            Options {
+                background_nice: 4,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let same = Store::open(
+            b.path(),
+            Options {
+                background_nice: 0,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        // Other tests of this process may have stores open (at the
+        // default): both values must be among the threads.
+        for name in ["strata-indexer", "strata-checkpoint"] {
+            let nice = nice_of_threads(name);
+            assert!(nice.contains(&(base + 4).min(NICE_MAX)), "{name}: {nice:?}");
+            assert!(nice.contains(&base), "{name}: {nice:?}");
+        }
+        assert_eq!(
+            this_thread_nice().unwrap(),
+            base,
+            "the opener keeps its own"
+        );
+        nicer.close().unwrap();
+        same.close().unwrap();
+    }
+
+    #[test]
+    fn a_background_nice_out_of_range_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [-1, NICE_MAX + 1] {
+            let err = Store::open(
+                dir.path(),
+                Options {
+                    background_nice: bad,
+                    ..Options::default()
+                },
+            )
+            .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("background_nice") && text.contains(&bad.to_string()),
+                "{text}"
+            );
+        }
     }
 }
