@@ -124,6 +124,16 @@ impl WorkloadResult {
         self.extra.insert(key.into(), value.into());
         self
     }
+
+    fn with_all<V: Into<serde_json::Value>>(
+        mut self,
+        fields: impl IntoIterator<Item = (&'static str, V)>,
+    ) -> Self {
+        for (key, value) in fields {
+            self = self.with(key, value);
+        }
+        self
+    }
 }
 
 /// Errors of a benchmark run.
@@ -328,6 +338,45 @@ fn raw_append(path: &Path, events: u64, per_sync: u64) -> Result<Duration, Bench
     Ok(start.elapsed())
 }
 
+/// The raw limit of an append workload, measured right before and right
+/// after Strata's part: the host's disk drifts from one minute to the
+/// next, and a limit taken after the seed's part (tens of seconds later)
+/// could be half or twice what Strata's part met. The limit is the mean of
+/// the two times; both rates are reported (`limit_before_eps`,
+/// `limit_after_eps`) so that drift shows.
+struct RawLimit {
+    events: u64,
+    per_sync: u64,
+    before: Duration,
+}
+
+impl RawLimit {
+    /// Measures the first time, writing `path` (left for the workload to
+    /// remove once its clocks have stopped: freeing its blocks makes the
+    /// file system discard them, which should not land in a timed part).
+    fn before(path: &Path, events: u64, per_sync: u64) -> Result<RawLimit, BenchError> {
+        Ok(RawLimit {
+            events,
+            per_sync,
+            before: raw_append(path, events, per_sync)?,
+        })
+    }
+
+    /// Measures the second time, writing `path` (`scan_all` reads it), and
+    /// returns the limit's time and the fields that report both.
+    fn after(self, path: &Path) -> Result<(Duration, [(&'static str, f64); 2]), BenchError> {
+        let after = raw_append(path, self.events, self.per_sync)?;
+        let eps = |d: Duration| self.events as f64 / d.as_secs_f64().max(1e-9);
+        Ok((
+            (self.before + after) / 2,
+            [
+                ("limit_before_eps", eps(self.before)),
+                ("limit_after_eps", eps(after)),
+            ],
+        ))
+    }
+}
+
 // --- workloads ------------------------------------------------------------------
 
 fn batch_groups(batch: u64, aggregates: u64) -> Vec<AggregateEvents> {
@@ -360,6 +409,8 @@ fn append_batch_durable(
     let aggregates = (events / AGGREGATE_EVENTS).max(1);
     let batches = events / BATCH_EVENTS;
 
+    let raw_before = raw_file.with_extension("before");
+    let raw = RawLimit::before(&raw_before, events, BATCH_EVENTS)?;
     // Strata: durable appends, index caught up before the clock stops.
     let store = Store::open(store_dir, Options::default())?;
     let start = Instant::now();
@@ -380,6 +431,7 @@ fn append_batch_durable(
         .filter_map(|f| std::fs::metadata(store_dir.join(f)).ok())
         .map(|m| m.len())
         .sum::<u64>();
+    let (limit, limit_fields) = raw.after(raw_file)?;
 
     // Baseline: the seed's table, one transaction per batch.
     let seed = {
@@ -415,7 +467,7 @@ fn append_batch_durable(
         }
         start.elapsed()
     };
-    let limit = raw_append(raw_file, events, BATCH_EVENTS)?;
+    std::fs::remove_file(&raw_before)?;
     Ok(WorkloadResult::new(
         "append_batch_durable",
         events,
@@ -423,6 +475,7 @@ fn append_batch_durable(
         Some(seed),
         Some(limit),
     )
+    .with_all(limit_fields)
     .with(
         "strata_log_only_eps",
         events as f64 / log_done.as_secs_f64(),
@@ -444,6 +497,9 @@ fn append_concurrent_durable(events: u64, dir: &Path) -> Result<WorkloadResult, 
     std::fs::create_dir_all(dir)?;
     let per_thread = events / CONCURRENT_THREADS as u64;
     let events = per_thread * CONCURRENT_THREADS as u64;
+    // The ceiling: perfect group commit, one sync per round of all writers.
+    let raw_before = dir.join("raw.before");
+    let raw = RawLimit::before(&raw_before, events, CONCURRENT_THREADS as u64)?;
     let store = Store::open(dir.join("store"), Options::default())?;
     let syncs_before = store.log().stats().syncs.load(Ordering::Relaxed);
     let strata = run_threads(|t| {
@@ -463,6 +519,7 @@ fn append_concurrent_durable(events: u64, dir: &Path) -> Result<WorkloadResult, 
     let syncs = store.log().stats().syncs.load(Ordering::Relaxed) - syncs_before;
     store.flush_index()?;
     store.close()?;
+    let (limit, limit_fields) = raw.after(&dir.join("raw.log"))?;
 
     let seed_path = dir.join("seed.sqlite");
     drop(seed_open(&seed_path, true)?);
@@ -497,8 +554,7 @@ fn append_concurrent_durable(events: u64, dir: &Path) -> Result<WorkloadResult, 
             Ok(())
         }
     })?;
-    // The ceiling: perfect group commit, one sync per round of all writers.
-    let limit = raw_append(&dir.join("raw.log"), events, CONCURRENT_THREADS as u64)?;
+    std::fs::remove_file(&raw_before)?;
     Ok(WorkloadResult::new(
         "append_concurrent_durable",
         events,
@@ -506,6 +562,7 @@ fn append_concurrent_durable(events: u64, dir: &Path) -> Result<WorkloadResult, 
         Some(seed),
         Some(limit),
     )
+    .with_all(limit_fields)
     .with("threads", CONCURRENT_THREADS as u64)
     .with("events_per_fsync", events as f64 / syncs.max(1) as f64))
 }
