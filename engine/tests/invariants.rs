@@ -994,6 +994,66 @@ fn h1_a_refused_batch_leaves_the_clock_and_a_batch_is_stamped_in_order() {
     );
 }
 
+/// A batch in which one event brings its own timestamp (a remote event,
+/// ahead of the local clock within the drift bound) and the others are
+/// local: each is stamped as it is checked, so the local event before the
+/// given one is stamped from the wall clock, the given one is kept as it
+/// came, and the local one after it passes it (H1). Its own refusal (a
+/// given timestamp past the drift bound) writes nothing.
+#[test]
+fn h1_a_batch_with_a_given_timestamp_stamps_the_local_events_around_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(strata::ManualClock::new(1_000_000));
+    let store = Store::open(
+        dir.path(),
+        Options {
+            clock: clock.clone(),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let remote = strata::NodeId::new("remote").unwrap();
+    let given = strata::Timestamp::new(1_000_500, 7, remote.clone()).unwrap();
+    store
+        .append(
+            "a",
+            ExpectedVersion::Any,
+            vec![
+                ev("X", 1),
+                ev("X", 2).with_timestamp(given.clone()),
+                ev("X", 3),
+            ],
+        )
+        .unwrap();
+    let events = all(&store);
+    let stamps: Vec<(u64, u32)> = events
+        .iter()
+        .map(|e| (e.timestamp.physical_ms(), e.timestamp.counter()))
+        .collect();
+    // The given stamp goes through the clock's receive rule, which takes
+    // a tick past it ((1_000_500, 8), `Hlc::observe`); the next local
+    // stamp follows that tick.
+    assert_eq!(
+        stamps,
+        [(1_000_000, 0), (1_000_500, 7), (1_000_500, 9)],
+        "local, given, then local past the given one"
+    );
+    assert_eq!(events[1].timestamp, given, "the given stamp is kept whole");
+    assert!(events[2].timestamp > events[1].timestamp);
+
+    // Past the drift bound (60 s by default): refused, nothing written.
+    let too_far = strata::Timestamp::new(1_000_000 + 3_600_000, 0, remote).unwrap();
+    let err = store
+        .append(
+            "a",
+            ExpectedVersion::Any,
+            vec![ev("X", 4), ev("X", 5).with_timestamp(too_far)],
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert_eq!(store.head(), 3);
+}
+
 // --- S2: group commit and poisoning, through a file system that counts
 // syncs and can be told to fail one.
 
