@@ -14,6 +14,19 @@
 //!
 //! Linux only: there a nice value belongs to a thread. Elsewhere the
 //! setting is accepted and has no effect.
+//!
+//! What it costs: a thread can make itself nicer but not take it back
+//! (that needs `CAP_SYS_NICE`), and an append that finds the tail full
+//! (`tail_events_max`) waits for the indexer. So an application whose own
+//! threads keep every core busy at the default priority would see its
+//! appends stall at the indexer's small weighted share once the tail
+//! fills: such an application should open its store with
+//! `background_nice: 0`. Under the CFQ and BFQ disk schedulers a nice
+//! value also lowers the thread's I/O priority (the index's writes and
+//! checkpoints); `none` and `mq-deadline`, common on virtual and NVMe
+//! disks, ignore it. Whatever runs on these threads inherits their
+//! priority: the store's `Vfs` and `tracing` subscribers are called there,
+//! and a thread either starts from there would start nicer too.
 
 /// Default [`crate::Options::background_nice`].
 pub const BACKGROUND_NICE_DEFAULT: i32 = 10;
@@ -24,13 +37,14 @@ pub const NICE_MAX: i32 = 19;
 /// [`NICE_MAX`]). A failure is logged and otherwise ignored: the thread
 /// runs at the priority it had.
 pub(crate) fn lower_this_thread(increment: i32) {
-    if increment <= 0 {
-        return;
-    }
     #[cfg(target_os = "linux")]
-    if let Err(e) = linux::lower(increment) {
+    if increment > 0
+        && let Err(e) = linux::lower(increment)
+    {
         tracing::debug!(error = %e, increment, "could not lower a background thread's priority");
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = increment;
 }
 
 /// The calling thread's nice value (Linux; 0 elsewhere).
