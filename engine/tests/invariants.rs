@@ -940,21 +940,25 @@ fn h1_restart_with_a_clock_that_stepped_back_stays_monotonic() {
     assert_eq!(events[1].timestamp.physical_ms(), 1_000_000);
 }
 
+/// A store whose wall clock stands at `ms`.
+fn open_at_manual_clock(dir: &std::path::Path, ms: u64) -> Store {
+    Store::open(
+        dir,
+        Options {
+            clock: Arc::new(strata::ManualClock::new(ms)),
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
 /// A batch's new events are stamped together once every check passed: a
 /// batch refused for a conflict in a later group leaves the clock where it
 /// was, and the stamps of one batch are consecutive.
 #[test]
 fn h1_a_refused_batch_leaves_the_clock_and_a_batch_is_stamped_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(strata::ManualClock::new(1_000_000));
-    let store = Store::open(
-        dir.path(),
-        Options {
-            clock: clock.clone(),
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let store = open_at_manual_clock(dir.path(), 1_000_000);
     store
         .append("a", ExpectedVersion::Any, vec![ev("X", 1)])
         .unwrap();
@@ -1003,15 +1007,7 @@ fn h1_a_refused_batch_leaves_the_clock_and_a_batch_is_stamped_in_order() {
 #[test]
 fn h1_a_batch_with_a_given_timestamp_stamps_the_local_events_around_it() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(strata::ManualClock::new(1_000_000));
-    let store = Store::open(
-        dir.path(),
-        Options {
-            clock: clock.clone(),
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let store = open_at_manual_clock(dir.path(), 1_000_000);
     let remote = strata::NodeId::new("remote").unwrap();
     let given = strata::Timestamp::new(1_000_500, 7, remote.clone()).unwrap();
     store

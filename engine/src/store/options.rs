@@ -185,22 +185,14 @@ mod linux_tests {
     fn background_threads_run_as_much_nicer_as_the_setting_says() {
         let base = this_thread_nice().unwrap();
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let nicer = Store::open(
-            a.path(),
-            Options {
-                background_nice: 4,
+        let open = |dir: &tempfile::TempDir, background_nice| {
+            let options = Options {
+                background_nice,
                 ..Options::default()
-            },
-        )
-        .unwrap();
-        let same = Store::open(
-            b.path(),
-            Options {
-                background_nice: 0,
-                ..Options::default()
-            },
-        )
-        .unwrap();
+            };
+            Store::open(dir.path(), options).unwrap()
+        };
+        let (nicer, same) = (open(&a, 4), open(&b, 0));
         // Other tests of this process may have stores open (at the
         // default): both values must be among the threads. A thread names
         // and lowers itself once it runs, which may be after `open`
