@@ -26,7 +26,7 @@
 //! checkpoints); `none` and `mq-deadline`, common on virtual and NVMe
 //! disks, ignore it. Whatever runs on these threads inherits their
 //! priority: the store's `Vfs` and `tracing` subscribers are called there,
-//! and a thread either starts from there would start nicer too.
+//! and a thread that either of them starts there starts nicer too.
 
 /// Default [`crate::Options::background_nice`].
 pub const BACKGROUND_NICE_DEFAULT: i32 = 10;

@@ -608,11 +608,7 @@ impl SyncClient {
                 };
                 step = match input {
                     Input::Stop => return Ok(SessionEnd::Stopped),
-                    Input::Frame(Some(Ok(Frame::Message(msg)))) => {
-                        self.count_inbound(&msg);
-                        self.drive(move |core, storage, now| core.handle_message(now, msg, storage))
-                            .await?
-                    }
+                    Input::Frame(Some(Ok(Frame::Message(msg)))) => self.take_message(msg).await?,
                     Input::Frame(Some(Ok(Frame::Malformed(reason)))) => {
                         return Err(lost(format!(
                             "the server sent a malformed message: {reason}"
@@ -660,17 +656,20 @@ impl SyncClient {
         loop {
             match tokio::time::timeout_at(deadline.into(), inbound.recv()).await {
                 Ok(Some(Ok(Frame::Message(msg)))) => {
-                    self.count_inbound(&msg);
-                    let step = self
-                        .drive(move |core, storage, now| core.handle_message(now, msg, storage))
-                        .await;
-                    if let Err(e) = step {
+                    if let Err(e) = self.take_message(msg).await {
                         return e;
                     }
                 }
                 _ => return lost,
             }
         }
+    }
+
+    /// Counts a message from the server and hands it to the core.
+    async fn take_message(&self, msg: ServerMessage) -> Result<Step, ClientError> {
+        self.count_inbound(&msg);
+        self.drive(move |core, storage, now| core.handle_message(now, msg, storage))
+            .await
     }
 
     fn count_inbound(&self, msg: &ServerMessage) {
